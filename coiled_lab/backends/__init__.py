@@ -1,0 +1,17 @@
+"""Backends: where a cluster's machines come from. Pick one by name with :func:`get_backend`."""
+
+from __future__ import annotations
+
+from .base import Backend, ClusterContext
+
+
+def get_backend(name: str) -> Backend:
+    """A new backend instance; imports its cloud SDK only when first asked for."""
+    if name == "local":
+        from .local import LocalBackend
+
+        return LocalBackend()
+    raise ValueError(f"backend: {name!r} is not available here; available: 'local'")
+
+
+__all__ = ["Backend", "ClusterContext", "get_backend"]

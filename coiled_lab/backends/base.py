@@ -1,0 +1,75 @@
+"""The small interface every backend implements.
+
+Each method is a straight line of cloud (or process) calls; retries, timeouts, ordering
+and recovery belong to the manager. Every resource a backend makes carries the cluster id
+(a tag, a label, a path in a command line) so that :meth:`describe` and :meth:`cleanup`
+can find it even when the store never heard of it (a crash between a launch and the
+write that records it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from ..control.store import Instance
+from ..logs import LogRecord
+from ..spec import ClusterSpec
+from ..tls import TLSMaterial
+
+
+@dataclass
+class ClusterContext:
+    """What a backend knows about one cluster when the manager calls it."""
+
+    id: str
+    name: str
+    spec: ClusterSpec
+    tls: TLSMaterial
+    directory: Path  # 0700; holds the TLS files and anything the backend keeps on disk
+    state: dict[str, Any] = field(default_factory=dict)  # backend-owned ids, persisted by the manager
+    instances: list[Instance] = field(default_factory=list)  # live instances the store knows
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+
+    async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
+        """Make sure network, firewall and the like exist; return state to persist."""
+        return {}
+
+    @abstractmethod
+    async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
+        """Start the scheduler machine; return as soon as it exists (not when it is ready)."""
+
+    @abstractmethod
+    async def scheduler_address(self, cluster: ClusterContext, scheduler: Instance) -> Optional[str]:
+        """The scheduler's ``tls://`` address once known, else None (the manager asks again)."""
+
+    @abstractmethod
+    async def launch_workers(self, cluster: ClusterContext, count: int) -> list[Instance]:
+        """Start ``count`` worker machines in as few calls as the platform allows."""
+
+    @abstractmethod
+    async def stop_instances(self, cluster: ClusterContext, instances: list[Instance]) -> None:
+        """Terminate these machines; already-gone ones are not an error."""
+
+    @abstractmethod
+    async def describe(self, cluster: ClusterContext) -> list[Instance]:
+        """What really runs for this cluster, found by its id, not by the store."""
+
+    @abstractmethod
+    async def logs(self, cluster: ClusterContext, since: Optional[float] = None) -> list[LogRecord]:
+        """Log records newer than ``since`` (all when None), oldest first."""
+
+    async def cleanup(self, cluster: ClusterContext) -> list[str]:
+        """Remove everything that carries this cluster's id; return what was removed."""
+        running = await self.describe(cluster)
+        await self.stop_instances(cluster, running)
+        return [f"{i.role} {i.id}" for i in running]
+
+    async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
+        """Regions, zones and instance types with their sizes."""
+        return {"backend": self.name, "regions": [], "instance_types": []}

@@ -1,0 +1,282 @@
+"""The local backend: real ``dask scheduler`` and ``dask worker`` processes on this machine.
+
+Each process plays the part of a VM. It is started detached (its own session, no
+inherited file descriptors) so it outlives the Python process that asked for it, as a
+VM outlives a laptop; it carries the cluster's directory in its command line, which is
+how :meth:`describe` and :meth:`cleanup` find it (the local analogue of a cloud tag).
+Workers run without a nanny: the manager's reconcile loop replaces lost workers, as it
+does for lost VMs, and a worker process costs one Python start instead of two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ..bootstrap import lifetime
+from ..control.store import Instance
+from ..logs import LogRecord, parse_lines
+from .base import Backend, ClusterContext
+
+# Environment variables a dask process may inherit from the server; everything else
+# (cloud credentials, Jupyter tokens) stays out of it.
+_ENV_ALLOWED = {
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+    "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "OMP_NUM_THREADS",
+}
+_ENV_DENIED_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "COILED_LAB__API")
+
+
+def process_environment(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _ENV_ALLOWED}
+    env.update(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("DASK_") and not any(m in k.upper() for m in _ENV_DENIED_MARKERS)
+        }
+    )
+    env.update(extra)
+    env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self) -> None:
+        # Children we started ourselves, polled so that they never linger as zombies.
+        self._children: dict[int, subprocess.Popen] = {}
+
+    # -- paths ------------------------------------------------------------------------
+    @staticmethod
+    def _scheduler_file(cluster: ClusterContext) -> Path:
+        return cluster.directory / "scheduler.json"
+
+    @staticmethod
+    def _log_dir(cluster: ClusterContext) -> Path:
+        path = cluster.directory / "logs"
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def _tls_args(self, cluster: ClusterContext) -> list[str]:
+        cert, key = cluster.directory / "tls-cert.pem", cluster.directory / "tls-key.pem"
+        if not cert.exists():
+            cluster.tls.write(cluster.directory)
+        return ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
+
+    def _spawn(self, cluster: ClusterContext, role: str, instance_id: str, args: list[str], env: dict[str, str]) -> Instance:
+        log_path = self._log_dir(cluster) / f"{role}-{instance_id}.log"
+        with open(log_path, "ab", buffering=0) as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cluster.directory,
+                env=process_environment(env),
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._children[proc.pid] = proc
+        import psutil
+
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            created = time.time()
+        return Instance(
+            id=instance_id,
+            role=role,
+            address="127.0.0.1",
+            vm_type="local-process",
+            zone="localhost",
+            launched_at=time.time(),
+            data={"pid": proc.pid, "create_time": created, "log": str(log_path)},
+        )
+
+    # -- Backend interface ------------------------------------------------------------
+    async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
+        spec = cluster.spec
+        self._scheduler_file(cluster).unlink(missing_ok=True)
+        env = dict(spec.environ)
+        env.update(lifetime.environment(cluster.id, spec))
+        args = [
+            "distributed.cli.dask_scheduler",
+            "--host", "127.0.0.1",
+            "--port", "0",
+            "--protocol", "tls",
+            *self._tls_args(cluster),
+            "--dashboard-address", "127.0.0.1:0",
+            "--scheduler-file", str(self._scheduler_file(cluster)),
+            "--preload", "coiled_lab.bootstrap.lifetime",
+        ]
+        return self._spawn(cluster, "scheduler", "scheduler", args, env)
+
+    async def scheduler_address(self, cluster: ClusterContext, scheduler: Instance) -> Optional[str]:
+        try:
+            info = json.loads(self._scheduler_file(cluster).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return info.get("address")
+
+    async def launch_workers(self, cluster: ClusterContext, count: int) -> list[Instance]:
+        import psutil
+
+        spec = cluster.spec
+        n_total = max(spec.n_workers, 1)
+        nthreads = spec.worker_cpu or max(1, (os.cpu_count() or 1) // n_total)
+        memory = spec.worker_memory or int(psutil.virtual_memory().total // n_total)
+        out = []
+        for _ in range(count):
+            instance_id = f"w{secrets.token_hex(3)}"
+            args = [
+                "distributed.cli.dask_worker",
+                "--scheduler-file", str(self._scheduler_file(cluster)),
+                "--name", instance_id,
+                "--host", "127.0.0.1",
+                "--protocol", "tls",
+                *self._tls_args(cluster),
+                "--nthreads", str(nthreads),
+                "--memory-limit", str(memory),
+                "--no-nanny",
+                "--no-dashboard",
+                # A worker whose scheduler is gone exits, as a VM would shut down.
+                "--death-timeout", "60",
+                "--local-directory", str(cluster.directory / "work"),
+            ]
+            out.append(self._spawn(cluster, "worker", instance_id, args, dict(spec.environ)))
+        return out
+
+    async def stop_instances(self, cluster: ClusterContext, instances: list[Instance]) -> None:
+        # Workers first: a worker told to close by a closing scheduler can hang in
+        # distributed's close path, while one stopped by SIGTERM exits at once.
+        for role in ("worker", "scheduler"):
+            procs = [p for p in (self._process(i) for i in instances if i.role == role) if p is not None]
+            for proc in procs:
+                _signal(proc, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while procs and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                self._reap()
+                procs = [p for p in procs if _alive(p)]
+            for proc in procs:
+                _signal(proc, signal.SIGKILL)
+        self._reap()
+
+    async def describe(self, cluster: ClusterContext) -> list[Instance]:
+        import psutil
+
+        self._reap()
+        marker = str(cluster.directory / "scheduler.json")
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
+            try:
+                cmd = proc.info["cmdline"] or []
+                if marker not in cmd or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.Error:
+                continue
+            role = "scheduler" if "distributed.cli.dask_scheduler" in cmd else "worker"
+            instance_id = cmd[cmd.index("--name") + 1] if "--name" in cmd else role
+            found.append(
+                Instance(
+                    id=instance_id,
+                    role=role,
+                    address="127.0.0.1",
+                    vm_type="local-process",
+                    zone="localhost",
+                    launched_at=proc.info["create_time"],
+                    data={"pid": proc.info["pid"], "create_time": proc.info["create_time"]},
+                )
+            )
+        return found
+
+    async def logs(self, cluster: ClusterContext, since: Optional[float] = None) -> list[LogRecord]:
+        records: list[LogRecord] = []
+        log_dir = cluster.directory / "logs"
+        if not log_dir.exists():
+            return records
+        for path in sorted(log_dir.glob("*.log")):
+            role, _, instance = path.stem.partition("-")
+            if since is not None and path.stat().st_mtime < since:
+                continue
+            with open(path, errors="replace") as f:
+                lines = f.readlines()
+            parsed = parse_lines(lines, instance, role, fallback_time=path.stat().st_mtime)
+            records.extend(r for r in parsed if since is None or r.time >= since)
+        records.sort(key=lambda r: r.time)
+        return records
+
+    async def cleanup(self, cluster: ClusterContext) -> list[str]:
+        removed = await super().cleanup(cluster)
+        # The private key is of no use once no process of the cluster runs.
+        (cluster.directory / "tls-key.pem").unlink(missing_ok=True)
+        self._scheduler_file(cluster).unlink(missing_ok=True)
+        return removed
+
+    async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
+        import psutil
+
+        return {
+            "backend": "local",
+            "regions": [{"name": "localhost", "zones": ["localhost"]}],
+            "instance_types": [
+                {
+                    "name": "local-process",
+                    "vcpu": os.cpu_count() or 1,
+                    "memory": psutil.virtual_memory().total,
+                    "gpu": 0,
+                    "price_per_hour": 0.0,
+                }
+            ],
+        }
+
+    # -- helpers ----------------------------------------------------------------------
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+    def _process(self, instance: Instance):
+        """The live process behind an instance, if the pid still belongs to it."""
+        import psutil
+
+        pid = instance.data.get("pid")
+        if not pid:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            created = instance.data.get("create_time")
+            if created is not None and abs(proc.create_time() - created) > 1:
+                return None  # the pid was reused by another process
+            return proc
+        except psutil.Error:
+            return None
+
+
+def _signal(proc, sig: int) -> None:
+    import psutil
+
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def _alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,115 @@
+"""Scheduler preload that enforces a cluster's timeouts where the cluster runs.
+
+Loaded with ``--preload coiled_lab.bootstrap.lifetime``. It closes the scheduler (which
+closes its workers; on a VM the bootstrap then shuts the machine down) after
+``idle_timeout`` with no work, ``no_client_timeout`` after the last client left, or at
+``max_lifetime``, so no cluster outlives its purpose even when the Jupyter server that
+made it is gone. The manager reads the same clocks through the ``coiled_lab_lifetime``
+scheduler handler to show the time left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Optional
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+logger = logging.getLogger("distributed.coiled_lab.lifetime")
+
+STOP_MARKER = "coiled-lab: stopping cluster:"
+_FIELDS = ("idle_timeout", "no_client_timeout", "max_lifetime")
+
+
+def environment(cluster_id: str, spec: Any) -> dict[str, str]:
+    """The environment variables that configure this preload for one cluster."""
+    env = {"COILED_LAB_CLUSTER_ID": cluster_id}
+    for field in _FIELDS:
+        value = getattr(spec, field)
+        if value:
+            env[f"COILED_LAB_{field.upper()}"] = str(value)
+    return env
+
+
+def _env_seconds(field: str) -> Optional[float]:
+    value = os.environ.get(f"COILED_LAB_{field.upper()}")
+    return float(value) if value else None
+
+
+class Lifetime(SchedulerPlugin):
+    name = "coiled-lab-lifetime"
+
+    def __init__(
+        self,
+        idle_timeout: Optional[float] = None,
+        no_client_timeout: Optional[float] = None,
+        max_lifetime: Optional[float] = None,
+        interval: float = 1.0,
+    ):
+        self.timeouts = {
+            "idle_timeout": idle_timeout,
+            "no_client_timeout": no_client_timeout,
+            "max_lifetime": max_lifetime,
+        }
+        self.interval = interval
+        self.started_at = time.time()
+        self.last_client_at: Optional[float] = None  # None until a first client connects
+        self.stop_reason: Optional[str] = None
+        self._task: Optional[asyncio.Task] = None
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+        scheduler.handlers["coiled_lab_lifetime"] = self.status
+        self._task = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    def _clients(self) -> int:
+        return sum(1 for c in self.scheduler.clients if c != "fire-and-forget")
+
+    def status(self, comm=None) -> dict[str, Any]:
+        """Clocks and time left, in seconds (None: that timeout is off or not running)."""
+        now = time.time()
+        clients = self._clients()
+        if clients:
+            self.last_client_at = now
+        idle_since = self.scheduler.idle_since
+        left = {}
+        t = self.timeouts
+        left["idle_timeout"] = (idle_since + t["idle_timeout"] - now) if t["idle_timeout"] and idle_since else None
+        left["no_client_timeout"] = (
+            (self.last_client_at + t["no_client_timeout"] - now)
+            if t["no_client_timeout"] and self.last_client_at and not clients
+            else None
+        )
+        left["max_lifetime"] = (self.started_at + t["max_lifetime"] - now) if t["max_lifetime"] else None
+        return {
+            "started_at": self.started_at,
+            "idle_since": idle_since,
+            "clients": clients,
+            "last_client_at": self.last_client_at,
+            "timeouts": dict(t),
+            "time_left": left,
+            "stop_reason": self.stop_reason,
+        }
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            status = self.status()
+            for field, left in status["time_left"].items():
+                if left is not None and left <= 0:
+                    self.stop_reason = f"{field} of {self.timeouts[field]:g}s reached"
+                    logger.warning("%s %s", STOP_MARKER, self.stop_reason)
+                    await self.scheduler.close(reason=f"coiled-lab {field}")
+                    return
+
+
+def dask_setup(scheduler) -> None:
+    plugin = Lifetime(**{field: _env_seconds(field) for field in _FIELDS})
+    scheduler.add_plugin(plugin)

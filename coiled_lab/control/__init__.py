@@ -1,0 +1,1 @@
+"""The cloud-agnostic control plane: store of record, events and the reconciling manager."""

@@ -1,0 +1,624 @@
+"""ClusterManager: create/scale/stop clusters by editing what *should be*, then reconciling.
+
+Like ``distributed.deploy.SpecCluster`` and dask-gateway's DB backend: a verb only writes
+the spec or the target to the store and asks for a reconcile; the reconciler alone moves
+the cluster through the state machine, one idempotent pass at a time:
+
+    target stopped -> stop every instance, clean up, ``stopped``
+    target running -> network -> scheduler -> all missing workers at once -> wait for them
+                      to connect -> ``running``; too many -> retire the extras gracefully
+
+Passes for one cluster never overlap and requests made while one runs coalesce into a
+single next pass. A pass that has not converged asks for another one shortly; a pass
+that fails is retried with backoff and, after ``max-retries``, the cluster is stopped and
+marked ``error`` with the reason. On start the manager reloads the store and reconciles
+every live cluster, which adopts what still runs and cleans up what was half made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import getpass
+import logging
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import config
+from ..backends import Backend, ClusterContext, get_backend
+from ..logs import LogRecord, matches
+from ..spec import ClusterSpec, ClusterSpecError, parse_spec
+from ..tls import TLSMaterial
+from .events import Event, EventBus, Subscription
+from .states import FINAL, State, check_transition
+from .store import ClusterRecord, Instance, NameInUse, Store
+
+logger = logging.getLogger("coiled_lab.manager")
+
+
+class NotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no cluster named or with id {self.args[0]!r}"
+
+
+class Conflict(RuntimeError):
+    """The request is valid but not in this cluster's current state (HTTP 409)."""
+
+
+class ManagerBusy(RuntimeError):
+    """Another process already manages this store."""
+
+
+class ClusterManager:
+    def __init__(
+        self,
+        state_dir: Optional[Path] = None,
+        backends: Optional[dict[str, Backend]] = None,
+        check_interval: Optional[float] = None,
+    ):
+        self.state_dir = Path(state_dir) if state_dir else config.state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = Store(self.state_dir / "coiled-lab.sqlite")
+        self.bus = EventBus()
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self.check_interval = float(check_interval or config.get("manager.check-interval"))
+        self.max_retries = int(config.get("manager.max-retries"))
+        self._pending: set[str] = set()
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._later: dict[str, asyncio.TimerHandle] = {}
+        self._failures: dict[str, int] = {}
+        self._observed: dict[str, dict[str, Any]] = {}
+        self._rpcs: dict[str, Any] = {}
+        self._watch_task: Optional[asyncio.Task] = None
+        self._lock_file = None
+        self.started = False
+
+    # == lifecycle ========================================================================
+    async def start(self) -> "ClusterManager":
+        """Take the store, then adopt or clean up every live cluster it records."""
+        if self.started:
+            return self
+        self._take_lock()
+        self.started = True
+        for rec in self.store.list_clusters(live_only=True):
+            self.request(rec.id)
+        self._watch_task = asyncio.create_task(self._watch())
+        return self
+
+    async def close(self) -> None:
+        """Stop managing; the clusters themselves keep running (and keep their timeouts)."""
+        if not self.started:
+            return
+        self.started = False
+        if self._watch_task:
+            self._watch_task.cancel()
+        for handle in self._later.values():
+            handle.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for r in self._rpcs.values():
+            await r.close_rpc()
+        self._rpcs.clear()
+        self.bus.close()
+        self.store.close()
+        self._release_lock()
+
+    async def __aenter__(self) -> "ClusterManager":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _take_lock(self) -> None:
+        path = self.state_dir / "manager.lock"
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise ManagerBusy(
+                f"another coiled-lab manager (pid {holder}) is using {self.state_dir}; "
+                "use it (e.g. through its Jupyter server), or stop it first"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def _release_lock(self) -> None:
+        if self._lock_file:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = get_backend(name)
+        return self._backends[name]
+
+    # == verbs ============================================================================
+    async def create(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
+        """Record a new cluster and start provisioning it in the background; returns at once."""
+        self._check_started()
+        if not isinstance(spec, ClusterSpec):
+            spec = parse_spec(spec)
+        self.backend(spec.backend)  # an unavailable backend fails here, before any record
+        cluster_id = secrets.token_hex(6)
+        name = spec.name or _default_name(cluster_id)
+        spec = spec.model_copy(update={"name": name})
+        now = time.time()
+        rec = ClusterRecord(
+            id=cluster_id, name=name, backend=spec.backend, spec=spec.public(), status=State.pending,
+            target="running", message=None, state={}, created_at=now, updated_at=now,
+        )
+        data = {"status": str(State.pending), "message": None, "name": name, "time": now}
+        try:
+            seq = self.store.insert_cluster(rec, event=("state", data))
+        except NameInUse as exc:
+            raise ClusterSpecError(f"name: {name!r} is not allowed: {exc}", "name") from None
+        self._publish(Event(cluster_id, "state", data, now, seq))
+        self.request(cluster_id)
+        return self._json(rec)
+
+    async def scale(self, name_or_id: str, n_workers: int) -> dict[str, Any]:
+        """Change the number of workers; the reconciler launches or retires the difference."""
+        rec = self._find(name_or_id)
+        if not rec.live or rec.target == "stopped":
+            raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
+        spec = parse_spec({**rec.spec, "n_workers": n_workers})
+        if spec.n_workers == rec.spec["n_workers"]:
+            return self._json(rec)
+        event = None
+        fields: dict[str, Any] = {"spec": spec.public()}
+        if rec.status == State.running:
+            fields["status"] = State.scaling
+            event = ("state", {"status": str(State.scaling), "message": f"scaling to {spec.n_workers} workers"})
+        self._update(rec, event=event, **fields)
+        self.request(rec.id)
+        return self._json(self.store.get_cluster(rec.id))
+
+    async def update(self, name_or_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """PATCH: ``n_workers`` scales; other fields are validated but not changed live."""
+        allowed = {"n_workers"}
+        unknown = set(changes) - allowed
+        if unknown:
+            field = sorted(unknown)[0]
+            raise ClusterSpecError(f"{field}: cannot be changed on a live cluster; allowed: n_workers", field)
+        if "n_workers" in changes:
+            return await self.scale(name_or_id, changes["n_workers"])
+        return self._json(self._find(name_or_id))
+
+    async def stop(self, name_or_id: str) -> dict[str, Any]:
+        """Ask for the cluster to stop; returns at once (watch events or :meth:`wait`)."""
+        rec = self._find(name_or_id)
+        if rec.status == State.stopped:
+            return self._json(rec)
+        if rec.target != "stopped":
+            self._update(
+                rec, target="stopped", status=State.stopping,
+                event=("state", {"status": str(State.stopping), "message": "stop requested"}),
+            )
+        self.request(rec.id)
+        return self._json(self.store.get_cluster(rec.id))
+
+    async def get(self, name_or_id: str) -> dict[str, Any]:
+        return self._json(self._find(name_or_id))
+
+    async def list(self, live_only: bool = False) -> list[dict[str, Any]]:
+        return [self._json(r) for r in self.store.list_clusters(live_only=live_only)]
+
+    async def logs(
+        self,
+        name_or_id: str,
+        since: Optional[float] = None,
+        instance: Optional[str] = None,
+        q: Optional[str] = None,
+        level: Optional[str] = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """The cluster's log records after ``since``, filtered; the newest ``limit`` of them."""
+        rec = self._find(name_or_id)
+        records = await self.backend(rec.backend).logs(self._context(rec), since=since)
+        records = [r for r in records if matches(r, instance, q, level)]
+        return [r.to_json() for r in records[-limit:]] if limit else []
+
+    async def connection(self, name_or_id: str) -> dict[str, Any]:
+        """What a client needs to connect: scheduler address and the cluster's TLS material."""
+        rec = self._find(name_or_id)
+        address = rec.state.get("address")
+        if not rec.live or not address:
+            raise Conflict(f"cluster {rec.name!r} is {rec.status}; it has no scheduler to connect to yet")
+        tls = self._tls(rec)
+        return {
+            "id": rec.id,
+            "name": rec.name,
+            "address": address,
+            "dashboard": rec.state.get("dashboard"),
+            "tls": {"cert": tls.cert_pem, "key": tls.key_pem},
+        }
+
+    async def wait(
+        self, name_or_id: str, states: tuple[str, ...] = ("running",), timeout: Optional[float] = None
+    ) -> dict[str, Any]:
+        """Wait until the cluster reaches one of ``states`` (or a final state); return it."""
+        rec = self._find(name_or_id)
+        wanted = {State(s) for s in states} | FINAL
+        sub = self.bus.subscribe(rec.id, kinds={"state"})
+        try:
+            async def _until():
+                current = self.store.get_cluster(rec.id)
+                while current.status not in wanted:
+                    await sub.get()
+                    current = self.store.get_cluster(rec.id)
+                return current
+
+            return self._json(await asyncio.wait_for(_until(), timeout))
+        finally:
+            sub.close()
+
+    def subscribe(self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None) -> Subscription:
+        return self.bus.subscribe(cluster_id, kinds)
+
+    def events_since(self, after: int, cluster_id: Optional[str] = None) -> list[dict[str, Any]]:
+        return self.store.events(cluster_id, after=after)
+
+    async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Find processes/resources of clusters the store does not consider live; remove them."""
+        found = []
+        for rec in self.store.list_clusters():
+            if rec.live:
+                continue
+            ctx = self._context(rec, load_tls=False)
+            running = await self.backend(rec.backend).describe(ctx)
+            if running:
+                found.append({"id": rec.id, "name": rec.name, "instances": [i.id for i in running]})
+                if not dry_run:
+                    await self.backend(rec.backend).stop_instances(ctx, running)
+        return found
+
+    # == reconciliation ===================================================================
+    def request(self, cluster_id: str, delay: float = 0) -> None:
+        """Ask for a reconcile pass; requests made while one runs coalesce into one more."""
+        if not self.started:
+            return
+        if delay > 0:
+            if cluster_id not in self._later:
+                loop = asyncio.get_running_loop()
+                self._later[cluster_id] = loop.call_later(delay, self._fire_later, cluster_id)
+            return
+        self._pending.add(cluster_id)
+        if cluster_id not in self._tasks:
+            self._tasks[cluster_id] = asyncio.create_task(self._worker(cluster_id))
+
+    def _fire_later(self, cluster_id: str) -> None:
+        self._later.pop(cluster_id, None)
+        self.request(cluster_id)
+
+    async def _worker(self, cluster_id: str) -> None:
+        try:
+            while cluster_id in self._pending and self.started:
+                self._pending.discard(cluster_id)
+                try:
+                    await self._reconcile(cluster_id)
+                    self._failures.pop(cluster_id, None)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported
+                    await self._failed(cluster_id, exc)
+        finally:
+            self._tasks.pop(cluster_id, None)
+
+    async def _failed(self, cluster_id: str, exc: Exception) -> None:
+        n = self._failures.get(cluster_id, 0) + 1
+        self._failures[cluster_id] = n
+        logger.warning("reconcile of %s failed (%d/%d): %s", cluster_id, n, self.max_retries, exc, exc_info=True)
+        rec = self.store.get_cluster(cluster_id)
+        if rec is None or rec.status in FINAL:
+            return
+        if n < self.max_retries:
+            self.request(cluster_id, delay=min(0.5 * 2 ** (n - 1), 30))
+            return
+        self._failures.pop(cluster_id, None)
+        await self._fail(rec, f"{type(exc).__name__}: {exc}")
+
+    async def _fail(self, rec: ClusterRecord, message: str) -> None:
+        """Give up on a cluster: stop everything it has, then mark it ``error``."""
+        try:
+            await self._teardown(rec)
+        except Exception as exc:  # noqa: BLE001
+            message += f" (and stopping its instances failed: {exc}; run `coiled-lab cleanup`)"
+        self._transition(rec, State.error, message, target="stopped", stopped_at=time.time())
+
+    async def _watch(self) -> None:
+        """Look at every live cluster now and then: catches clusters that stopped themselves
+        (idle timeout), lost workers (to be replaced) and schedulers that died."""
+        while True:
+            await asyncio.sleep(self.check_interval)
+            for rec in self.store.list_clusters(live_only=True):
+                self.request(rec.id)
+
+    async def _reconcile(self, cluster_id: str) -> None:
+        rec = self.store.get_cluster(cluster_id)
+        if rec is None or rec.status in FINAL:
+            return
+        backend = self.backend(rec.backend)
+        if rec.target == "stopped":
+            await self._teardown(rec)
+            self._transition(rec, State.stopped, "stopped on request", stopped_at=time.time())
+            return
+
+        ctx = self._context(rec)
+        spec = ctx.spec
+        if rec.status == State.pending:
+            rec = self._transition(rec, State.provisioning, None)
+            self._progress(rec, "network")
+
+        # -- network -------------------------------------------------------------------
+        if not rec.state.get("network_ready"):
+            state = {**rec.state, **(await backend.ensure_network(ctx)), "network_ready": True}
+            rec = self._update(rec, state=state)
+            ctx.state = state
+
+        # -- what runs, versus what the store believes ----------------------------------
+        running = {i.id: i for i in await backend.describe(ctx)}
+        known = {i.id: i for i in self.store.instances(rec.id)}
+        lost = [i for i in known.values() if i.id not in running]
+        if lost:
+            self.store.mark_terminated(rec.id, [i.id for i in lost])
+            for i in lost:
+                known.pop(i.id)
+        adopted = [i for i in running.values() if i.id not in known]
+        if adopted:  # launched, but the record of it was lost (e.g. a crash right after)
+            self.store.add_instances(rec.id, adopted)
+            known.update({i.id: i for i in adopted})
+
+        scheduler = next((i for i in known.values() if i.role == "scheduler"), None)
+        workers = [i for i in known.values() if i.role == "worker"]
+
+        # -- scheduler -----------------------------------------------------------------
+        if scheduler is None:
+            if rec.state.get("scheduler_launched"):
+                await self._scheduler_gone(rec, ctx, workers)
+                return
+            self._progress(rec, "scheduler")
+            scheduler = await backend.launch_scheduler(ctx)
+            self.store.add_instances(rec.id, [scheduler])
+            rec = self._update(rec, state={**rec.state, "scheduler_launched": time.time()})
+
+        # -- workers: launch every missing one at once, as soon as the scheduler exists ---
+        lost_workers = [i for i in lost if i.role == "worker"]
+        if lost_workers and rec.status == State.provisioning:
+            failed = rec.state.get("failed_workers", 0) + len(lost_workers)
+            rec = self._update(rec, state={**rec.state, "failed_workers": failed})
+            if failed > max(3, spec.n_workers):
+                tail = await self._log_tail(ctx, lost_workers[-1].id)
+                await self._fail(rec, f"workers keep exiting during start ({failed} so far); last lines:\n{tail}")
+                return
+        missing = spec.n_workers - len(workers)
+        if missing > 0:
+            new = await backend.launch_workers(ctx, missing)
+            self.store.add_instances(rec.id, new)
+            workers.extend(new)
+            before = self._observed.get(rec.id, {})
+            self._observe(rec, before.get("ready", 0), len(workers), before.get("lifetime"))
+
+        # -- observe through the scheduler ---------------------------------------------
+        address = rec.state.get("address") or await backend.scheduler_address(ctx, scheduler)
+        if address and address != rec.state.get("address"):
+            rec = self._update(rec, state={**rec.state, "address": address})
+        info = await self._identity(rec, address) if address else None
+        if info is None:
+            return self._not_yet(rec, ctx, "scheduler")
+        dashboard = _dashboard(address, info)
+        if dashboard and dashboard != rec.state.get("dashboard"):
+            rec = self._update(rec, state={**rec.state, "dashboard": dashboard})
+
+        connected = {w.get("name") for w in info["workers"].values()}
+        if len(workers) > spec.n_workers:
+            # Retire the extras gracefully (their data moves to the others), newest and
+            # not-yet-connected first, then stop their machines.
+            workers.sort(key=lambda i: (i.id in connected, -i.launched_at))
+            extras = workers[: len(workers) - spec.n_workers]
+            await self._retire(rec, [i.id for i in extras if i.id in connected])
+            await backend.stop_instances(ctx, extras)
+            self.store.mark_terminated(rec.id, [i.id for i in extras])
+            workers = workers[len(extras):]
+        ready = sum(1 for i in workers if i.id in connected)
+        self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
+
+        if ready >= spec.n_workers and len(workers) == spec.n_workers:
+            if rec.status in (State.provisioning, State.scaling):
+                rec = self._update(rec, state={**rec.state, "failed_workers": 0})
+                self._transition(rec, State.running, None)
+            return
+        self._not_yet(rec, ctx, "workers")
+
+    def _not_yet(self, rec: ClusterRecord, ctx: ClusterContext, step: str) -> None:
+        """Not converged: look again shortly, unless provisioning has taken too long."""
+        started = rec.state.get("scheduler_launched") or rec.created_at
+        limit = float(config.get(f"{rec.backend}.start-timeout", 600))
+        if rec.status == State.provisioning and time.time() - started > limit:
+            raise TimeoutError(f"the {step} did not become ready within {limit:g}s")
+        self.request(rec.id, delay=0.1 if rec.status in (State.provisioning, State.scaling) else self.check_interval)
+
+    async def _scheduler_gone(self, rec: ClusterRecord, ctx: ClusterContext, workers: list[Instance]) -> None:
+        """The scheduler is gone while the cluster should run: it ended itself (a timeout)
+        or crashed. Either way the cluster is over; stop what is left and say why."""
+        records = await self.backend(rec.backend).logs(ctx)
+        from ..bootstrap.lifetime import STOP_MARKER
+
+        reason = next((r.message.split(STOP_MARKER, 1)[1].strip() for r in reversed(records)
+                       if STOP_MARKER in r.message), None)
+        await self._teardown(rec)
+        if reason:
+            self._transition(rec, State.stopped, f"stopped itself: {reason}", target="stopped", stopped_at=time.time())
+        else:
+            tail = _format_tail([r for r in records if r.role == "scheduler"])
+            self._transition(rec, State.error, f"the scheduler exited unexpectedly; last lines:\n{tail}",
+                             target="stopped", stopped_at=time.time())
+
+    async def _teardown(self, rec: ClusterRecord) -> None:
+        backend = self.backend(rec.backend)
+        ctx = self._context(rec, load_tls=False)
+        instances = {i.id: i for i in self.store.instances(rec.id)}
+        instances.update({i.id: i for i in await backend.describe(ctx)})
+        if instances:
+            await backend.stop_instances(ctx, list(instances.values()))
+        await backend.cleanup(ctx)
+        self.store.mark_terminated(rec.id, list(instances))
+        await self._forget_rpc(rec.id)
+        self._observed.pop(rec.id, None)
+
+    # == talking to the scheduler =========================================================
+    async def _identity(self, rec: ClusterRecord, address: str) -> Optional[dict[str, Any]]:
+        """The scheduler's identity (plus our lifetime plugin's clocks), or None if unreachable."""
+        r = await self._rpc(rec, address)
+        try:
+            info = await asyncio.wait_for(r.identity(n_workers=-1), 5)
+        except (OSError, asyncio.TimeoutError, EnvironmentError):
+            await self._forget_rpc(rec.id)
+            return None
+        try:
+            info["coiled_lab_lifetime"] = await asyncio.wait_for(r.coiled_lab_lifetime(), 5)
+        except Exception:  # noqa: BLE001 - an older scheduler without the plugin
+            info["coiled_lab_lifetime"] = None
+        return info
+
+    async def _retire(self, rec: ClusterRecord, names: list[str]) -> None:
+        if not names or not rec.state.get("address"):
+            return
+        r = await self._rpc(rec, rec.state["address"])
+        try:
+            # Move their data off them; stopping the machine (next) closes them.
+            await asyncio.wait_for(r.retire_workers(names=names, close_workers=False, remove=False), 60)
+        except Exception as exc:  # noqa: BLE001 - stopping the machines follows anyway
+            logger.warning("graceful retirement of %s failed: %s", names, exc)
+
+    async def _rpc(self, rec: ClusterRecord, address: str):
+        from distributed.core import rpc
+
+        r = self._rpcs.get(rec.id)
+        if r is None or r.address != address:
+            security = self._tls(rec).security()
+            r = rpc(address, timeout=3, connection_args=security.get_connection_args("client"))
+            self._rpcs[rec.id] = r
+        return r
+
+    async def _forget_rpc(self, cluster_id: str) -> None:
+        r = self._rpcs.pop(cluster_id, None)
+        if r is not None:
+            await r.close_rpc()
+
+    # == helpers ==========================================================================
+    def _check_started(self) -> None:
+        if not self.started:
+            raise RuntimeError("the manager is not started; use `async with ClusterManager() as m`")
+
+    def _find(self, name_or_id: str) -> ClusterRecord:
+        rec = self.store.find_cluster(str(name_or_id))
+        if rec is None:
+            raise NotFound(name_or_id)
+        return rec
+
+    def cluster_dir(self, cluster_id: str) -> Path:
+        path = self.state_dir / "clusters" / cluster_id
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def _tls(self, rec: ClusterRecord) -> TLSMaterial:
+        directory = self.cluster_dir(rec.id)
+        if (directory / "tls-key.pem").exists():
+            return TLSMaterial.read(directory)
+        tls = TLSMaterial.generate(rec.id)
+        tls.write(directory)
+        return tls
+
+    def _context(self, rec: ClusterRecord, load_tls: bool = True) -> ClusterContext:
+        return ClusterContext(
+            id=rec.id,
+            name=rec.name,
+            spec=ClusterSpec.model_validate(rec.spec),
+            tls=self._tls(rec) if load_tls else None,  # type: ignore[arg-type]
+            directory=self.cluster_dir(rec.id),
+            state=dict(rec.state),
+            instances=self.store.instances(rec.id),
+        )
+
+    def _update(self, rec: ClusterRecord, event: Optional[tuple[str, dict]] = None, **fields: Any) -> ClusterRecord:
+        if event:
+            event[1].setdefault("time", time.time())
+        seq = self.store.update_cluster(rec.id, event=event, **fields)
+        if event:
+            self._publish(Event(rec.id, event[0], event[1], event[1]["time"], seq))
+        return self.store.get_cluster(rec.id)
+
+    def _transition(self, rec: ClusterRecord, status: State, message: Optional[str], **fields: Any) -> ClusterRecord:
+        current = self.store.get_cluster(rec.id)
+        check_transition(current.status, status)
+        if current.status == status and current.message == message:
+            return current
+        data = {"status": str(status), "message": message}
+        logger.info("cluster %s (%s): %s%s", rec.name, rec.id, status, f" - {message}" if message else "")
+        return self._update(current, event=("state", data), status=status, message=message, **fields)
+
+    def _progress(self, rec: ClusterRecord, step: str, **data: Any) -> None:
+        payload = {"step": step, **data, "time": time.time()}
+        seq = self.store.add_event(rec.id, "progress", payload)
+        self._publish(Event(rec.id, "progress", payload, payload["time"], seq))
+
+    def _observe(self, rec: ClusterRecord, ready: int, launched: int, lifetime: Optional[dict]) -> None:
+        """Remember what the scheduler reports; a change in worker counts is a progress event."""
+        target = rec.spec["n_workers"]
+        before = self._observed.get(rec.id, {})
+        self._observed[rec.id] = {"ready": ready, "launched": launched, "target": target, "lifetime": lifetime}
+        if (before.get("ready"), before.get("launched"), before.get("target")) != (ready, launched, target):
+            self._progress(rec, "workers", ready=ready, target=target, launched=launched)
+
+    def _publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
+    async def _log_tail(self, ctx: ClusterContext, instance: str, n: int = 20) -> str:
+        records = await self.backend(ctx.spec.backend).logs(ctx)
+        return _format_tail([r for r in records if r.instance == instance], n)
+
+    def _json(self, rec: ClusterRecord) -> dict[str, Any]:
+        d = rec.to_json()
+        observed = self._observed.get(rec.id, {})
+        instances = self.store.instances(rec.id, live_only=True)
+        d["workers"] = {
+            "target": rec.spec["n_workers"],
+            "launched": sum(1 for i in instances if i.role == "worker"),
+            "ready": observed.get("ready", 0) if rec.live else 0,
+        }
+        d["scheduler_address"] = rec.state.get("address") if rec.live else None
+        d["dashboard"] = rec.state.get("dashboard") if rec.live else None
+        lifetime = observed.get("lifetime") if rec.live else None
+        d["time_left"] = lifetime["time_left"] if lifetime else None
+        d.pop("state", None)  # backend-internal ids stay on the server
+        return d
+
+
+def _default_name(cluster_id: str) -> str:
+    user = re.sub(r"[^a-z0-9-]+", "-", getpass.getuser().lower()).strip("-") or "user"
+    return f"{user[:40]}-{cluster_id[:6]}"
+
+
+def _dashboard(address: str, info: dict[str, Any]) -> Optional[str]:
+    port = (info.get("services") or {}).get("dashboard")
+    if not port:
+        return None
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return f"http://{host}:{port}"
+
+
+def _format_tail(records: list[LogRecord], n: int = 20) -> str:
+    return "\n".join(r.format() for r in records[-n:]) or "(no log lines)"

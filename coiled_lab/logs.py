@@ -1,0 +1,125 @@
+"""Log records and log tailing, shared by every backend and every front door.
+
+A backend answers one question, ``logs(cluster, since=...)``: the records after a time,
+oldest first, in one cloud call (local files, one CloudWatch ``FilterLogEvents``, one
+Cloud Logging ``entries.list``). Filtering and following live here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Optional
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# distributed's default format: "2026-11-23 19:49:52,123 - distributed.worker - INFO - message"
+_DASK_LINE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?)\s+-\s+(?P<logger>[\w.\-]+)\s+-\s+(?P<level>[A-Z]+)\s+-\s+(?P<msg>.*)$"
+)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    time: float
+    instance: str
+    role: str
+    level: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        stamp = datetime.fromtimestamp(self.time).strftime("%H:%M:%S.%f")[:-3]
+        return f"{stamp} {self.role}-{self.instance} {self.level:<7} {self.message}"
+
+
+def parse_lines(lines: Iterable[str], instance: str, role: str, fallback_time: float) -> list[LogRecord]:
+    """Turn a process's output into records; lines without a time stamp (tracebacks,
+    prints) take the time and level of the line before them."""
+    out: list[LogRecord] = []
+    last_time, last_level = fallback_time, "INFO"
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if not line:
+            continue
+        m = _DASK_LINE.match(line)
+        if m:
+            ts = m["ts"].replace(",", ".")
+            try:
+                last_time = datetime.fromisoformat(ts).timestamp()
+            except ValueError:
+                pass
+            last_level = m["level"] if m["level"] in LEVELS else "INFO"
+            message = f"{m['logger']} - {m['msg']}"
+        else:
+            message = line
+        out.append(LogRecord(last_time, instance, role, last_level, message))
+    return out
+
+
+def matches(
+    rec: LogRecord, instance: Optional[str] = None, q: Optional[str] = None, level: Optional[str] = None
+) -> bool:
+    """The one filter every log view applies: by instance (id or role), minimum level, text."""
+    if instance and instance not in (rec.instance, rec.role, f"{rec.role}-{rec.instance}"):
+        return False
+    if level and level.upper() in LEVELS and LEVELS.index(rec.level) < LEVELS.index(level.upper()):
+        return False
+    if q and q.lower() not in rec.message.lower():
+        return False
+    return True
+
+
+async def tail(
+    fetch: Callable[[Optional[float]], Awaitable[list[LogRecord]]],
+    since: Optional[float] = None,
+    interval: float = 1.0,
+    stop: Optional[Callable[[], bool]] = None,
+) -> AsyncIterator[LogRecord]:
+    """Follow logs by polling ``fetch(since)``; records sharing the boundary time stamp are
+    not repeated. Ends when ``stop()`` turns true (after one last fetch)."""
+    seen_at_boundary: set[tuple] = set()
+    while True:
+        finishing = bool(stop and stop())
+        records = await fetch(since)
+        for rec in records:
+            key = (rec.time, rec.instance, rec.message)
+            if since is not None and rec.time < since:
+                continue
+            if key in seen_at_boundary:
+                continue
+            if since is None or rec.time > since:
+                since, seen_at_boundary = rec.time, set()
+            seen_at_boundary.add(key)
+            yield rec
+        if finishing:
+            return
+        await asyncio.sleep(interval)
+
+
+def since_from(value: Any) -> Optional[float]:
+    """``since`` as given by a user: epoch seconds, an ISO time, or a duration ago ('10m')."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        pass
+    from dask.utils import parse_timedelta
+
+    try:
+        return time.time() - parse_timedelta(text)
+    except (ValueError, KeyError):
+        raise ValueError(f"since: {value!r} is not a time; expected epoch seconds, an ISO time or a duration like '10m'") from None

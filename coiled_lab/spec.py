@@ -1,0 +1,309 @@
+"""ClusterSpec: the one vocabulary every front door speaks.
+
+The sidebar form, the widget, ``%coiled start``, ``coiled-lab start``, the REST API and
+``coiled_lab.Cluster(...)`` all build a :class:`ClusterSpec`; nothing else decides what a
+valid cluster request is. Fields a caller leaves out come from dask config
+(``coiled-lab.cluster.*``). Errors become :class:`ClusterSpecError`, which names the
+field, the bad value and what is allowed, and serializes to the REST error shape.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from . import config
+
+BACKENDS = ("local", "aws", "gcp")
+SPOT_POLICIES = ("on-demand", "spot", "spot_with_fallback")
+MAX_WORKERS = 10_000  # hard ceiling for any backend; admins set lower limits in config
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+RESERVED_TAG_PREFIX = "coiled-lab:"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClusterSpecError(ValueError):
+    """A request that is not a valid cluster: names the field and what is allowed."""
+
+    def __init__(self, message: str, field: str | None = None, errors: list[dict] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.errors = errors or [{"field": field, "error": message}]
+
+    def to_json(self) -> dict[str, Any]:
+        """The body the REST API answers with (HTTP 400)."""
+        return {"error": self.message, "field": self.field, "errors": self.errors}
+
+
+def _duration(value: Any) -> Optional[float]:
+    """Seconds from ``20m``, ``"1 hour"``, ``90`` (seconds); ``None``/``"off"`` disables."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none", "never")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '20m', '1h' or a number of seconds")
+    from dask.utils import parse_timedelta
+
+    try:
+        seconds = parse_timedelta(value, default="seconds")
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("expected a duration such as '20m', '1h' or a number of seconds") from None
+    if seconds is None or seconds <= 0:
+        raise ValueError("expected a positive duration such as '20m', or 'off'")
+    return float(seconds)
+
+
+def _memory(value: Any) -> Optional[int]:
+    """Bytes from ``"16 GiB"``, ``"8GB"`` or an integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '16 GiB'")
+    from dask.utils import parse_bytes
+
+    try:
+        n = parse_bytes(value)
+    except (ValueError, TypeError):
+        raise ValueError("expected a size such as '16 GiB' or '8GB'") from None
+    if n <= 0:
+        raise ValueError("expected a positive size such as '16 GiB'")
+    return int(n)
+
+
+Duration = Annotated[Optional[float], BeforeValidator(_duration)]
+Memory = Annotated[Optional[int], BeforeValidator(_memory)]
+
+
+def _default(field: str):
+    """A default_factory reading ``coiled-lab.cluster.<field>`` at the time of the request."""
+
+    def factory():
+        value = config.get(f"cluster.{field}")
+        return dict(value) if isinstance(value, dict) else value
+
+    return factory
+
+
+class ClusterSpec(BaseModel):
+    """What a user asks for. Pure data: no I/O, no cloud calls."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    name: Optional[str] = Field(
+        None, description="Cluster name (lower-case letters, digits, '-'); generated when left out"
+    )
+    backend: Literal["local", "aws", "gcp"] = Field(
+        default_factory=_default("backend"), description="Where the cluster runs"
+    )
+    n_workers: int = Field(
+        default_factory=_default("n_workers"), ge=0, le=MAX_WORKERS, description="Number of workers"
+    )
+    worker_vm_types: Optional[list[str]] = Field(
+        default_factory=_default("worker_vm_types"),
+        description="Instance types for workers, in order of preference",
+    )
+    worker_cpu: Optional[int] = Field(
+        default_factory=_default("worker_cpu"), ge=1, le=448, description="vCPUs per worker"
+    )
+    worker_memory: Memory = Field(
+        default_factory=_default("worker_memory"), description="Memory per worker, e.g. '16 GiB'"
+    )
+    worker_gpu: Optional[int] = Field(
+        default_factory=_default("worker_gpu"), ge=0, le=16, description="GPUs per worker"
+    )
+    scheduler_vm_type: Optional[str] = Field(
+        default_factory=_default("scheduler_vm_type"), description="Instance type for the scheduler"
+    )
+    spot_policy: Literal["on-demand", "spot", "spot_with_fallback"] = Field(
+        default_factory=_default("spot_policy"), description="Purchase option for workers"
+    )
+    region: Optional[str] = Field(default_factory=_default("region"), description="Cloud region")
+    zone: Optional[str] = Field(default_factory=_default("zone"), description="Availability zone")
+    allow_cross_zone: bool = Field(
+        default_factory=_default("allow_cross_zone"),
+        description="Spread workers over zones (cross-zone traffic costs money)",
+    )
+    allow_ingress_from: str = Field(
+        default_factory=_default("allow_ingress_from"),
+        description="CIDR allowed to reach scheduler and dashboard; 'me' = this server's address",
+    )
+    idle_timeout: Duration = Field(
+        default_factory=_default("idle_timeout"), description="Stop after this long with no work"
+    )
+    no_client_timeout: Duration = Field(
+        default_factory=_default("no_client_timeout"),
+        description="Stop after this long without a connected client",
+    )
+    max_lifetime: Duration = Field(
+        default_factory=_default("max_lifetime"), description="Stop after this long whatever happens"
+    )
+    tags: dict[str, str] = Field(default_factory=_default("tags"), description="Tags/labels on every resource")
+    environ: dict[str, str] = Field(
+        default_factory=_default("environ"), description="Environment variables for the dask processes"
+    )
+    package_sync: bool = Field(
+        default_factory=_default("package_sync"), description="Install this environment's packages on the VMs"
+    )
+    software: Optional[str] = Field(
+        default_factory=_default("software"), description="Container image or requirements file instead of package sync"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(NAME_PATTERN, v):
+            raise ValueError(
+                "expected 1-63 lower-case letters, digits or '-', starting and ending with a letter or digit"
+            )
+        return v
+
+    @field_validator("worker_vm_types", mode="before")
+    @classmethod
+    def _one_or_many_types(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+    @field_validator("worker_vm_types")
+    @classmethod
+    def _check_types(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is not None:
+            if not v:
+                raise ValueError("expected at least one instance type, or leave it out")
+            for t in v:
+                if not re.match(r"^[a-z0-9][a-z0-9.\-]{1,62}$", t):
+                    raise ValueError(f"{t!r} is not an instance type name (such as 'm6i.xlarge')")
+        return v
+
+    @field_validator("allow_ingress_from")
+    @classmethod
+    def _check_cidr(cls, v: str) -> str:
+        if v == "me":
+            return v
+        try:
+            return str(ipaddress.ip_network(v, strict=False))
+        except ValueError:
+            raise ValueError("expected 'me' or a CIDR such as '203.0.113.0/24'") from None
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not key or len(key) > 128:
+                raise ValueError(f"tag key {key!r} must have 1 to 128 characters")
+            if key.startswith(RESERVED_TAG_PREFIX):
+                raise ValueError(f"tag key {key!r} uses the reserved prefix {RESERVED_TAG_PREFIX!r}")
+            if len(value) > 256:
+                raise ValueError(f"tag {key!r} has a value longer than 256 characters")
+        return v
+
+    @field_validator("environ")
+    @classmethod
+    def _check_environ(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name")
+        return v
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "ClusterSpec":
+        explicit = self.model_fields_set
+        if self.worker_vm_types and explicit & {"worker_cpu", "worker_memory"}:
+            field = "worker_cpu" if "worker_cpu" in explicit else "worker_memory"
+            raise _CombinationError(field, "give either worker_vm_types or worker_cpu/worker_memory, not both")
+        if self.software and "package_sync" in explicit and self.package_sync:
+            raise _CombinationError("package_sync", "package_sync cannot be on when software is given")
+        if self.backend == "local":
+            # Cloud-only options a user set explicitly are errors; cloud defaults are ignored.
+            if "worker_gpu" in explicit and self.worker_gpu:
+                raise _CombinationError("worker_gpu", "the local backend has no GPUs; allowed: 0")
+            if "spot_policy" in explicit and self.spot_policy != "on-demand":
+                raise _CombinationError(
+                    "spot_policy", "the local backend has no spot instances; allowed: 'on-demand'"
+                )
+            for field in ("worker_vm_types", "scheduler_vm_type", "region", "zone"):
+                if field in explicit and getattr(self, field):
+                    raise _CombinationError(field, f"the local backend has no {field}; use backend 'aws' or 'gcp'")
+            limit = int(config.get("local.max-workers"))
+            if self.n_workers > limit:
+                raise _CombinationError(
+                    "n_workers",
+                    f"the local backend allows at most {limit} workers (coiled-lab.local.max-workers)",
+                )
+        return self
+
+    def public(self) -> dict[str, Any]:
+        """JSON-ready dict, durations in seconds and memory in bytes."""
+        return self.model_dump(mode="json")
+
+
+class _CombinationError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+FIELDS: tuple[str, ...] = tuple(ClusterSpec.model_fields)
+
+
+def parse_spec(data: Any = None, **kwargs: Any) -> ClusterSpec:
+    """Validate a request into a ClusterSpec, or raise :class:`ClusterSpecError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ClusterSpecError(f"expected a JSON object of cluster fields, got {type(data).__name__}", None)
+    merged = {**data, **kwargs}
+    try:
+        return ClusterSpec(**merged)
+    except ValidationError as exc:
+        raise spec_error(exc, merged) from None
+    except TypeError as exc:  # e.g. non-string keys
+        raise ClusterSpecError(str(exc), None) from None
+
+
+def spec_error(exc: ValidationError, data: dict[str, Any] | None = None) -> ClusterSpecError:
+    """Turn pydantic's error list into one ClusterSpecError naming field, value and what is allowed."""
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err.get("loc", ())]
+        field = loc[0] if loc else None
+        if err["type"] == "extra_forbidden":
+            message = f"unknown field {field!r}; allowed fields: {', '.join(FIELDS)}"
+        else:
+            ctx_error = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_error, _CombinationError):
+                field = ctx_error.field
+                value = (data or {}).get(field)
+                message = f"{field}: {value!r} is not allowed: {ctx_error}"
+            else:
+                msg = err["msg"]
+                if msg.startswith("Value error, "):
+                    msg = msg[len("Value error, ") :]
+                where = ".".join(loc) if loc else "spec"
+                value = err.get("input")
+                if data is not None and field in data and len(loc) == 1:
+                    value = data[field]
+                message = f"{where}: {value!r} is not allowed: {msg}"
+        errors.append({"field": field, "error": message})
+    first = errors[0] if errors else {"field": None, "error": str(exc)}
+    return ClusterSpecError(first["error"], first["field"], errors)
+
+
+def describe_fields() -> list[dict[str, Any]]:
+    """Name, type, default and help of every field: the source for CLI/magic options and forms."""
+    out = []
+    for name, info in ClusterSpec.model_fields.items():
+        default = info.default_factory() if info.default_factory else info.default
+        out.append({"name": name, "default": default, "help": info.description or ""})
+    return out
