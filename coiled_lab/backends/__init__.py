@@ -11,7 +11,9 @@ def get_backend(name: str) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend()
-    raise ValueError(f"backend: {name!r} is not available here; available: 'local'")
+    raise ValueError(
+        f"backend: {name!r} is not allowed: its backend is not installed in this version; available: 'local'"
+    )
 
 
 __all__ = ["Backend", "ClusterContext", "get_backend"]

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from .. import config
 from ..backends import Backend, ClusterContext, get_backend
+from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
 from ..spec import ClusterSpec, ClusterSpecError, parse_spec
 from ..tls import TLSMaterial
@@ -38,19 +39,6 @@ from .states import FINAL, State, check_transition
 from .store import ClusterRecord, Instance, NameInUse, Store
 
 logger = logging.getLogger("coiled_lab.manager")
-
-
-class NotFound(KeyError):
-    def __str__(self) -> str:
-        return f"no cluster named or with id {self.args[0]!r}"
-
-
-class Conflict(RuntimeError):
-    """The request is valid but not in this cluster's current state (HTTP 409)."""
-
-
-class ManagerBusy(RuntimeError):
-    """Another process already manages this store."""
 
 
 class ClusterManager:
@@ -151,7 +139,10 @@ class ClusterManager:
         self._check_started()
         if not isinstance(spec, ClusterSpec):
             spec = parse_spec(spec)
-        self.backend(spec.backend)  # an unavailable backend fails here, before any record
+        try:
+            self.backend(spec.backend)  # an unavailable backend fails here, before any record
+        except ValueError as exc:
+            raise ClusterSpecError(str(exc), "backend") from None
         cluster_id = secrets.token_hex(6)
         name = spec.name or _default_name(cluster_id)
         spec = spec.model_copy(update={"name": name})
@@ -223,13 +214,13 @@ class ClusterManager:
         instance: Optional[str] = None,
         q: Optional[str] = None,
         level: Optional[str] = None,
-        limit: int = 1000,
+        limit: Optional[int] = 1000,
     ) -> list[dict[str, Any]]:
-        """The cluster's log records after ``since``, filtered; the newest ``limit`` of them."""
+        """The cluster's log records after ``since``, filtered; the newest ``limit`` (None: all)."""
         rec = self._find(name_or_id)
         records = await self.backend(rec.backend).logs(self._context(rec), since=since)
         records = [r for r in records if matches(r, instance, q, level)]
-        return [r.to_json() for r in records[-limit:]] if limit else []
+        return [r.to_json() for r in (records[-limit:] if limit else records)]
 
     async def connection(self, name_or_id: str) -> dict[str, Any]:
         """What a client needs to connect: scheduler address and the cluster's TLS material."""
@@ -270,6 +261,23 @@ class ClusterManager:
 
     def events_since(self, after: int, cluster_id: Optional[str] = None) -> list[dict[str, Any]]:
         return self.store.events(cluster_id, after=after)
+
+    async def catalog(self, backend: Optional[str] = None, region: Optional[str] = None) -> dict[str, Any]:
+        """Regions, zones and instance types a backend offers (for forms and validation)."""
+        name = backend or config.get("cluster.backend")
+        if name not in ("local", "aws", "gcp"):
+            raise ClusterSpecError(f"backend: {name!r} is not allowed; allowed: 'local', 'aws', 'gcp'", "backend")
+        try:
+            chosen = self.backend(name)
+        except ValueError as exc:
+            raise ClusterSpecError(str(exc), "backend") from None
+        return await chosen.catalog(region)
+
+    async def estimate(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
+        """What a spec would cost per hour, before anything is launched."""
+        from ..pricing import estimate
+
+        return estimate(spec if isinstance(spec, ClusterSpec) else parse_spec(spec))
 
     async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Find processes/resources of clusters the store does not consider live; remove them."""

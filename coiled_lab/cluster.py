@@ -1,0 +1,191 @@
+"""``coiled_lab.Cluster``: what a user holds.
+
+A ``distributed.deploy.Cluster`` whose machines are run by the control plane: the
+Jupyter server extension when there is one, else a manager in this process. Creating
+one asks the control plane for a cluster (or attaches to a live one by name), waits for
+it to run, then connects to its scheduler over the cluster's own TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from contextlib import suppress
+from typing import Any, Optional
+
+from distributed.core import rpc
+from distributed.deploy.cluster import Cluster as _DistributedCluster
+from distributed.utils import Log, Logs
+
+from .control import get_control
+from .errors import ClusterError, NotFound
+from .logs import LogRecord
+from .spec import parse_spec
+from .tls import TLSMaterial
+
+logger = logging.getLogger("coiled_lab.cluster")
+
+
+class Cluster(_DistributedCluster):
+    """A Dask cluster run by coiled-lab.
+
+    >>> cluster = Cluster(n_workers=4)                  # new cluster, default backend
+    >>> cluster = Cluster(name="etl", backend="aws")    # attach to "etl" if live, else create it
+    >>> client = cluster.get_client()
+
+    Every ClusterSpec field is a keyword argument. ``shutdown_on_close`` (default True)
+    makes ``close()`` stop the cluster; with False it only disconnects.
+    """
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        *,
+        asynchronous: bool = False,
+        loop=None,
+        timeout: Optional[float] = None,
+        shutdown_on_close: bool = True,
+        control: Any = None,
+        **spec_fields: Any,
+    ):
+        fields = dict(spec_fields)
+        if name is not None:
+            fields["name"] = name
+        self._spec = parse_spec(fields)  # bad input fails here, before any request
+        self._explicit = set(fields)
+        self._control = control if control is not None else get_control()
+        self._timeout = timeout
+        self.shutdown_on_close = shutdown_on_close
+        self.cluster_id: Optional[str] = None
+        self.record: dict[str, Any] = {}
+        self.security = None
+        self._events_task: Optional[asyncio.Task] = None
+        super().__init__(asynchronous=asynchronous, loop=loop, name=name)
+        if not self.called_from_running_loop:
+            self._loop_runner.start()
+            self.sync(self._start)
+
+    # -- start / attach ----------------------------------------------------------------
+    async def _start(self) -> None:
+        control = self._control
+        record = None
+        if self._spec.name:
+            with suppress(NotFound):
+                found = await control.get(self._spec.name)
+                if found["status"] not in ("stopped", "error"):
+                    record = found
+                    self._check_attach(found)
+        if record is None:
+            record = await control.create(self._spec.model_dump(mode="json", include=self._explicit))
+        self.cluster_id = record["id"]
+        self.name = record["name"]
+        self.record = record
+        self._events_task = asyncio.ensure_future(self._follow_events())
+        record = await control.wait(self.cluster_id, ("running",), self._timeout)
+        self.record = record
+        if record["status"] != "running":
+            raise ClusterError(f"cluster {record['name']} is {record['status']}: {record.get('message')}")
+        conn = await control.connection(self.cluster_id)
+        self.security = TLSMaterial(conn["tls"]["cert"], conn["tls"]["key"]).security()
+        self.scheduler_comm = rpc(conn["address"], connection_args=self.security.get_connection_args("client"))
+        await super()._start()
+
+    def _check_attach(self, found: dict[str, Any]) -> None:
+        """Attaching by name to a cluster with a different backend would surprise."""
+        if "backend" in self._explicit and found["backend"] != self._spec.backend:
+            raise ClusterError(
+                f"a live cluster named {found['name']!r} runs on backend {found['backend']!r}, "
+                f"not {self._spec.backend!r}; pick another name"
+            )
+
+    async def _follow_events(self) -> None:
+        """Keep ``record`` current from the control plane's event stream."""
+        with suppress(asyncio.CancelledError):
+            async for _event in self._control.events(self.cluster_id):
+                with suppress(Exception):
+                    self.record = await self._control.get(self.cluster_id)
+
+    # -- scaling ---------------------------------------------------------------------
+    def scale(self, n: int = 0, memory=None, cores=None) -> Any:
+        """Ask for ``n`` workers; returns at once (``wait_for_workers(n)`` to wait)."""
+        if memory is not None or cores is not None:
+            raise ValueError("scale by memory or cores is not supported; give a number of workers")
+        return self.sync(self._scale, n)
+
+    async def _scale(self, n: int) -> None:
+        self.record = await self._control.scale(self.cluster_id, int(n))
+
+    def scale_down(self, workers) -> Any:
+        """Used by ``Adaptive``: the given workers are already retired by the scheduler."""
+        return self.sync(self._scale, max(0, self.record["workers"]["target"] - len(workers)))
+
+    @property
+    def requested(self) -> set[str]:
+        return {w["name"] for w in self.scheduler_info["workers"].values()} | {
+            f"requested-{i}" for i in range(len(self.observed), self.record.get("workers", {}).get("launched", 0))
+        }
+
+    @property
+    def observed(self) -> set[str]:
+        return {w["name"] for w in self.scheduler_info["workers"].values()}
+
+    @property
+    def plan(self) -> set[str]:
+        target = self.record.get("workers", {}).get("target", 0)
+        names = sorted(self.requested)
+        return set(names[:target]) | {f"planned-{i}" for i in range(len(names), target)}
+
+    # -- information -------------------------------------------------------------------
+    @property
+    def status_text(self) -> str:
+        return self.record.get("status", "unknown")
+
+    @property
+    def dashboard_link(self) -> str:
+        link = self._control.dashboard_url(self.record) if self.record else None
+        return link or ""
+
+    async def _get_logs(self, cluster=True, scheduler=True, workers=True) -> Logs:
+        records = [LogRecord(**r) for r in await self._control.logs(self.cluster_id, limit=None)]
+        logs = Logs()
+        if cluster:
+            logs["Cluster"] = Log(f"{self.record.get('status')}: {self.record.get('message') or ''}")
+        by_instance: dict[str, list[str]] = {}
+        for r in records:
+            if (r.role == "scheduler" and scheduler) or (r.role == "worker" and workers):
+                key = "Scheduler" if r.role == "scheduler" else r.instance
+                by_instance.setdefault(key, []).append(r.format())
+        for key, lines in by_instance.items():
+            logs[key] = Log("\n".join(lines))
+        return logs
+
+    def _repr_html_(self, cluster_status=None) -> str:
+        r = self.record or {}
+        workers = r.get("workers", {})
+        rows = [
+            ("Status", r.get("status", "unknown") + (f" ({r['message']})" if r.get("message") else "")),
+            ("Backend", r.get("backend", self._spec.backend)),
+            ("Workers", f"{workers.get('ready', 0)} ready of {workers.get('target', 0)}"),
+            ("Cluster id", self.cluster_id or ""),
+        ]
+        time_left = r.get("time_left") or {}
+        left = [f"{k.replace('_', ' ')}: {v / 60:.0f} min" for k, v in time_left.items() if v is not None]
+        if left:
+            rows.append(("Stops in", ", ".join(left)))
+        table = "".join(
+            f'<tr><td style="text-align:left"><strong>{html.escape(k)}:</strong> {html.escape(str(v))}</td></tr>'
+            for k, v in rows
+        )
+        return super()._repr_html_(cluster_status=f"<table>{table}</table>")
+
+    # -- closing -------------------------------------------------------------------
+    async def _close(self) -> None:
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._events_task
+        await super()._close()
+        if self.shutdown_on_close and self.cluster_id:
+            await self._control.stop(self.cluster_id)
+            self.record = await self._control.wait(self.cluster_id, ("stopped",), 120)
