@@ -1,2 +1,185 @@
-def main():
-    pass
+"""``coiled-lab``: start, list, scale, stop, tail logs and clean up clusters from a shell.
+
+It reaches the control plane like every other front door (:func:`get_control`): the
+Jupyter server's API when one is running for this state directory, else a manager in
+this process. Exit codes: 0 done, 1 the cluster failed, 2 bad input, 3 conflict or
+store busy, 4 no such cluster, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT, EXIT_NOT_FOUND = 1, 2, 3, 4
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from rich.console import Console
+
+    from .errors import ClusterError, Conflict, ManagerBusy, NotFound
+    from .options import HelpShown, UsageError, build_parser
+    from .spec import ClusterSpecError
+
+    console = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    parser = build_parser("coiled-lab", cli=True)
+    try:
+        ns = parser.parse_args(argv)
+        return _dispatch(ns, console)
+    except HelpShown:
+        return 0
+    except UsageError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    except ClusterSpecError as exc:
+        from .options import describe_error
+
+        err.print(f"[red]error:[/] {describe_error(exc)}")
+        return EXIT_USAGE
+    except NotFound as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_NOT_FOUND
+    except (Conflict, ManagerBusy) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_CONFLICT
+    except ClusterError as exc:
+        err.print(f"[red]failed:[/] {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(ns, console) -> int:
+    from .control import get_control
+
+    control = get_control()
+    handler = {
+        "start": _start, "list": _list, "status": _status, "scale": _scale,
+        "stop": _stop, "logs": _logs, "cleanup": _cleanup,
+    }[ns.command]
+    return control.run(handler(control, ns, console))
+
+
+def _print_json(console, data: Any) -> None:
+    console.print_json(json.dumps(data))
+
+
+async def _follow_until(control, cluster_id: str, states: tuple[str, ...], console, timeout: Optional[float] = None):
+    """Print each state/progress event until the cluster reaches ``states``; return it."""
+    from .display import progress_line
+
+    started = time.monotonic()
+
+    async def printer():
+        async for event in control.events(cluster_id):
+            line = progress_line(event)
+            if line:
+                console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {line}")
+
+    if console is None:
+        return await control.wait(cluster_id, states, timeout)
+    task = asyncio.ensure_future(printer())
+    try:
+        return await control.wait(cluster_id, states, timeout)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _start(control, ns, console) -> int:
+    from .display import cluster_detail
+    from .errors import ClusterError
+    from .options import spec_fields
+    from .spec import parse_spec
+
+    fields = spec_fields(ns)
+    spec = parse_spec(fields)  # bad input stops here, before any request
+    record = await control.create(spec.model_dump(mode="json", include=set(fields)))
+    if not ns.json:
+        console.print(f"cluster [bold]{record['name']}[/] ({record['id']}) requested on {record['backend']}")
+    if not ns.no_wait:
+        record = await _follow_until(control, record["id"], ("running",), None if ns.json else console)
+    if ns.json:
+        _print_json(console, record)
+    else:
+        console.print(cluster_detail(record, control.dashboard_url(record)))
+    if record["status"] == "error":
+        raise ClusterError(record.get("message") or "cluster failed")
+    return 0
+
+
+async def _list(control, ns, console) -> int:
+    from .display import clusters_table
+
+    clusters = await control.list(live_only=not ns.all)
+    if ns.json:
+        _print_json(console, clusters)
+    elif not clusters:
+        console.print("no clusters" + ("" if ns.all else " running (--all shows stopped ones)"))
+    else:
+        console.print(clusters_table(clusters))
+    return 0
+
+
+async def _status(control, ns, console) -> int:
+    from .display import cluster_detail
+
+    record = await control.get(ns.name)
+    if ns.json:
+        _print_json(console, record)
+    else:
+        console.print(cluster_detail(record, control.dashboard_url(record)))
+    return 0
+
+
+async def _scale(control, ns, console) -> int:
+    record = await control.scale(ns.name, ns.n_workers)
+    if ns.wait:
+        record = await _follow_until(control, record["id"], ("running",), None if ns.json else console)
+    if ns.json:
+        _print_json(console, record)
+    else:
+        console.print(f"{record['name']}: {record['status']}, {record['workers']['target']} workers wanted")
+    return 0
+
+
+async def _stop(control, ns, console) -> int:
+    record = await control.stop(ns.name)
+    if not ns.no_wait:
+        record = await _follow_until(control, record["id"], ("stopped",), None if ns.json else console)
+    if ns.json:
+        _print_json(console, record)
+    else:
+        console.print(f"{record['name']}: {record['status']}")
+    return 0 if record["status"] in ("stopped", "stopping") else EXIT_FAILED
+
+
+async def _logs(control, ns, console) -> int:
+    from .logs import LogRecord, follow, since_from
+
+    since = since_from(ns.since) if ns.since else None
+    filters = {"instance": ns.instance, "q": ns.grep, "level": ns.level}
+    if ns.follow:
+        await follow(control, ns.name, lambda r: console.print(r.format(), markup=False), since, **filters)
+        return 0
+    for r in await control.logs(ns.name, since=since, limit=ns.limit, **filters):
+        console.print(LogRecord(**r).format(), markup=False)
+    return 0
+
+
+async def _cleanup(control, ns, console) -> int:
+    found = await control.cleanup(dry_run=ns.dry_run)
+    verb = "would stop" if ns.dry_run else "stopped"
+    for item in found:
+        console.print(f"{verb} {len(item['instances'])} instance(s) of {item['name']} ({item['id']})")
+    if not found:
+        console.print("nothing to clean up")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

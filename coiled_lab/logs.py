@@ -102,6 +102,40 @@ async def tail(
         await asyncio.sleep(interval)
 
 
+async def follow(
+    control: Any,
+    cluster_id: str,
+    emit: Callable[[LogRecord], None],
+    since: Optional[float] = None,
+    interval: float = 1.0,
+    **filters: Any,
+) -> None:
+    """Print a cluster's logs as they come (through any front door's control) until the
+    cluster has stopped and its last lines are out."""
+    done = asyncio.Event()
+    record = await control.get(cluster_id)
+    watcher = None
+    if record["status"] in ("stopped", "error"):
+        done.set()
+    else:
+
+        async def watch_end() -> None:
+            await control.wait(cluster_id, ("stopped",))
+            done.set()
+
+        watcher = asyncio.ensure_future(watch_end())
+
+    async def fetch(after: Optional[float]) -> list[LogRecord]:
+        return [LogRecord(**r) for r in await control.logs(cluster_id, since=after, limit=None, **filters)]
+
+    try:
+        async for rec in tail(fetch, since=since, interval=interval, stop=done.is_set):
+            emit(rec)
+    finally:
+        if watcher:
+            watcher.cancel()
+
+
 def since_from(value: Any) -> Optional[float]:
     """``since`` as given by a user: epoch seconds, an ISO time, or a duration ago ('10m')."""
     if value in (None, ""):

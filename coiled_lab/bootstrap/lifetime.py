@@ -34,6 +34,26 @@ def environment(cluster_id: str, spec: Any) -> dict[str, str]:
     return env
 
 
+CLOCKS = ("started_at", "idle_since", "clients", "last_client_at", "timeouts")
+
+
+def time_left(clocks: dict[str, Any], now: Optional[float] = None) -> dict[str, Optional[float]]:
+    """Seconds left on each timeout given the scheduler's clocks; None where it is off or
+    not counting (not idle; a client connected; no client ever connected)."""
+    now = time.time() if now is None else now
+    t = clocks["timeouts"]
+    idle_since, last_client = clocks.get("idle_since"), clocks.get("last_client_at")
+    return {
+        "idle_timeout": idle_since + t["idle_timeout"] - now if t.get("idle_timeout") and idle_since else None,
+        "no_client_timeout": (
+            last_client + t["no_client_timeout"] - now
+            if t.get("no_client_timeout") and last_client and not clocks.get("clients")
+            else None
+        ),
+        "max_lifetime": clocks["started_at"] + t["max_lifetime"] - now if t.get("max_lifetime") else None,
+    }
+
+
 def _env_seconds(field: str) -> Optional[float]:
     value = os.environ.get(f"COILED_LAB_{field.upper()}")
     return float(value) if value else None
@@ -73,30 +93,19 @@ class Lifetime(SchedulerPlugin):
         return sum(1 for c in self.scheduler.clients if c != "fire-and-forget")
 
     def status(self, comm=None) -> dict[str, Any]:
-        """Clocks and time left, in seconds (None: that timeout is off or not running)."""
+        """The clocks (epoch seconds) and the time left on each timeout."""
         now = time.time()
         clients = self._clients()
         if clients:
             self.last_client_at = now
-        idle_since = self.scheduler.idle_since
-        left = {}
-        t = self.timeouts
-        left["idle_timeout"] = (idle_since + t["idle_timeout"] - now) if t["idle_timeout"] and idle_since else None
-        left["no_client_timeout"] = (
-            (self.last_client_at + t["no_client_timeout"] - now)
-            if t["no_client_timeout"] and self.last_client_at and not clients
-            else None
-        )
-        left["max_lifetime"] = (self.started_at + t["max_lifetime"] - now) if t["max_lifetime"] else None
-        return {
+        clocks = {
             "started_at": self.started_at,
-            "idle_since": idle_since,
+            "idle_since": self.scheduler.idle_since,
             "clients": clients,
             "last_client_at": self.last_client_at,
-            "timeouts": dict(t),
-            "time_left": left,
-            "stop_reason": self.stop_reason,
+            "timeouts": dict(self.timeouts),
         }
+        return {**clocks, "time_left": time_left(clocks, now), "stop_reason": self.stop_reason}
 
     async def _watch(self) -> None:
         while True:

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from .. import config
 from ..backends import Backend, ClusterContext, get_backend
+from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
 from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
 from ..spec import ClusterSpec, ClusterSpecError, parse_spec
@@ -59,7 +60,6 @@ class ClusterManager:
         self._tasks: dict[str, asyncio.Task] = {}
         self._later: dict[str, asyncio.TimerHandle] = {}
         self._failures: dict[str, int] = {}
-        self._observed: dict[str, dict[str, Any]] = {}
         self._rpcs: dict[str, Any] = {}
         self._watch_task: Optional[asyncio.Task] = None
         self._lock_file = None
@@ -416,8 +416,8 @@ class ClusterManager:
             new = await backend.launch_workers(ctx, missing)
             self.store.add_instances(rec.id, new)
             workers.extend(new)
-            before = self._observed.get(rec.id, {})
-            self._observe(rec, before.get("ready", 0), len(workers), before.get("lifetime"))
+            before = rec.state.get("observed", {})
+            rec = self._observe(rec, before.get("ready", 0), len(workers), before.get("lifetime"))
 
         # -- observe through the scheduler ---------------------------------------------
         address = rec.state.get("address") or await backend.scheduler_address(ctx, scheduler)
@@ -441,7 +441,7 @@ class ClusterManager:
             self.store.mark_terminated(rec.id, [i.id for i in extras])
             workers = workers[len(extras):]
         ready = sum(1 for i in workers if i.id in connected)
-        self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
+        rec = self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
 
         if ready >= spec.n_workers and len(workers) == spec.n_workers:
             if rec.status in (State.provisioning, State.scaling):
@@ -462,7 +462,6 @@ class ClusterManager:
         """The scheduler is gone while the cluster should run: it ended itself (a timeout)
         or crashed. Either way the cluster is over; stop what is left and say why."""
         records = await self.backend(rec.backend).logs(ctx)
-        from ..bootstrap.lifetime import STOP_MARKER
 
         reason = next((r.message.split(STOP_MARKER, 1)[1].strip() for r in reversed(records)
                        if STOP_MARKER in r.message), None)
@@ -484,7 +483,6 @@ class ClusterManager:
         await backend.cleanup(ctx)
         self.store.mark_terminated(rec.id, list(instances))
         await self._forget_rpc(rec.id)
-        self._observed.pop(rec.id, None)
 
     # == talking to the scheduler =========================================================
     async def _identity(self, rec: ClusterRecord, address: str) -> Optional[dict[str, Any]]:
@@ -583,13 +581,19 @@ class ClusterManager:
         seq = self.store.add_event(rec.id, "progress", payload)
         self._publish(Event(rec.id, "progress", payload, payload["time"], seq))
 
-    def _observe(self, rec: ClusterRecord, ready: int, launched: int, lifetime: Optional[dict]) -> None:
-        """Remember what the scheduler reports; a change in worker counts is a progress event."""
+    def _observe(self, rec: ClusterRecord, ready: int, launched: int, lifetime: Optional[dict]) -> ClusterRecord:
+        """Persist what the scheduler reports (so any process can show it); a change in
+        worker counts is also a progress event."""
         target = rec.spec["n_workers"]
-        before = self._observed.get(rec.id, {})
-        self._observed[rec.id] = {"ready": ready, "launched": launched, "target": target, "lifetime": lifetime}
+        clocks = {k: v for k, v in (lifetime or {}).items() if k in CLOCKS}
+        observed = {"ready": ready, "launched": launched, "target": target, "lifetime": clocks or None}
+        before = rec.state.get("observed", {})
+        if observed == before:
+            return rec
+        rec = self._update(rec, state={**rec.state, "observed": observed})
         if (before.get("ready"), before.get("launched"), before.get("target")) != (ready, launched, target):
             self._progress(rec, "workers", ready=ready, target=target, launched=launched)
+        return rec
 
     def _publish(self, event: Event) -> None:
         self.bus.publish(event)
@@ -600,7 +604,7 @@ class ClusterManager:
 
     def _json(self, rec: ClusterRecord) -> dict[str, Any]:
         d = rec.to_json()
-        observed = self._observed.get(rec.id, {})
+        observed = rec.state.get("observed", {})
         instances = self.store.instances(rec.id, live_only=True)
         d["workers"] = {
             "target": rec.spec["n_workers"],
@@ -609,8 +613,8 @@ class ClusterManager:
         }
         d["scheduler_address"] = rec.state.get("address") if rec.live else None
         d["dashboard"] = rec.state.get("dashboard") if rec.live else None
-        lifetime = observed.get("lifetime") if rec.live else None
-        d["time_left"] = lifetime["time_left"] if lifetime else None
+        clocks = observed.get("lifetime") if rec.live else None
+        d["time_left"] = time_left(clocks) if clocks else None
         d.pop("state", None)  # backend-internal ids stay on the server
         return d
 

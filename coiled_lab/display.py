@@ -1,0 +1,82 @@
+"""How clusters look in a terminal and in a notebook (rich renders in both)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+STATUS_STYLE = {
+    "pending": "yellow", "provisioning": "yellow", "running": "green", "scaling": "cyan",
+    "stopping": "magenta", "stopped": "dim", "error": "bold red",
+}
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def stops_in(cluster: dict[str, Any]) -> str:
+    """The soonest of the cluster's timeouts, e.g. 'idle 18m'."""
+    left = {k: v for k, v in (cluster.get("time_left") or {}).items() if v is not None}
+    if not left:
+        return "-"
+    field, seconds = min(left.items(), key=lambda kv: kv[1])
+    label = {"idle_timeout": "idle", "no_client_timeout": "no client", "max_lifetime": "lifetime"}[field]
+    return f"{label} {duration(seconds)}"
+
+
+def clusters_table(clusters: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title=None, show_lines=False, header_style="bold")
+    for column in ("name", "id", "backend", "status", "workers", "age", "stops in"):
+        table.add_column(column)
+    now = time.time()
+    for c in clusters:
+        w = c["workers"]
+        status = f"[{STATUS_STYLE.get(c['status'], '')}]{c['status']}[/]"
+        table.add_row(
+            c["name"], c["id"], c["backend"], status, f"{w['ready']}/{w['target']}",
+            duration((c.get("stopped_at") or now) - c["created_at"]), stops_in(c),
+        )
+    return table
+
+
+def cluster_detail(c: dict[str, Any], dashboard: Optional[str] = None):
+    from rich.table import Table
+
+    table = Table.grid(padding=(0, 2))
+    w = c["workers"]
+    rows = [
+        ("name", c["name"]), ("id", c["id"]), ("backend", c["backend"]),
+        ("status", f"[{STATUS_STYLE.get(c['status'], '')}]{c['status']}[/]"),
+        ("workers", f"{w['ready']} ready, {w['launched']} launched, {w['target']} wanted"),
+        ("scheduler", c.get("scheduler_address") or "-"),
+        ("dashboard", dashboard or "-"),
+        ("stops in", stops_in(c)),
+    ]
+    if c.get("message"):
+        rows.append(("message", c["message"]))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", str(value))
+    return table
+
+
+def progress_line(event) -> Optional[str]:
+    """One human line for a state or progress event (None for events not worth a line)."""
+    d = event.data
+    if event.kind == "state":
+        text = d["status"]
+        return text + (f": {d['message']}" if d.get("message") else "")
+    if event.kind == "progress":
+        if d["step"] == "workers":
+            return f"workers {d['ready']}/{d['target']} ready ({d['launched']} launched)"
+        return f"starting {d['step']}"
+    return None

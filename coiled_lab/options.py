@@ -1,0 +1,164 @@
+"""The one command-line parser, generated from ClusterSpec, shared by the CLI and ``%coiled``.
+
+Every ClusterSpec field becomes an option (``worker_vm_types`` -> ``--worker-vm-types``,
+with short aliases users expect such as ``--vm-type``, ``--gpu``, ``--spot``); values are
+passed through as given and validated by ClusterSpec, so the CLI, the magic, the REST
+API and the Python API accept and reject exactly the same things. Only options a user
+typed are sent: defaults are the server's (dask config), and ``--help`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from typing import Any, Optional
+
+from .spec import ClusterSpec, ClusterSpecError, describe_fields
+
+# Extra spellings users of Coiled and dask-cloudprovider reach for.
+ALIASES: dict[str, list[str]] = {
+    "worker_vm_types": ["--vm-type", "--vm-types"],
+    "worker_cpu": ["--cpu"],
+    "worker_memory": ["--memory"],
+    "worker_gpu": ["--gpu"],
+    "spot_policy": ["--spot"],
+    "tags": ["--tag"],
+    "environ": ["--env"],
+}
+# Fields given positionally by the commands that take them.
+POSITIONAL = {"n_workers"}
+
+
+class UsageError(ValueError):
+    """A command line that cannot be parsed; the message is one line for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: Optional[str] = None) -> typing.NoReturn:
+        if message:
+            raise UsageError(message.strip())
+        raise _HelpShown()
+
+
+class _HelpShown(Exception):
+    """--help was printed; nothing else to do."""
+
+
+HelpShown = _HelpShown
+
+
+def option_name(field: Optional[str]) -> str:
+    if field is None:
+        return "spec"
+    if field in POSITIONAL:
+        return field.upper()
+    return "--" + field.replace("_", "-")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _comma_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_spec_options(parser: argparse.ArgumentParser, positional_workers: bool = True) -> None:
+    """Add one option per ClusterSpec field (and ``n_workers`` as an optional positional)."""
+    group = parser.add_argument_group("cluster options (defaults from dask config 'coiled-lab.cluster')")
+    for info in describe_fields():
+        field, default, help_text = info["name"], info["default"], info["help"]
+        annotation = ClusterSpec.model_fields[field].annotation
+        shown = "none" if default in (None, {}, []) else default
+        help_text = f"{help_text} (default: {shown})"
+        if field in POSITIONAL and positional_workers:
+            parser.add_argument(field, nargs="?", default=argparse.SUPPRESS, help=help_text)
+            continue
+        names = [option_name(field), *ALIASES.get(field, [])]
+        kwargs: dict[str, Any] = {"dest": field, "default": argparse.SUPPRESS, "help": help_text}
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if annotation is bool:
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+        elif origin is dict:
+            group.add_argument(*names, action="append", type=_key_value, metavar="KEY=VALUE", **kwargs)
+        elif list in (origin, *map(typing.get_origin, args)):
+            group.add_argument(*names, action="extend", type=_comma_list, metavar="TYPE[,TYPE]", **kwargs)
+        else:
+            choices = None
+            literal = next((a for a in (annotation, *args) if typing.get_origin(a) is typing.Literal), None)
+            if literal is not None:
+                choices = typing.get_args(literal)
+                kwargs["metavar"] = "{" + ",".join(choices) + "}"
+            group.add_argument(*names, **kwargs)
+
+
+def spec_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """The ClusterSpec fields a user typed, in the shapes ClusterSpec accepts."""
+    out: dict[str, Any] = {}
+    for field in ClusterSpec.model_fields:
+        if hasattr(ns, field):
+            value = getattr(ns, field)
+            if isinstance(value, list) and value and isinstance(value[0], tuple):
+                value = dict(value)
+            out[field] = value
+    return out
+
+
+def describe_error(exc: ClusterSpecError) -> str:
+    """A ClusterSpecError re-worded to name the option a user typed, not the field."""
+    message = exc.message
+    if exc.field and message.startswith(f"{exc.field}:"):
+        message = option_name(exc.field) + message[len(exc.field):]
+    return message
+
+
+def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
+    """The commands of ``coiled-lab`` (``cli=True``) or ``%coiled``: one grammar for both."""
+    parser = _Parser(prog=prog, description="Dask clusters in your own cloud, or on this machine.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    start = sub.add_parser("start", help="start a cluster and wait until it runs")
+    add_spec_options(start)
+    start.add_argument("--no-wait", action="store_true", help="return as soon as the cluster is requested")
+    if not cli:
+        start.add_argument("--no-client", action="store_true", help="do not connect a distributed.Client")
+
+    lst = sub.add_parser("list", help="list clusters")
+    lst.add_argument("--all", action="store_true", help="include stopped clusters")
+
+    status = sub.add_parser("status", help="show one cluster")
+    status.add_argument("name", help="cluster name or id")
+
+    scale = sub.add_parser("scale", help="change the number of workers")
+    scale.add_argument("name", help="cluster name or id")
+    scale.add_argument("n_workers", help="number of workers wanted")
+    scale.add_argument("--wait", action="store_true", help="wait until the workers are ready")
+
+    stop = sub.add_parser("stop", help="stop a cluster (all its machines terminate)")
+    stop.add_argument("name", help="cluster name or id")
+    stop.add_argument("--no-wait", action="store_true", help="return as soon as the stop is requested")
+
+    logs = sub.add_parser("logs", help="show (or follow) a cluster's logs")
+    logs.add_argument("name", help="cluster name or id")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.add_argument("--instance", help="only this instance (id, or 'scheduler' / 'worker')")
+    logs.add_argument("--grep", help="only lines containing this text (case-insensitive)")
+    logs.add_argument("--level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper,
+                      help="minimum level")
+    logs.add_argument("--since", help="epoch seconds, an ISO time, or a duration ago such as 10m")
+    logs.add_argument("--limit", type=int, default=200, help="at most this many lines (default: 200)")
+
+    if cli:
+        for command in (start, lst, status, scale, stop):
+            command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        cleanup = sub.add_parser("cleanup", help="stop what runs for clusters the store no longer considers live")
+        cleanup.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    return parser
