@@ -53,6 +53,8 @@ def _duration(value: Any) -> Optional[float]:
         return None
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '20m', '1h' or a number of seconds")
+    if isinstance(value, (int, float)) and value <= 0:
+        raise ValueError("expected a positive duration such as '20m', or 'off'")
     from dask.utils import parse_timedelta
 
     try:

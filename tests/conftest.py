@@ -1,0 +1,63 @@
+"""Shared fixtures: every test gets its own coiled-lab state directory, and no dask
+process a test started survives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import dask.config
+import psutil
+import pytest
+
+
+def cluster_processes(marker: str | os.PathLike) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose command line mentions ``marker`` (a state dir)."""
+    marker = str(marker)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return [p for p in found if p.pid != os.getpid()]
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh state dir for this process (dask config) and its children (environment)."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("DASK_COILED_LAB__STATE_DIR", str(path))
+    monkeypatch.setenv("DASK_COILED_LAB__MANAGER__CHECK_INTERVAL", "0.5")
+    with dask.config.set({"coiled-lab.state-dir": str(path), "coiled-lab.manager.check-interval": 0.5}):
+        yield path
+    leftovers = cluster_processes(path)
+    for proc in leftovers:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture
+def control(state_dir):
+    """An in-process control plane on the test's state dir."""
+    from coiled_lab.control.inprocess import InProcessControl
+    from coiled_lab.control.manager import ClusterManager
+
+    ctl = InProcessControl(ClusterManager(state_dir))
+    yield ctl
+    ctl.close()

@@ -1,0 +1,124 @@
+import dask.config
+import pytest
+
+from coiled_lab.spec import FIELDS, ClusterSpec, ClusterSpecError, parse_spec
+
+
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("n_workers", -1, "greater than or equal to 0"),
+        ("n_workers", 10**7, "less than or equal to 10000"),
+        ("n_workers", "many", "valid integer"),
+        ("n_workers", 1.5, "valid integer"),
+        ("backend", "azure", "'local', 'aws' or 'gcp'"),
+        ("spot_policy", "cheap", "'on-demand', 'spot' or 'spot_with_fallback'"),
+        ("name", "Has Spaces", "lower-case letters"),
+        ("name", "x" * 64, "1-63"),
+        ("worker_cpu", 0, "greater than or equal to 1"),
+        ("worker_gpu", -1, "greater than or equal to 0"),
+        ("worker_memory", "lots", "size such as"),
+        ("worker_memory", -5, "positive size"),
+        ("worker_vm_types", ["M6I XL"], "instance type name"),
+        ("worker_vm_types", [], "at least one"),
+        ("idle_timeout", "soon", "duration such as"),
+        ("idle_timeout", -3, "positive duration"),
+        ("no_client_timeout", True, "duration such as"),
+        ("max_lifetime", "1 fortnight", "duration such as"),
+        ("allow_ingress_from", "everyone", "'me' or a CIDR"),
+        ("allow_cross_zone", "maybe", "valid boolean"),
+        ("tags", {"coiled-lab:cluster": "x"}, "reserved prefix"),
+        ("tags", "a=b", "valid dictionary"),
+        ("environ", {"1BAD": "x"}, "environment variable name"),
+        ("package_sync", "perhaps", "valid boolean"),
+    ],
+)
+def test_bad_value_names_field_value_and_what_is_allowed(field, value, allowed):
+    backend = {"backend": "aws"} if field in ("spot_policy", "worker_gpu", "worker_vm_types") else {}
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec({**backend, field: value})
+    err = info.value
+    assert err.field == field
+    assert err.message.startswith(f"{field}:")
+    assert allowed in err.message
+    body = err.to_json()
+    assert body["field"] == field and body["error"] == err.message
+
+
+def test_unknown_field_lists_allowed_fields():
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec({"n_worker": 3})
+    assert info.value.field == "n_worker"
+    assert "unknown field 'n_worker'" in info.value.message
+    assert "n_workers" in info.value.message
+
+
+def test_not_a_mapping():
+    with pytest.raises(ClusterSpecError):
+        parse_spec([1, 2])
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"worker_gpu": 1}, "worker_gpu"),
+        ({"spot_policy": "spot"}, "spot_policy"),
+        ({"worker_vm_types": ["m6i.large"]}, "worker_vm_types"),
+        ({"region": "us-east-1"}, "region"),
+        ({"n_workers": 65}, "n_workers"),
+    ],
+)
+def test_local_backend_refuses_cloud_only_options(fields, field):
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec({"backend": "local", **fields})
+    assert info.value.field == field
+    assert "local backend" in info.value.message
+
+
+def test_vm_types_exclude_cpu_memory():
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec(backend="aws", worker_vm_types="m6i.large", worker_memory="8GiB")
+    assert info.value.field == "worker_memory"
+
+
+def test_values_are_normalised():
+    spec = parse_spec(
+        backend="aws", worker_vm_types="m6i.large, m5.large",
+        idle_timeout="1h", no_client_timeout="off", allow_ingress_from="10.1.2.3/8",
+    )
+    assert spec.worker_vm_types == ["m6i.large", "m5.large"]
+    assert parse_spec(worker_memory="16 GiB").worker_memory == 16 * 2**30
+    assert spec.idle_timeout == 3600
+    assert spec.no_client_timeout is None
+    assert spec.allow_ingress_from == "10.0.0.0/8"
+
+
+def test_defaults_come_from_dask_config():
+    spec = parse_spec()
+    assert spec.backend == "local" and spec.idle_timeout == 20 * 60 and spec.spot_policy == "on-demand"
+    with dask.config.set({"coiled-lab.cluster.n-workers": 7, "coiled-lab.cluster.idle-timeout": "5m"}):
+        spec = parse_spec()
+    assert spec.n_workers == 7 and spec.idle_timeout == 300
+
+
+def test_environment_variables_override_defaults(monkeypatch):
+    monkeypatch.setenv("DASK_COILED_LAB__CLUSTER__N_WORKERS", "9")
+    dask.config.refresh()
+    try:
+        assert parse_spec().n_workers == 9
+    finally:
+        monkeypatch.delenv("DASK_COILED_LAB__CLUSTER__N_WORKERS")
+        dask.config.refresh()
+    assert parse_spec().n_workers == 4
+
+
+def test_cloud_only_defaults_do_not_break_local_clusters():
+    with dask.config.set({"coiled-lab.cluster.spot-policy": "spot_with_fallback"}):
+        assert parse_spec(backend="local").spot_policy == "spot_with_fallback"
+
+
+def test_round_trip_through_json():
+    spec = parse_spec(n_workers=3, tags={"team": "geo"}, idle_timeout="10m")
+    again = ClusterSpec.model_validate(spec.public())
+    assert again == spec
+    assert set(spec.public()) == set(FIELDS)
