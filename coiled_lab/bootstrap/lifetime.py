@@ -79,6 +79,7 @@ class Lifetime(SchedulerPlugin):
         self.last_client_at: Optional[float] = None  # None until a first client connects
         self.stop_reason: Optional[str] = None
         self._task: Optional[asyncio.Task] = None
+        self._closing: Optional[asyncio.Future] = None
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
@@ -89,6 +90,13 @@ class Lifetime(SchedulerPlugin):
         if self._task:
             self._task.cancel()
 
+    def add_client(self, scheduler, client: str) -> None:
+        self.last_client_at = time.time()
+
+    def remove_client(self, scheduler, client: str) -> None:
+        # The no-client clock starts when the last client leaves.
+        self.last_client_at = time.time()
+
     def _clients(self) -> int:
         return sum(1 for c in self.scheduler.clients if c != "fire-and-forget")
 
@@ -96,8 +104,6 @@ class Lifetime(SchedulerPlugin):
         """The clocks (epoch seconds) and the time left on each timeout."""
         now = time.time()
         clients = self._clients()
-        if clients:
-            self.last_client_at = now
         clocks = {
             "started_at": self.started_at,
             "idle_since": self.scheduler.idle_since,
@@ -115,7 +121,9 @@ class Lifetime(SchedulerPlugin):
                 if left is not None and left <= 0:
                     self.stop_reason = f"{field} of {self.timeouts[field]:g}s reached"
                     logger.warning("%s %s", STOP_MARKER, self.stop_reason)
-                    await self.scheduler.close(reason=f"coiled-lab {field}")
+                    # Close from a task of its own: scheduler.close() closes this plugin,
+                    # which cancels this watcher.
+                    self._closing = asyncio.ensure_future(self.scheduler.close(reason=f"coiled-lab {field}"))
                     return
 
 

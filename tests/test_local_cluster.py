@@ -1,0 +1,247 @@
+"""The local backend end to end: real scheduler and worker processes, TLS, the manager's
+reconcile loop, adoption after a crash, faults, and timeouts enforced by the cluster."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from distributed import Client
+
+from coiled_lab import Cluster
+from coiled_lab.backends.local import LocalBackend
+from coiled_lab.control.inprocess import InProcessControl
+from coiled_lab.control.manager import ClusterManager
+from coiled_lab.spec import ClusterSpecError
+from coiled_lab.tls import TLSMaterial
+
+from .conftest import cluster_processes, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def roles(state_dir) -> list[str]:
+    return sorted(
+        "scheduler" if any("dask_scheduler" in a for a in p.cmdline()) else "worker"
+        for p in cluster_processes(state_dir)
+    )
+
+
+def states(control, cluster_id) -> list[str]:
+    return [e["data"]["status"] for e in control.manager.store.events(cluster_id) if e["kind"] == "state"]
+
+
+def test_cluster_lifecycle_over_tls(control, state_dir):
+    with Cluster(n_workers=2, control=control) as cluster:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert roles(state_dir) == ["scheduler", "worker", "worker"]
+        with Client(cluster) as client:
+            assert client.submit(lambda x: x * 2, 21).result() == 42
+            assert sum(client.gather(client.map(lambda x: x + 1, range(10)))) == 55
+
+            cluster.scale(3)
+            client.wait_for_workers(3, timeout=60)
+            wait_for(lambda: roles(state_dir).count("worker") == 3, what="3 worker processes")
+
+            cluster.scale(1)
+            wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, what="scale down to 1")
+            wait_for(lambda: roles(state_dir).count("worker") == 1, what="1 worker process")
+            assert client.submit(lambda: 1).result() == 1
+
+        # A certificate made for another cluster does not open this one.
+        stranger = TLSMaterial.generate("another-cluster").security()
+        with pytest.raises((OSError, TimeoutError)):
+            Client(cluster.scheduler_address, security=stranger, timeout=3)
+        assert "Scheduler" in cluster.get_logs()
+        cluster_id = cluster.cluster_id
+    assert cluster.record["status"] == "stopped"
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+    assert states(control, cluster_id) == [
+        "pending", "provisioning", "running", "scaling", "running", "scaling", "running", "stopping", "stopped",
+    ]
+    # The private key does not outlive the cluster.
+    assert not (state_dir / "clusters" / cluster_id / "tls-key.pem").exists()
+
+
+def test_attach_by_name_and_progress_events(control, state_dir):
+    first = Cluster(name="shared", n_workers=1, control=control)
+    second = Cluster(name="shared", control=control, shutdown_on_close=False)
+    try:
+        assert second.cluster_id == first.cluster_id
+        assert roles(state_dir).count("worker") == 1  # attaching launched nothing
+        progress = [e["data"] for e in control.manager.store.events(first.cluster_id) if e["kind"] == "progress"]
+        assert [p["step"] for p in progress][:3] == ["network", "scheduler", "workers"]
+        assert progress[-1] == {**progress[-1], "ready": 1, "target": 1}
+    finally:
+        second.close()
+        assert control.run(control.get("shared"))["status"] == "running"
+        first.close()
+    assert control.run(control.get(first.cluster_id))["status"] == "stopped"
+
+
+def test_bad_input_starts_nothing_and_writes_nothing(control, state_dir):
+    for bad in ({"n_workers": -1}, {"n_workers": 10**6}, {"backend": "azure"}, {"wat": 1},
+                {"n_workers": "two"}, {"backend": "aws"}, {"worker_gpu": 1}):
+        with pytest.raises(ClusterSpecError):
+            control.run(control.create(bad))
+    with pytest.raises(ClusterSpecError):
+        Cluster(n_workers=-3, control=control)
+    assert control.run(control.list()) == []
+    assert control.manager.store.events() == []
+    assert cluster_processes(state_dir) == []
+
+
+def test_lost_worker_is_replaced(control, state_dir):
+    cluster = control.run(control.create({"n_workers": 2}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    victim = next(p for p in cluster_processes(state_dir) if "--name" in p.cmdline()
+                  and "dask_worker" in " ".join(p.cmdline()))
+    victim.send_signal(signal.SIGKILL)
+    wait_for(lambda: victim.pid not in {p.pid for p in cluster_processes(state_dir)}, what="worker killed")
+    wait_for(lambda: roles(state_dir).count("worker") == 2, timeout=30, what="replacement worker")
+    wait_for(lambda: control.run(control.get(cluster["id"]))["workers"]["ready"] == 2, what="2 ready")
+    control.run(control.stop(cluster["id"]))
+    control.run(control.wait(cluster["id"], ("stopped",), 30))
+
+
+def test_scheduler_crash_is_an_error_with_its_last_lines(control, state_dir):
+    cluster = control.run(control.create({"n_workers": 1}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    scheduler = next(p for p in cluster_processes(state_dir) if "distributed.cli.dask_scheduler" in p.cmdline())
+    scheduler.send_signal(signal.SIGKILL)
+    final = control.run(control.wait(cluster["id"], ("stopped",), 30))
+    assert final["status"] == "error"
+    assert "scheduler exited unexpectedly" in final["message"]
+    assert "distributed.scheduler" in final["message"]  # its last log lines explain it
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="workers stopped too")
+
+
+class FlakyBackend(LocalBackend):
+    """The real local backend with a launch that fails the first ``failures`` times."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    async def launch_workers(self, cluster, count):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError(f"injected launch failure {self.calls}")
+        return await super().launch_workers(cluster, count)
+
+
+def test_transient_failures_are_retried(state_dir):
+    backend = FlakyBackend(failures=2)
+    control = InProcessControl(ClusterManager(state_dir, backends={"local": backend}))
+    try:
+        cluster = control.run(control.create({"n_workers": 1}))
+        assert control.run(control.wait(cluster["id"], timeout=60))["status"] == "running"
+        assert backend.calls == 3
+        control.run(control.stop(cluster["id"]))
+        control.run(control.wait(cluster["id"], ("stopped",), 30))
+    finally:
+        control.close()
+
+
+def test_permanent_failure_ends_in_error_and_leaves_nothing(state_dir):
+    backend = FlakyBackend(failures=100)
+    control = InProcessControl(ClusterManager(state_dir, backends={"local": backend}))
+    try:
+        cluster = control.run(control.create({"n_workers": 2}))
+        final = control.run(control.wait(cluster["id"], ("stopped",), 120))
+        assert final["status"] == "error"
+        assert "injected launch failure" in final["message"]
+        assert backend.calls == control.manager.max_retries
+        wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="scheduler stopped")
+        assert states(control, cluster["id"]) == ["pending", "provisioning", "error"]
+    finally:
+        control.close()
+
+
+MANAGER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from coiled_lab.control.manager import ClusterManager
+
+    async def main():
+        manager = await ClusterManager().start()
+        rec = await manager.create({"n_workers": int(sys.argv[1])})
+        if sys.argv[2] == "running":
+            await manager.wait(rec["id"], timeout=60)
+        print(json.dumps(rec), flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["running", "provisioning"])
+def test_new_manager_adopts_clusters_after_sigkill(state_dir, when):
+    proc = subprocess.Popen([sys.executable, "-c", MANAGER_SCRIPT, "2", when], stdout=subprocess.PIPE, text=True)
+    try:
+        rec = json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {p.pid for p in cluster_processes(state_dir)}
+
+    control = InProcessControl(ClusterManager(state_dir))
+    try:
+        adopted = control.run(control.wait(rec["id"], timeout=60))
+        assert adopted["status"] == "running" and adopted["workers"]["ready"] == 2
+        # Nothing was launched twice: exactly one scheduler and two workers.
+        assert roles(state_dir) == ["scheduler", "worker", "worker"]
+        if when == "running":
+            assert {p.pid for p in cluster_processes(state_dir)} == before
+        with Cluster(name=adopted["name"], control=control) as cluster, Client(cluster) as client:
+            assert client.submit(lambda: 7).result() == 7
+        wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+    finally:
+        control.close()
+
+
+def test_idle_timeout_stops_the_cluster_by_itself(control, state_dir):
+    cluster = control.run(control.create({"n_workers": 1, "idle_timeout": 3, "no_client_timeout": "off"}))
+    running = control.run(control.wait(cluster["id"], timeout=60))
+    assert running["status"] == "running"
+    wait_for(lambda: (control.run(control.get(cluster["id"]))["time_left"] or {}).get("idle_timeout") is not None,
+             what="idle clock in the cluster's status")
+    final = control.run(control.wait(cluster["id"], ("stopped",), 60))
+    assert final["status"] == "stopped"
+    assert "idle_timeout" in final["message"]
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+
+
+def test_no_client_timeout_counts_from_the_last_client(control, state_dir):
+    cluster = control.run(control.create({"n_workers": 1, "no_client_timeout": 2, "idle_timeout": "off"}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    time.sleep(3)  # no client has connected yet: the clock has not started
+    assert control.run(control.get(cluster["id"]))["status"] == "running"
+    with Cluster(name=cluster["name"], control=control, shutdown_on_close=False) as attached:
+        with Client(attached) as client:
+            assert client.submit(lambda: 1).result() == 1
+    final = control.run(control.wait(cluster["id"], ("stopped",), 60))
+    assert final["status"] == "stopped" and "no_client_timeout" in final["message"]
+
+
+def test_logs_have_scheduler_and_worker_lines(control, state_dir):
+    cluster = control.run(control.create({"n_workers": 1}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    logs = control.run(control.logs(cluster["id"]))
+    assert {r["role"] for r in logs} == {"scheduler", "worker"}
+    only_scheduler = control.run(control.logs(cluster["id"], instance="scheduler"))
+    assert only_scheduler and all(r["role"] == "scheduler" for r in only_scheduler)
+    grep = control.run(control.logs(cluster["id"], q="Registered to"))
+    assert grep and all("registered to" in r["message"].lower() for r in grep)
+    assert len(control.run(control.logs(cluster["id"], limit=3))) == 3
+    control.run(control.stop(cluster["id"]))
+    control.run(control.wait(cluster["id"], ("stopped",), 30))
+    # Logs stay readable after the cluster is gone.
+    assert control.run(control.logs(cluster["id"], instance="worker"))
