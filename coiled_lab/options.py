@@ -78,7 +78,7 @@ def add_spec_options(parser: argparse.ArgumentParser, positional_workers: bool =
         shown = "none" if default in (None, {}, []) else default
         help_text = f"{help_text} (default: {shown})"
         if field in POSITIONAL and positional_workers:
-            parser.add_argument(field, nargs="?", default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(field, nargs="?", default=argparse.SUPPRESS, metavar=option_name(field), help=help_text)
             continue
         names = [option_name(field), *ALIASES.get(field, [])]
         kwargs: dict[str, Any] = {"dest": field, "default": argparse.SUPPRESS, "help": help_text}

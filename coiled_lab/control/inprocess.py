@@ -61,7 +61,7 @@ class InProcessControl:
     def __init__(self, manager: Optional[ClusterManager] = None):
         self.thread = LoopThread()
         self.manager = manager or ClusterManager()
-        self.thread.run(self.manager.start())
+        self.thread.run(self.manager.start(readonly_ok=True))
 
     @classmethod
     def shared(cls) -> "InProcessControl":

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,15 +64,29 @@ class ClusterManager:
         self._rpcs: dict[str, Any] = {}
         self._watch_task: Optional[asyncio.Task] = None
         self._lock_file = None
+        self._busy: Optional[ManagerBusy] = None
         self.started = False
+        self.owner = False  # holds the store's lock, so it may change and reconcile clusters
 
     # == lifecycle ========================================================================
-    async def start(self) -> "ClusterManager":
-        """Take the store, then adopt or clean up every live cluster it records."""
+    async def start(self, readonly_ok: bool = False) -> "ClusterManager":
+        """Take the store, then adopt or clean up every live cluster it records.
+
+        When another process already manages the store, raise ManagerBusy, or with
+        ``readonly_ok`` start read-only: listing, status, logs and waiting work, changes
+        are refused with that ManagerBusy (go through the managing process instead).
+        """
         if self.started:
             return self
-        self._take_lock()
-        self.started = True
+        try:
+            self._take_lock()
+        except ManagerBusy as exc:
+            if not readonly_ok:
+                raise
+            self._busy = exc
+            self.started = True
+            return self
+        self.started = self.owner = True
         for rec in self.store.list_clusters(live_only=True):
             self.request(rec.id)
         self._watch_task = asyncio.create_task(self._watch())
@@ -81,7 +96,7 @@ class ClusterManager:
         """Stop managing; the clusters themselves keep running (and keep their timeouts)."""
         if not self.started:
             return
-        self.started = False
+        self.started = self.owner = False
         if self._watch_task:
             self._watch_task.cancel()
         for handle in self._later.values():
@@ -136,9 +151,9 @@ class ClusterManager:
     # == verbs ============================================================================
     async def create(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
         """Record a new cluster and start provisioning it in the background; returns at once."""
-        self._check_started()
         if not isinstance(spec, ClusterSpec):
             spec = parse_spec(spec)
+        self._check_owner()
         try:
             self.backend(spec.backend)  # an unavailable backend fails here, before any record
         except ValueError as exc:
@@ -163,6 +178,7 @@ class ClusterManager:
     async def scale(self, name_or_id: str, n_workers: int) -> dict[str, Any]:
         """Change the number of workers; the reconciler launches or retires the difference."""
         rec = self._find(name_or_id)
+        self._check_owner()
         if not rec.live or rec.target == "stopped":
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
         spec = parse_spec({**rec.spec, "n_workers": n_workers})
@@ -193,6 +209,7 @@ class ClusterManager:
         rec = self._find(name_or_id)
         if rec.status == State.stopped:
             return self._json(rec)
+        self._check_owner()
         if rec.target != "stopped":
             self._update(
                 rec, target="stopped", status=State.stopping,
@@ -248,7 +265,10 @@ class ClusterManager:
             async def _until():
                 current = self.store.get_cluster(rec.id)
                 while current.status not in wanted:
-                    await sub.get()
+                    # Events wake us at once; re-reading the store now and then also sees
+                    # changes made by the process that manages it when we are read-only.
+                    with suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(sub.get(), self.check_interval)
                     current = self.store.get_cluster(rec.id)
                 return current
 
@@ -281,6 +301,8 @@ class ClusterManager:
 
     async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Find processes/resources of clusters the store does not consider live; remove them."""
+        if not dry_run:
+            self._check_owner()
         found = []
         for rec in self.store.list_clusters():
             if rec.live:
@@ -296,7 +318,7 @@ class ClusterManager:
     # == reconciliation ===================================================================
     def request(self, cluster_id: str, delay: float = 0) -> None:
         """Ask for a reconcile pass; requests made while one runs coalesce into one more."""
-        if not self.started:
+        if not self.owner:
             return
         if delay > 0:
             if cluster_id not in self._later:
@@ -313,7 +335,7 @@ class ClusterManager:
 
     async def _worker(self, cluster_id: str) -> None:
         try:
-            while cluster_id in self._pending and self.started:
+            while cluster_id in self._pending and self.owner:
                 self._pending.discard(cluster_id)
                 try:
                     await self._reconcile(cluster_id)
@@ -525,8 +547,10 @@ class ClusterManager:
             await r.close_rpc()
 
     # == helpers ==========================================================================
-    def _check_started(self) -> None:
-        if not self.started:
+    def _check_owner(self) -> None:
+        if self._busy is not None:
+            raise self._busy
+        if not self.owner:
             raise RuntimeError("the manager is not started; use `async with ClusterManager() as m`")
 
     def _find(self, name_or_id: str) -> ClusterRecord:

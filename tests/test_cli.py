@@ -1,0 +1,103 @@
+"""``coiled-lab`` as a user runs it: a subprocess with its own in-process manager."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import cluster_processes, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "coiled_lab.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_start_list_logs_scale_stop(state_dir):
+    started = cli("start", "1", "--name", "from-cli", "--idle-timeout", "30m")
+    assert started.returncode == 0, started.stderr
+    assert "running" in started.stdout and "workers 1/1 ready" in started.stdout
+
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [(c["name"], c["status"], c["workers"]["ready"]) for c in listed] == [("from-cli", "running", 1)]
+    assert listed[0]["spec"]["idle_timeout"] == 1800
+    assert 0 < listed[0]["time_left"]["idle_timeout"] <= 1800
+
+    table = cli("list").stdout
+    assert "from-cli" in table and "1/1" in table
+
+    logs = cli("logs", "from-cli", "--instance", "scheduler", "--limit", "5")
+    assert logs.returncode == 0 and len(logs.stdout.strip().splitlines()) == 5
+    assert all(" scheduler-scheduler " in line for line in logs.stdout.strip().splitlines())
+
+    scaled = cli("scale", "from-cli", "2", "--wait")
+    assert scaled.returncode == 0, scaled.stderr
+    assert json.loads(cli("status", "from-cli", "--json").stdout)["workers"]["ready"] == 2
+
+    stopped = cli("stop", "from-cli")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+    assert cli("list").stdout.startswith("no clusters running")
+    assert "from-cli" in cli("list", "--all").stdout
+
+
+def test_follow_logs_until_the_cluster_stops_itself_and_reads_while_busy(state_dir):
+    assert cli("start", "1", "--name", "followed", "--idle-timeout", "6s").returncode == 0
+    follower = subprocess.Popen([sys.executable, "-m", "coiled_lab.cli", "logs", "followed", "--follow"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout.readline().strip()  # a first log line arrives
+        # The follower's manager now owns the store: others may read, not change.
+        listed = cli("list", "--json")
+        assert listed.returncode == 0 and json.loads(listed.stdout)[0]["name"] == "followed"
+        busy = cli("scale", "followed", "2")
+        assert busy.returncode == 3 and "another coiled-lab manager" in busy.stderr
+        out, _ = follower.communicate(timeout=60)  # ends by itself once the cluster stopped
+    finally:
+        follower.kill()
+    assert follower.returncode == 0
+    assert "coiled-lab: stopping cluster: idle_timeout" in out
+    assert json.loads(cli("status", "followed", "--json").stdout)["status"] == "stopped"
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["start", "-2"], "N_WORKERS: '-2' is not allowed"),
+        (["start", "3", "--backend", "azure"], "--backend: 'azure' is not allowed"),
+        (["start", "3", "--gpu", "1"], "--worker-gpu: '1' is not allowed"),
+        (["start", "--idle-timeout", "soon"], "--idle-timeout: 'soon' is not allowed"),
+        (["start", "--spot-policy", "cheap"], "--spot-policy: 'cheap' is not allowed"),
+        (["start", "--tag", "novalue"], "expected KEY=VALUE"),
+        (["start", "--frobnicate"], "unrecognized arguments"),
+        (["scale", "nope", "x"], "no cluster named"),
+    ],
+)
+def test_bad_input_exit_code_and_message(state_dir, args, needle):
+    result = cli(*args)
+    assert result.returncode in (2, 4)
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+    assert cluster_processes(state_dir) == []
+
+
+def test_unknown_cluster_is_exit_4(state_dir):
+    result = cli("stop", "ghost")
+    assert result.returncode == 4 and "no cluster named or with id 'ghost'" in result.stderr
+
+
+def test_help_lists_every_spec_field_with_defaults(state_dir):
+    from coiled_lab.spec import FIELDS
+
+    out = " ".join(cli("start", "--help").stdout.split())
+    for field in FIELDS:
+        assert (field.upper() if field == "n_workers" else "--" + field.replace("_", "-")) in out
+    assert "(default: 20 minutes)" in out  # defaults are shown as configured
+    assert "(default: on-demand)" in out

@@ -1,0 +1,78 @@
+"""``%coiled`` in a real IPython shell."""
+
+from __future__ import annotations
+
+import pytest
+
+from coiled_lab.control.inprocess import InProcessControl
+
+from .conftest import cluster_processes, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ip(state_dir):
+    from IPython.testing.globalipapp import get_ipython
+
+    InProcessControl.reset_shared()
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "coiled_lab")
+    yield shell
+    InProcessControl.reset_shared()
+
+
+def test_start_compute_list_scale_logs_stop(ip, state_dir, capsys):
+    cluster = ip.run_line_magic("coiled", "start 1 --name nb --idle-timeout 15m")
+    from coiled_lab import Cluster
+    from distributed import get_client
+
+    assert isinstance(cluster, Cluster) and cluster.name == "nb"
+    client = get_client()  # the magic connected the default client
+    assert client.submit(lambda x: x + 1, 1).result() == 2
+
+    capsys.readouterr()
+    ip.run_line_magic("coiled", "list")
+    assert "nb" in capsys.readouterr().out
+
+    ip.run_line_magic("coiled", "scale nb 2 --wait")
+    assert "2 workers wanted" in capsys.readouterr().out
+    client.wait_for_workers(2, timeout=30)
+
+    ip.run_line_magic("coiled", "logs nb --instance scheduler --limit 3")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("scheduler-scheduler" in line for line in lines)
+
+    ip.run_line_magic("coiled", "stop nb")
+    assert "nb: stopped" in capsys.readouterr().out
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+
+
+def test_cell_magic_takes_a_yaml_spec(ip, state_dir):
+    result = ip.run_cell("%%coiled --no-client\nname: from-yaml\nn_workers: 1\nidle_timeout: 5m\n")
+    cluster = result.result
+    assert cluster.record["spec"]["idle_timeout"] == 300 and cluster.record["status"] == "running"
+    ip.run_line_magic("coiled", "stop from-yaml")
+    assert cluster_processes(state_dir) == [] or wait_for(lambda: not cluster_processes(state_dir), timeout=15)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("%coiled start -1", "N_WORKERS: '-1' is not allowed"),
+        ("%coiled start 2 --gpu 1", "--worker-gpu: '1' is not allowed: the local backend has no GPUs"),
+        ("%coiled start --backend nope", "--backend: 'nope' is not allowed"),
+        ("%coiled stop ghost", "no cluster named or with id 'ghost'"),
+        ("%coiled launch", "invalid choice: 'launch'"),
+        ("%%coiled\nn_workers: [\n", "not valid YAML"),
+        ("%%coiled\nn_wrokers: 2\n", "unknown field 'n_wrokers'"),
+    ],
+)
+def test_errors_are_one_line(ip, state_dir, capsys, line, message):
+    result = ip.run_cell(line)
+    out = capsys.readouterr()
+    shown = out.out + out.err
+    assert message in shown
+    assert "Traceback" not in shown
+    assert result.error_in_exec is not None
+    assert cluster_processes(state_dir) == []

@@ -1,0 +1,63 @@
+"""One parser for the CLI and the magic, generated from ClusterSpec: every field reachable."""
+
+import pytest
+
+from coiled_lab.options import UsageError, build_parser, spec_fields
+from coiled_lab.spec import FIELDS, parse_spec
+
+EXAMPLES = {
+    "name": (["--name", "etl"], "etl"),
+    "backend": (["--backend", "aws"], "aws"),
+    "n_workers": (["12"], 12),
+    "worker_vm_types": (["--vm-type", "m6i.large,m5.large", "--vm-type", "c6i.large"],
+                        ["m6i.large", "m5.large", "c6i.large"]),
+    "worker_cpu": (["--cpu", "4"], 4),
+    "worker_memory": (["--memory", "16GiB"], 16 * 2**30),
+    "worker_gpu": (["--gpu", "1"], 1),
+    "scheduler_vm_type": (["--scheduler-vm-type", "m6i.xlarge"], None),
+    "spot_policy": (["--spot", "spot_with_fallback"], "spot_with_fallback"),
+    "region": (["--region", "us-east-2"], "us-east-2"),
+    "zone": (["--zone", "us-east-2b"], "us-east-2b"),
+    "allow_cross_zone": (["--allow-cross-zone"], True),
+    "allow_ingress_from": (["--allow-ingress-from", "198.51.100.7/32"], "198.51.100.7/32"),
+    "idle_timeout": (["--idle-timeout", "45m"], 2700),
+    "no_client_timeout": (["--no-client-timeout", "off"], None),
+    "max_lifetime": (["--max-lifetime", "8h"], 8 * 3600),
+    "tags": (["--tag", "team=geo", "--tag", "cost=42"], {"team": "geo", "cost": "42"}),
+    "environ": (["--env", "OMP_NUM_THREADS=1"], {"OMP_NUM_THREADS": "1"}),
+    "package_sync": (["--no-package-sync"], False),
+    "software": (["--software", "ghcr.io/org/image:1"], "ghcr.io/org/image:1"),
+}
+
+
+def test_every_field_has_an_example():
+    assert set(EXAMPLES) == set(FIELDS)
+
+
+@pytest.mark.parametrize("cli", [True, False])
+@pytest.mark.parametrize("field", FIELDS)
+def test_every_field_is_reachable(cli, field):
+    argv, expected = EXAMPLES[field]
+    if field == "scheduler_vm_type":
+        expected = "m6i.xlarge"
+    backend = [] if field in ("backend",) else ["--backend", "aws"]
+    if field in ("worker_cpu", "worker_memory"):
+        backend = ["--backend", "gcp"]
+    ns = build_parser("x", cli=cli).parse_args(["start", *backend, *argv])
+    fields = spec_fields(ns)
+    if field == "software":
+        fields["package_sync"] = False
+    spec = parse_spec(fields)
+    assert getattr(spec, field) == expected
+
+
+def test_only_typed_options_are_sent():
+    ns = build_parser("x", cli=True).parse_args(["start", "3"])
+    assert spec_fields(ns) == {"n_workers": "3"}
+
+
+def test_parse_errors_raise_instead_of_exiting():
+    with pytest.raises(UsageError, match="unrecognized arguments: --frobnicate"):
+        build_parser("x", cli=True).parse_args(["start", "--frobnicate"])
+    with pytest.raises(UsageError, match="invalid choice: 'launch'"):
+        build_parser("x", cli=False).parse_args(["launch"])
