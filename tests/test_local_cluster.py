@@ -245,3 +245,21 @@ def test_logs_have_scheduler_and_worker_lines(control, state_dir):
     control.run(control.wait(cluster["id"], ("stopped",), 30))
     # Logs stay readable after the cluster is gone.
     assert control.run(control.logs(cluster["id"], instance="worker"))
+
+
+def test_timeouts_change_on_the_running_cluster(control, state_dir):
+    from coiled_lab.errors import Conflict
+
+    cluster = control.run(control.create({"n_workers": 1, "idle_timeout": "1h"}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    manager = control.manager
+    with pytest.raises(ClusterSpecError, match="cannot be changed on a live cluster"):
+        control.run(manager.update(cluster["id"], {"backend": "aws"}))
+    with pytest.raises(ClusterSpecError, match="idle_timeout"):
+        control.run(manager.update(cluster["id"], {"idle_timeout": "soon"}))
+    updated = control.run(manager.update(cluster["id"], {"idle_timeout": 2, "n_workers": 2}))
+    assert updated["spec"]["idle_timeout"] == 2 and updated["workers"]["target"] == 2
+    final = control.run(control.wait(cluster["id"], ("stopped",), 60))
+    assert final["status"] == "stopped" and "idle_timeout of 2s" in final["message"]
+    with pytest.raises(Conflict):
+        control.run(manager.update(cluster["id"], {"n_workers": 3}))

@@ -84,11 +84,19 @@ class Lifetime(SchedulerPlugin):
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
         scheduler.handlers["coiled_lab_lifetime"] = self.status
+        scheduler.handlers["coiled_lab_set_timeouts"] = self.set_timeouts
         self._task = asyncio.create_task(self._watch())
 
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
+
+    def set_timeouts(self, comm=None, timeouts: Optional[dict[str, Optional[float]]] = None) -> dict[str, Any]:
+        """Change timeouts on the running cluster (the manager's PATCH)."""
+        for field, value in (timeouts or {}).items():
+            if field in self.timeouts:
+                self.timeouts[field] = float(value) if value else None
+        return self.status()
 
     def add_client(self, scheduler, client: str) -> None:
         self.last_client_at = time.time()

@@ -43,6 +43,10 @@ from .store import ClusterRecord, Instance, NameInUse, Store
 logger = logging.getLogger("coiled_lab.manager")
 
 
+TIMEOUT_FIELDS = ("idle_timeout", "no_client_timeout", "max_lifetime")
+LIVE_FIELDS = ("n_workers", *TIMEOUT_FIELDS)  # what PATCH may change on a live cluster
+
+
 class ClusterManager:
     def __init__(
         self,
@@ -194,15 +198,29 @@ class ClusterManager:
         return self._json(self.store.get_cluster(rec.id))
 
     async def update(self, name_or_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """PATCH: ``n_workers`` scales; other fields are validated but not changed live."""
-        allowed = {"n_workers"}
-        unknown = set(changes) - allowed
+        """PATCH: ``n_workers`` scales; the timeouts change on the running scheduler too."""
+        if not isinstance(changes, dict) or not changes:
+            raise ClusterSpecError(f"expected a JSON object with some of: {', '.join(LIVE_FIELDS)}", None)
+        unknown = sorted(set(changes) - set(LIVE_FIELDS))
         if unknown:
-            field = sorted(unknown)[0]
-            raise ClusterSpecError(f"{field}: cannot be changed on a live cluster; allowed: n_workers", field)
+            raise ClusterSpecError(
+                f"{unknown[0]}: cannot be changed on a live cluster; allowed: {', '.join(LIVE_FIELDS)}", unknown[0]
+            )
+        rec = self._find(name_or_id)
+        self._check_owner()
+        if not rec.live or rec.target == "stopped":
+            raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be changed")
+        spec = parse_spec({**rec.spec, **changes})  # validates every change before any of them applies
+        timeouts = {k: getattr(spec, k) for k in TIMEOUT_FIELDS}
+        if any(timeouts[k] != rec.spec[k] for k in TIMEOUT_FIELDS):
+            rec = self._update(rec, spec={**rec.spec, **timeouts})
+            if rec.state.get("address"):
+                r = await self._rpc(rec, rec.state["address"])
+                await asyncio.wait_for(r.coiled_lab_set_timeouts(timeouts=timeouts), 10)
+            self.request(rec.id)
         if "n_workers" in changes:
-            return await self.scale(name_or_id, changes["n_workers"])
-        return self._json(self._find(name_or_id))
+            return await self.scale(rec.id, spec.n_workers)
+        return self._json(self.store.get_cluster(rec.id))
 
     async def stop(self, name_or_id: str) -> dict[str, Any]:
         """Ask for the cluster to stop; returns at once (watch events or :meth:`wait`)."""
@@ -628,12 +646,11 @@ class ClusterManager:
 
     def _json(self, rec: ClusterRecord) -> dict[str, Any]:
         d = rec.to_json()
-        observed = rec.state.get("observed", {})
-        instances = self.store.instances(rec.id, live_only=True)
+        observed = rec.state.get("observed", {}) if rec.live else {}
         d["workers"] = {
             "target": rec.spec["n_workers"],
-            "launched": sum(1 for i in instances if i.role == "worker"),
-            "ready": observed.get("ready", 0) if rec.live else 0,
+            "launched": observed.get("launched", 0),
+            "ready": observed.get("ready", 0),
         }
         d["scheduler_address"] = rec.state.get("address") if rec.live else None
         d["dashboard"] = rec.state.get("dashboard") if rec.live else None
