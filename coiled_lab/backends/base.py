@@ -35,6 +35,9 @@ class ClusterContext:
 
 class Backend(ABC):
     name: ClassVar[str]
+    # Seconds after launch during which an instance missing from describe() is not yet
+    # taken for lost (cloud APIs are eventually consistent; local processes are not).
+    describe_grace: ClassVar[float] = 0.0
 
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         """Make sure network, firewall and the like exist; return state to persist."""

@@ -419,7 +419,8 @@ class ClusterManager:
         # -- what runs, versus what the store believes ----------------------------------
         running = {i.id: i for i in await backend.describe(ctx)}
         known = {i.id: i for i in self.store.instances(rec.id)}
-        lost = [i for i in known.values() if i.id not in running]
+        now = time.time()
+        lost = [i for i in known.values() if i.id not in running and now - i.launched_at > backend.describe_grace]
         if lost:
             self.store.mark_terminated(rec.id, [i.id for i in lost])
             for i in lost:
