@@ -36,6 +36,7 @@ from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
 from ..spec import ClusterSpec, ClusterSpecError, parse_spec
 from ..tls import TLSMaterial
+from . import limits
 from .events import Event, EventBus, Subscription
 from .states import FINAL, State, check_transition
 from .store import ClusterRecord, Instance, NameInUse, Store
@@ -158,6 +159,7 @@ class ClusterManager:
         if not isinstance(spec, ClusterSpec):
             spec = parse_spec(spec)
         self._check_owner()
+        limits.check(spec, len(self.store.list_clusters(live_only=True)), _estimate)
         try:
             self.backend(spec.backend)  # an unavailable backend fails here, before any record
         except ValueError as exc:
@@ -186,6 +188,7 @@ class ClusterManager:
         if not rec.live or rec.target == "stopped":
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
         spec = parse_spec({**rec.spec, "n_workers": n_workers})
+        limits.check(spec, 0, _estimate, new=False)
         if spec.n_workers == rec.spec["n_workers"]:
             return self._json(rec)
         event = None
@@ -313,9 +316,7 @@ class ClusterManager:
 
     async def estimate(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
         """What a spec would cost per hour, before anything is launched."""
-        from ..pricing import estimate
-
-        return estimate(spec if isinstance(spec, ClusterSpec) else parse_spec(spec))
+        return _estimate(spec if isinstance(spec, ClusterSpec) else parse_spec(spec))
 
     async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Find processes/resources of clusters the store does not consider live; remove them."""
@@ -659,6 +660,12 @@ class ClusterManager:
         d["time_left"] = time_left(clocks) if clocks else None
         d.pop("state", None)  # backend-internal ids stay on the server
         return d
+
+
+def _estimate(spec: ClusterSpec) -> dict[str, Any]:
+    from ..pricing import estimate
+
+    return estimate(spec)
 
 
 def _default_name(cluster_id: str) -> str:

@@ -1,0 +1,61 @@
+"""Admin limits refuse a request before anything is launched, naming the limit."""
+
+import dask.config
+import pytest
+
+from coiled_lab.control.limits import LimitExceeded, check
+from coiled_lab.spec import parse_spec
+
+from .conftest import cluster_processes
+
+
+def free(spec):
+    return {"per_hour": 0.0}
+
+
+def priced(per_worker):
+    return lambda spec: {"per_hour": per_worker * spec.n_workers}
+
+
+@pytest.mark.parametrize(
+    "limits, fields, live, estimate, limit, field",
+    [
+        ({"max-workers": 4}, {"n_workers": 5}, 0, free, "max-workers", "n_workers"),
+        ({"max-clusters": 2}, {"n_workers": 1}, 2, free, "max-clusters", None),
+        ({"allowed-instance-types": ["m6i.*"]}, {"backend": "aws", "worker_vm_types": ["m6i.large", "p4d.24xlarge"]},
+         0, free, "allowed-instance-types", "worker_vm_types"),
+        ({"allowed-instance-types": ["m6i.*"]}, {"backend": "aws", "scheduler_vm_type": "x2iedn.32xlarge"},
+         0, free, "allowed-instance-types", "scheduler_vm_type"),
+        ({"allowed-regions": ["eu-west-1"]}, {"backend": "aws", "region": "us-east-1"}, 0, free, "allowed-regions",
+         "region"),
+        ({"max-cost-per-hour": 1.0}, {"backend": "aws", "n_workers": 20}, 0, priced(0.1), "max-cost-per-hour",
+         "n_workers"),
+    ],
+)
+def test_each_limit_is_refused_with_its_name(limits, fields, live, estimate, limit, field):
+    with dask.config.set({f"coiled-lab.limits.{k}": v for k, v in limits.items()}):
+        with pytest.raises(LimitExceeded) as info:
+            check(parse_spec(fields), live, estimate)
+    assert info.value.limit == limit and info.value.field == field
+    assert f"coiled-lab.limits.{limit}" in info.value.message
+    assert info.value.to_json()["limit"] == limit
+
+
+def test_within_limits_passes():
+    with dask.config.set({"coiled-lab.limits.max-workers": 4, "coiled-lab.limits.max-cost-per-hour": 1.0}):
+        check(parse_spec(n_workers=4), 0, priced(0.25))
+
+
+def test_manager_refuses_before_launching_anything(control, state_dir):
+    with dask.config.set({"coiled-lab.limits.max-workers": 2, "coiled-lab.limits.max-clusters": 1}):
+        with pytest.raises(LimitExceeded, match="max-workers"):
+            control.run(control.create({"n_workers": 3}))
+        assert control.run(control.list()) == [] and cluster_processes(state_dir) == []
+        first = control.run(control.create({"n_workers": 1}))
+        with pytest.raises(LimitExceeded, match="max-clusters"):
+            control.run(control.create({"n_workers": 1}))
+        with pytest.raises(LimitExceeded, match="max-workers"):
+            control.run(control.scale(first["id"], 3))
+        assert len(control.run(control.list())) == 1
+        control.run(control.stop(first["id"]))
+        control.run(control.wait(first["id"], ("stopped",), 30))
