@@ -47,6 +47,7 @@ def test_cluster_lifecycle_over_tls(control, state_dir):
             cluster.scale(3)
             client.wait_for_workers(3, timeout=60)
             wait_for(lambda: roles(state_dir).count("worker") == 3, what="3 worker processes")
+            assert control.run(control.wait(cluster.cluster_id, ("running",), 30))["workers"]["ready"] == 3
 
             cluster.scale(1)
             wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, what="scale down to 1")

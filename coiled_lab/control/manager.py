@@ -34,6 +34,7 @@ from ..backends import Backend, ClusterContext, get_backend
 from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
 from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
+from ..pricing import extrapolate
 from ..spec import ClusterSpec, ClusterSpecError, parse_spec
 from ..tls import TLSMaterial
 from . import limits
@@ -62,6 +63,7 @@ class ClusterManager:
         self._backends: dict[str, Backend] = dict(backends or {})
         self.check_interval = float(check_interval or config.get("manager.check-interval"))
         self.max_retries = int(config.get("manager.max-retries"))
+        self.cost_interval = float(config.get("manager.cost-interval"))
         self._pending: set[str] = set()
         self._tasks: dict[str, asyncio.Task] = {}
         self._later: dict[str, asyncio.TimerHandle] = {}
@@ -443,6 +445,7 @@ class ClusterManager:
             scheduler = await backend.launch_scheduler(ctx)
             self.store.add_instances(rec.id, [scheduler])
             rec = self._update(rec, state={**rec.state, "scheduler_launched": time.time()})
+            rec = self._update_cost(rec)
 
         # -- workers: launch every missing one at once, as soon as the scheduler exists ---
         lost_workers = [i for i in lost if i.role == "worker"]
@@ -458,6 +461,7 @@ class ClusterManager:
             new = await backend.launch_workers(ctx, missing)
             self.store.add_instances(rec.id, new)
             workers.extend(new)
+            rec = self._update_cost(rec)
             before = rec.state.get("observed", {})
             rec = self._observe(rec, before.get("ready", 0), len(workers), before.get("lifetime"))
 
@@ -481,7 +485,10 @@ class ClusterManager:
             await self._retire(rec, [i.id for i in extras if i.id in connected])
             await backend.stop_instances(ctx, extras)
             self.store.mark_terminated(rec.id, [i.id for i in extras])
+            rec = self._update_cost(rec)
             workers = workers[len(extras):]
+        if time.time() - (rec.state.get("cost") or {}).get("as_of", 0) > self.cost_interval:
+            rec = self._update_cost(rec)
         ready = sum(1 for i in workers if i.id in connected)
         rec = self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
 
@@ -524,6 +531,7 @@ class ClusterManager:
             await backend.stop_instances(ctx, list(instances.values()))
         await backend.cleanup(ctx)
         self.store.mark_terminated(rec.id, list(instances))
+        self._update_cost(self.store.get_cluster(rec.id))
         await self._forget_rpc(rec.id)
 
     # == talking to the scheduler =========================================================
@@ -639,6 +647,16 @@ class ClusterManager:
             self._progress(rec, "workers", ready=ready, target=target, launched=launched)
         return rec
 
+    def _update_cost(self, rec: ClusterRecord) -> ClusterRecord:
+        """Recompute the cost from every instance's launch/terminate times; persist it
+        (kept after the cluster stops) and send it as a ``cost`` event."""
+        from ..pricing import accrued, instance_price
+
+        cost = accrued(self.store.instances(rec.id, live_only=False), lambda i: instance_price(rec.backend, i))
+        rec = self._update(rec, state={**rec.state, "cost": cost})
+        self._publish(Event(rec.id, "cost", cost, cost["as_of"]))
+        return rec
+
     def _publish(self, event: Event) -> None:
         self.bus.publish(event)
 
@@ -658,6 +676,7 @@ class ClusterManager:
         d["dashboard"] = rec.state.get("dashboard") if rec.live else None
         clocks = observed.get("lifetime") if rec.live else None
         d["time_left"] = time_left(clocks) if clocks else None
+        d["cost"] = extrapolate(rec.state.get("cost")) if rec.live else rec.state.get("cost")
         d.pop("state", None)  # backend-internal ids stay on the server
         return d
 

@@ -1,0 +1,36 @@
+"""Accrued cost from real launch/terminate times: per-second billing, 60 s minimum."""
+
+import pytest
+
+from coiled_lab.control.store import Instance
+from coiled_lab.pricing import accrued, estimate, extrapolate
+from coiled_lab.spec import parse_spec
+
+
+def test_per_second_billing_with_a_minute_minimum():
+    instances = [
+        Instance("a", "scheduler", launched_at=0, terminated_at=3600),  # one hour
+        Instance("b", "worker", launched_at=100, terminated_at=110),    # 10 s, billed 60 s
+        Instance("c", "worker", launched_at=0),                          # still running
+    ]
+    cost = accrued(instances, lambda i: 0.36, now=1800)
+    assert cost["accrued"] == pytest.approx(0.36 + 0.36 * 60 / 3600 + 0.36 * 1800 / 3600)
+    assert cost["per_hour"] == pytest.approx(0.36)  # only c still runs
+    later = extrapolate(cost, now=1800 + 3600)
+    assert later["accrued"] == pytest.approx(cost["accrued"] + 0.36)
+
+
+def test_local_clusters_cost_nothing():
+    est = estimate(parse_spec(n_workers=8))
+    assert est["per_hour"] == 0 and est["currency"] == "USD" and est["n_workers"] == 8
+
+
+def test_cost_is_kept_after_stop(control, state_dir):
+    events = []
+    cluster = control.run(control.create({"n_workers": 1}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    control.run(control.stop(cluster["id"]))
+    final = control.run(control.wait(cluster["id"], ("stopped",), 30))
+    assert final["cost"]["accrued"] == 0.0 and final["cost"]["per_hour"] == 0.0
+    events = [e for e in control.run(control.list(live_only=False)) if e["id"] == cluster["id"]]
+    assert events[0]["cost"] == final["cost"]
