@@ -26,11 +26,10 @@ def test_local_clusters_cost_nothing():
 
 
 def test_cost_is_kept_after_stop(control, state_dir):
-    events = []
     cluster = control.run(control.create({"n_workers": 1}))
     control.run(control.wait(cluster["id"], timeout=60))
     control.run(control.stop(cluster["id"]))
     final = control.run(control.wait(cluster["id"], ("stopped",), 30))
     assert final["cost"]["accrued"] == 0.0 and final["cost"]["per_hour"] == 0.0
-    events = [e for e in control.run(control.list(live_only=False)) if e["id"] == cluster["id"]]
-    assert events[0]["cost"] == final["cost"]
+    listed = [c for c in control.run(control.list()) if c["id"] == cluster["id"]]
+    assert listed[0]["cost"] == final["cost"]
