@@ -36,8 +36,4 @@ def load_ipython_extension(ipython) -> None:
     register(ipython)
 
 
-def _jupyter_server_extension_points():
-    return [{"module": "coiled_lab_server"}]
-
-
 __all__ = list(_LAZY)

@@ -1,0 +1,340 @@
+"""The REST API, the events WebSocket and the dashboard proxy, as thin tornado handlers.
+
+A handler parses the request, calls one manager method and writes JSON. Errors are
+raised, never written: :class:`CoiledLabMixin` maps them through :mod:`.errors`.
+
+Every route is authenticated either by Jupyter (cookie plus XSRF for browsers, the Jupyter
+token for scripts) or by the kernel token that the extension hands to kernels
+(``Authorization: coiled-lab <token>``). The kernel token is not a Jupyter token: Jupyter's
+own routes (contents, kernels, terminals) refuse it, so a kernel reaches the control plane
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Optional
+from urllib.parse import quote, urlsplit
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.base.call_context import CallContext
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server_proxy.handlers import ProxyHandler
+from tornado import web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from coiled_lab.control.manager import ClusterManager
+from coiled_lab.errors import Conflict
+from coiled_lab.logs import LEVELS, since_from
+
+from .errors import BadRequest, error_body, http_status
+from .service import Service
+
+API = "/coiled-lab/api"
+AUTH_RESOURCE = "coiled-lab"  # for deployments whose Jupyter authorizer restricts resources
+_MAX_LOG_LIMIT = 100_000
+
+
+class CoiledLabMixin:
+    """Authentication and error mapping shared by every coiled-lab route."""
+
+    service: Service
+    manager: ClusterManager
+
+    def initialize(self, service: Service) -> None:
+        self.service = service
+
+    async def prepare(self) -> None:
+        user = self.service.kernel_user(self.request)
+        if user is None:
+            await super().prepare()  # Jupyter's auth: raises 403 without a user
+            await self._authorize()
+        else:
+            # The kernel token: same host check as Jupyter, no cookie, hence no XSRF to check.
+            CallContext.set(CallContext.JUPYTER_HANDLER, self)
+            if not self.check_host():
+                raise web.HTTPError(403)
+            self.current_user = self._jupyter_current_user = user
+        self.manager = await self.service.manager()
+
+    async def _authorize(self) -> None:
+        """Let the deployment's Jupyter authorizer restrict coiled-lab like any other resource."""
+        user = self.current_user
+        if user is None:
+            return
+        action = "read" if self.request.method in ("GET", "HEAD") else "write"
+        if not await ensure_async(self.authorizer.is_authorized(self, user, action, AUTH_RESOURCE)):
+            raise web.HTTPError(403, "not authorized to use coiled-lab")
+
+    def get_login_url(self) -> str:
+        """APIs, sockets and the dashboard answer 403 without auth; they never redirect."""
+        raise web.HTTPError(403)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        super().send_error(http_status(exc) or status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(exc, status_code)))
+
+    def log_exception(self, typ: Any, value: Optional[BaseException], tb: Any) -> None:
+        if http_status(value) is not None:
+            # A client error, already answered; its message may quote the request's values.
+            self.log.debug("coiled-lab: %s %s answered %s", self.request.method, self.request.path, http_status(value))
+            return
+        super().log_exception(typ, value, tb)
+
+    # -- parsing ---------------------------------------------------------------------------
+    def json_body(self) -> dict[str, Any]:
+        """The body as a JSON object; an empty body is ``{}``."""
+        raw = self.request.body
+        if not raw or not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BadRequest("the body is not valid JSON", "body") from None
+        if not isinstance(data, dict):
+            raise BadRequest(f"expected a JSON object, got {type(data).__name__}", "body")
+        return data
+
+    def query(self, name: str) -> Optional[str]:
+        return self.get_argument(name, None)
+
+    def query_int(self, name: str, default: Optional[int], low: int, high: int) -> Optional[int]:
+        text = self.query(name)
+        if text is None or text == "":
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise BadRequest(f"{name}: {text!r} is not allowed; expected an integer from {low} to {high}", name)
+        return value
+
+    def query_flag(self, name: str) -> bool:
+        text = (self.query(name) or "false").lower()
+        if text not in ("true", "false", "1", "0", "yes", "no"):
+            raise BadRequest(f"{name}: {text!r} is not allowed; expected true or false", name)
+        return text in ("true", "1", "yes")
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class CoiledLabHandler(CoiledLabMixin, APIHandler):
+    pass
+
+
+# == REST =================================================================================
+class ClustersHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json({"clusters": await self.manager.list(live_only=self.query_flag("live"))})
+
+    @web.authenticated
+    async def post(self) -> None:
+        self.write_json(await self.manager.create(self.json_body()), status=201)
+
+
+class ClusterHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self, cluster: str) -> None:
+        self.write_json(await self.manager.get(cluster))
+
+    @web.authenticated
+    async def patch(self, cluster: str) -> None:
+        self.write_json(await self.manager.update(cluster, self.json_body()))
+
+    @web.authenticated
+    async def delete(self, cluster: str) -> None:
+        # Stopping happens in the background: 202, then watch the events.
+        self.write_json(await self.manager.stop(cluster), status=202)
+
+
+class LogsHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self, cluster: str) -> None:
+        level = self.query("level")
+        if level and level.upper() not in LEVELS:
+            raise BadRequest(f"level: {level!r} is not allowed; allowed: {', '.join(LEVELS)}", "level")
+        try:
+            since = since_from(self.query("since"))
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise BadRequest(str(exc) if str(exc).startswith("since:") else f"since: {exc}", "since") from None
+        records = await self.manager.logs(
+            cluster,
+            since=since,
+            instance=self.query("instance"),
+            q=self.query("q"),
+            level=level,
+            limit=self.query_int("limit", 1000, 0, _MAX_LOG_LIMIT) or None,
+        )
+        self.write_json({"logs": records})
+
+
+class ConnectionHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self, cluster: str) -> None:
+        connection = await self.manager.connection(cluster)
+        self.set_header("Cache-Control", "no-store")  # it holds the cluster's TLS key
+        self.write_json(connection)
+
+
+class EstimateHandler(CoiledLabHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        self.write_json(await self.manager.estimate(self.json_body()))
+
+
+class CatalogHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json(await self.manager.catalog(self.query("backend"), self.query("region")))
+
+
+class CleanupHandler(CoiledLabHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        dry_run = self.json_body().get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest("dry_run: expected true or false", "dry_run")
+        self.write_json({"found": await self.manager.cleanup(dry_run=dry_run)})
+
+
+class CredentialsHandler(CoiledLabHandler):
+    """Status out, secrets in. Reading profiles and key files is blocking: an executor does it."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.write_json(await loop.run_in_executor(None, self.service.credentials.status))
+
+    @web.authenticated
+    async def put(self) -> None:
+        body = self.json_body()
+        loop = asyncio.get_running_loop()
+        self.write_json(await loop.run_in_executor(None, self.service.credentials.put, body))
+
+
+# == events ===============================================================================
+class EventsHandler(CoiledLabMixin, JupyterHandler, WebSocketHandler):
+    """``/events?cluster=&after=``: persisted events after ``after`` (a sequence number),
+    then live ones, as JSON text messages. Clients only listen."""
+
+    cluster_id: Optional[str] = None
+    after: Optional[int] = None
+    _subscription: Any = None
+    _pump: Optional[asyncio.Future] = None
+
+    @web.authenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # Parse before the upgrade, so bad input is an HTTP 4xx rather than a closed socket.
+        cluster = self.query("cluster")
+        self.after = self.query_int("after", None, 0, 2**63 - 1)
+        self.cluster_id = (await self.manager.get(cluster))["id"] if cluster else None
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        # Subscribe before anything else: whatever is published from here on is delivered.
+        self._subscription = self.manager.subscribe(self.cluster_id)
+        self.service.sockets.add(self)
+        self._pump = asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        last = self.after
+        try:
+            if last is not None:
+                while page := self.manager.events_since(last, self.cluster_id):
+                    for event in page:
+                        await self.write_message(json.dumps(event))
+                        last = event["seq"]
+            async for event in self._subscription:
+                if event.seq is not None and last is not None and event.seq <= last:
+                    continue  # already sent by the replay
+                await self.write_message(json.dumps(event.to_json()))
+        except WebSocketClosedError:
+            pass
+
+    def on_message(self, message: Any) -> None:
+        """Clients have nothing to say."""
+
+    def on_close(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._pump is not None:
+            self._pump.cancel()
+        self.service.sockets.discard(self)
+
+
+# == the dashboard ========================================================================
+class DashboardProxyHandler(CoiledLabMixin, ProxyHandler):
+    """``/coiled-lab/clusters/{id}/dashboard/...``: HTTP and WebSocket (bokeh) to that
+    cluster's scheduler dashboard and nowhere else. The target comes from the store's
+    record of the cluster, and jupyter-server-proxy checks it against the allow-list of
+    live clusters' dashboard hosts."""
+
+    target: tuple[str, int]
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        record = await self.manager.get(self.path_args[0])
+        link = record.get("dashboard")
+        if not link:
+            raise Conflict(f"cluster {record['name']!r} is {record['status']}; it has no dashboard")
+        parts = urlsplit(link)
+        self.target = (parts.hostname or "", parts.port or 80)
+        # Redirects from the dashboard are rewritten under this prefix.
+        self.proxy_base = f"coiled-lab/clusters/{quote(record['id'], safe='')}/dashboard"
+
+    async def http_get(self, cluster: str, path: str) -> None:
+        return await self.proxy(*self.target, path)
+
+    async def open(self, cluster: str, path: str) -> None:
+        return await self.proxy_open(*self.target, path)
+
+    def post(self, cluster: str, path: str):
+        return self.proxy(*self.target, path)
+
+    def put(self, cluster: str, path: str):
+        return self.proxy(*self.target, path)
+
+    def delete(self, cluster: str, path: str):
+        return self.proxy(*self.target, path)
+
+    def head(self, cluster: str, path: str):
+        return self.proxy(*self.target, path)
+
+    def patch(self, cluster: str, path: str):
+        return self.proxy(*self.target, path)
+
+    def options(self, cluster: str, path: str):
+        return self.proxy(*self.target, path)
+
+
+def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
+    """Every route of the extension (the server prefixes its base URL)."""
+    cluster = r"/clusters/([^/]+)"
+    kwargs = {"service": service}
+    return [
+        (f"{API}/clusters", ClustersHandler, kwargs),
+        (f"{API}{cluster}", ClusterHandler, kwargs),
+        (f"{API}{cluster}/logs", LogsHandler, kwargs),
+        (f"{API}{cluster}/connection", ConnectionHandler, kwargs),
+        (f"{API}/estimate", EstimateHandler, kwargs),
+        (f"{API}/catalog", CatalogHandler, kwargs),
+        (f"{API}/cleanup", CleanupHandler, kwargs),
+        (f"{API}/credentials", CredentialsHandler, kwargs),
+        (f"{API}/events", EventsHandler, kwargs),
+        (
+            f"/coiled-lab{cluster}/dashboard(/.*|)",
+            DashboardProxyHandler,
+            {**kwargs, "host_allowlist": service.dashboard_host_allowed},
+        ),
+    ]
