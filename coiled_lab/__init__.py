@@ -14,6 +14,8 @@ _LAZY = {
     "ClusterSpecError": "coiled_lab.spec",
     "ClusterError": "coiled_lab.errors",
     "ClusterManager": "coiled_lab.control.manager",
+    "ClusterForm": "coiled_lab.widgets",
+    "ClusterWidget": "coiled_lab.widgets",
 }
 
 

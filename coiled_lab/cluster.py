@@ -179,6 +179,16 @@ class Cluster(_DistributedCluster):
         )
         return super()._repr_html_(cluster_status=f"<table>{table}</table>")
 
+    def _widget(self):
+        """The live cluster widget (used by ``display(cluster)`` in a notebook)."""
+        if getattr(self, "_cached_widget", None) is None and self.cluster_id:
+            try:
+                from .widgets import ClusterWidget
+            except ImportError:  # no ipywidgets: distributed falls back to the HTML repr
+                return None
+            self._cached_widget = ClusterWidget(self.cluster_id, self._control)
+        return getattr(self, "_cached_widget", None)
+
     # -- closing -------------------------------------------------------------------
     async def _close(self) -> None:
         if self._events_task is not None:

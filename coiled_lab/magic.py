@@ -85,18 +85,34 @@ def _start(fields: dict[str, Any], wait: bool, client: bool):
 
     parse_spec(fields)  # one-line error before anything starts
     if not wait:
-        from .control import get_control
-
-        control = get_control()
+        control = _control()
         record = control.run(control.create(fields))
         print(f"cluster {record['name']} ({record['id']}) requested; `%coiled status {record['name']}` to follow")
         return None
-    cluster = Cluster(**fields)
+    control = _control()
+    record = control.run(control.create(fields))
+    _show_widget(record["id"], control)  # live progress while the cluster starts
+    cluster = Cluster(name=record["name"], control=control)
     _clusters[cluster.cluster_id] = cluster
     if client:
         # Becomes the default client for dask in this kernel.
         _clients[cluster.cluster_id] = cluster.get_client()
     return cluster
+
+
+def _show_widget(cluster_id: str, control) -> None:
+    """Display the live cluster widget when a front end can show widgets."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return  # a terminal IPython: the returned Cluster's repr says enough
+    from .widgets import ClusterWidget
+
+    display(ClusterWidget(cluster_id, control))
 
 
 def _control():

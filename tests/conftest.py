@@ -12,6 +12,10 @@ import dask.config
 import psutil
 import pytest
 
+# Register coiled-lab's config defaults before any test enters a dask.config.set()
+# block: defaults registered inside one would be undone when it exits.
+import coiled_lab.config  # noqa: F401
+
 
 def cluster_processes(marker: str | os.PathLike) -> list[psutil.Process]:
     """Live (non-zombie) processes whose command line mentions ``marker`` (a state dir)."""
