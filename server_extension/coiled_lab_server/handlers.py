@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 from urllib.parse import quote, urlsplit
 
 from jupyter_core.utils import ensure_async
@@ -34,6 +34,7 @@ from .service import Service
 API = "/coiled-lab/api"
 AUTH_RESOURCE = "coiled-lab"  # for deployments whose Jupyter authorizer restricts resources
 _MAX_LOG_LIMIT = 100_000
+_JUPYTER_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-XSRFToken")
 
 
 class CoiledLabMixin:
@@ -293,28 +294,36 @@ class DashboardProxyHandler(CoiledLabMixin, ProxyHandler):
         # Redirects from the dashboard are rewritten under this prefix.
         self.proxy_base = f"coiled-lab/clusters/{quote(record['id'], safe='')}/dashboard"
 
+    def proxy_request_headers(self) -> Any:
+        """Jupyter's credentials stay here: the dashboard runs on the cluster's machines."""
+        headers = super().proxy_request_headers()
+        for name in _JUPYTER_CREDENTIAL_HEADERS:
+            if name in headers:
+                del headers[name]
+        return headers
+
     async def http_get(self, cluster: str, path: str) -> None:
         return await self.proxy(*self.target, path)
 
     async def open(self, cluster: str, path: str) -> None:
         return await self.proxy_open(*self.target, path)
 
-    def post(self, cluster: str, path: str):
+    def post(self, cluster: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def put(self, cluster: str, path: str):
+    def put(self, cluster: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def delete(self, cluster: str, path: str):
+    def delete(self, cluster: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def head(self, cluster: str, path: str):
+    def head(self, cluster: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def patch(self, cluster: str, path: str):
+    def patch(self, cluster: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def options(self, cluster: str, path: str):
+    def options(self, cluster: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
 

@@ -11,7 +11,6 @@ import os
 import stat
 from typing import Any
 
-import psutil
 import pytest
 
 from .conftest import cluster_processes
