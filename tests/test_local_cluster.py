@@ -264,3 +264,18 @@ def test_timeouts_change_on_the_running_cluster(control, state_dir):
     assert final["status"] == "stopped" and "idle_timeout of 2s" in final["message"]
     with pytest.raises(Conflict):
         control.run(manager.update(cluster["id"], {"n_workers": 3}))
+
+
+def test_cleanup_finds_processes_the_store_thinks_are_gone(control, state_dir):
+    cluster = control.run(control.create({"n_workers": 1}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    store = control.manager.store
+    survivors = cluster_processes(state_dir)
+    # The store is told the cluster stopped, yet its processes still run (e.g. a crash
+    # between stopping and recording it): cleanup must find them by their command line.
+    store.update_cluster(cluster["id"], status="stopped", target="stopped")
+    dry = control.run(control.cleanup(dry_run=True))
+    assert [c["id"] for c in dry] == [cluster["id"]] and len(dry[0]["instances"]) == 2
+    assert {p.pid for p in cluster_processes(state_dir)} == {p.pid for p in survivors}
+    control.run(control.cleanup())
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="cleanup stopped them")

@@ -33,6 +33,7 @@ _ENV_ALLOWED = {
     "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "OMP_NUM_THREADS",
 }
 _ENV_DENIED_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "COILED_LAB__API")
+SCAN_INTERVAL = 10.0  # seconds between two full scans of the process table per cluster
 
 
 def process_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -56,6 +57,7 @@ class LocalBackend(Backend):
     def __init__(self) -> None:
         # Children we started ourselves, polled so that they never linger as zombies.
         self._children: dict[int, subprocess.Popen] = {}
+        self._scanned: dict[str, float] = {}  # cluster id -> time of its last full scan
 
     # -- paths ------------------------------------------------------------------------
     @staticmethod
@@ -174,9 +176,20 @@ class LocalBackend(Backend):
         self._reap()
 
     async def describe(self, cluster: ClusterContext) -> list[Instance]:
+        """Processes of this cluster. A full scan of the process table (~25 ms) finds them
+        by command line; between scans, checking the pids the store knows (~0.1 ms) is enough, so a
+        provisioning loop polling ten times a second does not eat the CPU the starting
+        processes need."""
+        self._reap()
+        now = time.monotonic()
+        if cluster.instances and now - self._scanned.get(cluster.id, -SCAN_INTERVAL) < SCAN_INTERVAL:
+            return [i for i in cluster.instances if _alive_or_none(self._process(i))]
+        self._scanned[cluster.id] = now
+        return self._scan(cluster)
+
+    def _scan(self, cluster: ClusterContext) -> list[Instance]:
         import psutil
 
-        self._reap()
         marker = str(cluster.directory / "scheduler.json")
         found = []
         for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
@@ -218,6 +231,7 @@ class LocalBackend(Backend):
         return records
 
     async def cleanup(self, cluster: ClusterContext) -> list[str]:
+        self._scanned.pop(cluster.id, None)  # find everything, not only what the store knows
         removed = await super().cleanup(cluster)
         # The private key is of no use once no process of the cluster runs.
         (cluster.directory / "tls-key.pem").unlink(missing_ok=True)
@@ -271,6 +285,10 @@ def _signal(proc, sig: int) -> None:
         proc.send_signal(sig)
     except psutil.Error:
         pass
+
+
+def _alive_or_none(proc) -> bool:
+    return proc is not None and _alive(proc)
 
 
 def _alive(proc) -> bool:
