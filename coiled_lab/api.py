@@ -171,10 +171,13 @@ class APIClient:
         return self.url[: -len(API_PATH)] if self.url.endswith(API_PATH) else self.url
 
     def dashboard_url(self, cluster: dict[str, Any]) -> Optional[str]:
-        """The dashboard through the Jupyter server: same origin, Jupyter's auth, HTTPS if the server has it."""
+        """The dashboard through the Jupyter server, as a path on it: a browser resolves it
+        against the page it shows (the Jupyter server, whatever its public address, HTTPS
+        and auth), where the API URL kernels use is this machine's loopback address."""
         if not cluster.get("dashboard"):
             return None
-        return f"{self.server_url}coiled-lab/clusters/{_quote(cluster['id'])}/dashboard/status"
+        base = urllib.parse.urlsplit(self.server_url).path
+        return f"{base}coiled-lab/clusters/{_quote(cluster['id'])}/dashboard/status"
 
     # -- the Control surface -------------------------------------------------------------
     async def create(self, spec: dict[str, Any]) -> dict[str, Any]:

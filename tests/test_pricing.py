@@ -33,3 +33,28 @@ def test_cost_is_kept_after_stop(control, state_dir):
     assert final["cost"]["accrued"] == 0.0 and final["cost"]["per_hour"] == 0.0
     listed = [c for c in control.run(control.list()) if c["id"] == cluster["id"]]
     assert listed[0]["cost"] == final["cost"]
+
+
+def test_list_json_matches_list_and_follows_changes(control, state_dir):
+    import json
+
+    from coiled_lab.control.states import State
+
+    manager = control.manager
+    cluster = control.run(control.create({"n_workers": 0, "name": "listed"}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    control.run(control.stop(cluster["id"]))
+    control.run(control.wait(cluster["id"], ("stopped",), 30))
+
+    def both():
+        as_list = control.run(manager.list())
+        encoded = json.loads(control.run(manager.list_json()))
+        for a, b in zip(as_list, encoded):  # live entries move with the clock; compare the rest
+            a.pop("cost", None), b.pop("cost", None)
+        return as_list, encoded
+
+    first, encoded = both()
+    assert first == encoded and encoded[0]["status"] == "stopped"
+    manager.store.update_cluster(cluster["id"], message="changed after the first answer", status=State.error)
+    again, encoded = both()
+    assert again == encoded and encoded[0]["message"] == "changed after the first answer"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import getpass
+import json
 import logging
 import os
 import re
@@ -69,6 +70,8 @@ class ClusterManager:
         self._later: dict[str, asyncio.TimerHandle] = {}
         self._failures: dict[str, int] = {}
         self._rpcs: dict[str, Any] = {}
+        self._encoded: dict[str, tuple[float, str]] = {}  # stopped clusters' JSON, by updated_at
+        self._fresh: dict[str, str] = {}
         self._watch_task: Optional[asyncio.Task] = None
         self._lock_file = None
         self._busy: Optional[ManagerBusy] = None
@@ -246,6 +249,21 @@ class ClusterManager:
 
     async def list(self, live_only: bool = False) -> list[dict[str, Any]]:
         return [self._json(r) for r in self.store.list_clusters(live_only=live_only)]
+
+    async def list_json(self, live_only: bool = False) -> str:
+        """:meth:`list` already encoded as a JSON array, for the REST API. A stopped
+        cluster's JSON never changes, so it is encoded once and reused until its row does."""
+        versions = self.store.versions(live_only)
+        wanted = [cid for cid, updated, status in versions
+                  if status not in FINAL or self._encoded.get(cid, (None,))[0] != updated]
+        for rec in self.store.get_clusters(wanted):
+            if rec.status in FINAL:
+                self._encoded[rec.id] = (rec.updated_at, json.dumps(self._json(rec)))
+            else:
+                self._encoded.pop(rec.id, None)
+                self._fresh[rec.id] = json.dumps(self._json(rec))
+        parts = [self._fresh.pop(cid) if cid in self._fresh else self._encoded[cid][1] for cid, _, _ in versions]
+        return "[" + ",".join(parts) + "]"
 
     async def logs(
         self,

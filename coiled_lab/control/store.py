@@ -109,7 +109,8 @@ class ClusterRecord:
         return self.status not in FINAL
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        # A shallow dict: asdict() deep-copies spec and state, which dominates a long list.
+        d = dict(self.__dict__)
         d["status"] = str(self.status)
         return d
 
@@ -251,6 +252,24 @@ class Store:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at").fetchall()
         return [self._cluster(r) for r in rows]
+
+    def versions(self, live_only: bool = False) -> list[tuple[str, float, str]]:
+        """(id, updated_at, status) of every cluster, oldest first: cheap enough to ask on
+        every list request, so that unchanged clusters can be answered from a cache."""
+        query = "SELECT id, updated_at, status FROM clusters"
+        if live_only:
+            query += " WHERE status NOT IN ('stopped', 'error')"
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(query + " ORDER BY created_at").fetchall()]
+
+    def get_clusters(self, ids: list[str]) -> list[ClusterRecord]:
+        out: list[ClusterRecord] = []
+        with self._lock:
+            for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                out += [self._cluster(r) for r in self._db.execute(f"SELECT * FROM clusters WHERE id IN ({marks})", chunk)]
+        return out
 
     # -- instances --------------------------------------------------------------------
     @staticmethod

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from tornado.web import HTTPError
 
+from coiled_lab.control.limits import LimitExceeded
 from coiled_lab.errors import Conflict, ManagerBusy, NotFound
 from coiled_lab.spec import ClusterSpecError
 
@@ -29,6 +30,7 @@ class BadRequest(ValueError):
 
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (LimitExceeded, 403),  # valid, but more than the admin allows
     (ClusterSpecError, 400),
     (BadRequest, 400),
     (NotFound, 404),

@@ -137,7 +137,9 @@ class CoiledLabHandler(CoiledLabMixin, APIHandler):
 class ClustersHandler(CoiledLabHandler):
     @web.authenticated
     async def get(self) -> None:
-        self.write_json({"clusters": await self.manager.list(live_only=self.query_flag("live"))})
+        clusters = await self.manager.list_json(live_only=self.query_flag("live"))
+        self.set_header("Content-Type", "application/json")
+        self.finish('{"clusters": ' + clusters + "}")
 
     @web.authenticated
     async def post(self) -> None:

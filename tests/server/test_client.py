@@ -96,7 +96,7 @@ def test_urls():
     try:
         assert c.server_url == "https://lab.example.org/user/me/"
         assert c.dashboard_url({"id": "abc", "dashboard": "http://10.0.0.5:8787"}) == (
-            "https://lab.example.org/user/me/coiled-lab/clusters/abc/dashboard/status"
+            "/user/me/coiled-lab/clusters/abc/dashboard/status"
         )
         assert c.dashboard_url({"id": "abc", "dashboard": None}) is None
     finally:

@@ -95,7 +95,7 @@ async def test_kernel_drives_a_cluster_and_no_secret_leaks(
         seen = json.loads((await run_in_kernel(kc, KERNEL_START)).strip().splitlines()[-1])
         assert seen["control"] == "APIClient" and seen["total"] == 45 and seen["n_workers"] == 2
         cid = seen["id"]
-        assert seen["dashboard"] == f"{service.api_url[:-len('coiled-lab/api/')]}coiled-lab/clusters/{cid}/dashboard/status"
+        assert seen["dashboard"] == f"{jp_serverapp.base_url}coiled-lab/clusters/{cid}/dashboard/status"
         assert seen["environ"]["COILED_LAB_API_URL"] == service.api_url
         assert not any(key in seen["environ"] for key in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
 
