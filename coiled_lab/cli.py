@@ -58,8 +58,8 @@ def _dispatch(ns, console) -> int:
 
     control = get_control()
     handler = {
-        "start": _start, "list": _list, "status": _status, "scale": _scale,
-        "stop": _stop, "logs": _logs, "cleanup": _cleanup,
+        "start": _start, "estimate": _estimate, "dashboard": _dashboard, "list": _list, "status": _status,
+        "scale": _scale, "stop": _stop, "logs": _logs, "cleanup": _cleanup,
     }[ns.command]
     return control.run(handler(control, ns, console))
 
@@ -109,6 +109,29 @@ async def _start(control, ns, console) -> int:
         console.print(cluster_detail(record, control.dashboard_url(record)))
     if record["status"] == "error":
         raise ClusterError(record.get("message") or "cluster failed")
+    return 0
+
+
+async def _estimate(control, ns, console) -> int:
+    from .display import estimate_table
+    from .options import spec_fields
+
+    est = await control.estimate(spec_fields(ns))
+    if ns.json:
+        _print_json(console, est)
+    else:
+        console.print(estimate_table(est))
+    return 0
+
+
+async def _dashboard(control, ns, console) -> int:
+    record = await control.get(ns.name)
+    link = control.dashboard_url(record)
+    if not link:
+        from .errors import Conflict
+
+        raise Conflict(f"cluster {record['name']!r} is {record['status']}; it has no dashboard now")
+    console.print(link)
     return 0
 
 

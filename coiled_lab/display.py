@@ -80,3 +80,24 @@ def progress_line(event) -> Optional[str]:
             return f"workers {d['ready']}/{d['target']} ready ({d['launched']} launched)"
         return f"starting {d['step']}"
     return None
+
+
+def estimate_table(est: dict[str, Any]):
+    """An estimate (from :func:`coiled_lab.pricing.estimate`) as a small table."""
+    from rich.table import Table
+
+    table = Table.grid(padding=(0, 2))
+    rows = [
+        ("per hour", f"[bold]${est['per_hour']:.2f}[/] {est['currency']}"),
+        ("workers", f"{est['n_workers']} x ${est['worker_each']:.4f} = ${est['workers']:.2f}"),
+        ("scheduler", f"${est['scheduler']:.2f}"),
+        ("storage", f"${est['storage']:.2f}"),
+        ("source", str(est["source"])),
+    ]
+    if est.get("spot_savings"):
+        rows.insert(2, ("spot saves", f"${est['spot_savings']:.2f}/hour"))
+    for note in est.get("notes") or []:
+        rows.append(("note", note))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", value)
+    return table

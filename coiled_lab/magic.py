@@ -56,6 +56,7 @@ def _line(line: str):
         return _start(spec_fields(ns), wait=not ns.no_wait, client=not ns.no_client)
     return {
         "list": _list, "status": _status, "scale": _scale, "stop": _stop, "logs": _logs,
+        "estimate": _estimate, "dashboard": _dashboard,
     }[ns.command](ns)
 
 
@@ -145,6 +146,34 @@ def _status(ns) -> dict[str, Any]:
     record = control.run(control.get(ns.name))
     _show(cluster_detail(record, control.dashboard_url(record)))
     return None
+
+
+def _estimate(ns) -> dict[str, Any]:
+    from .display import estimate_table
+    from .options import spec_fields
+
+    control = _control()
+    est = control.run(control.estimate(spec_fields(ns)))
+    _show(estimate_table(est))
+    return None
+
+
+def _dashboard(ns) -> Optional[str]:
+    """Show the dashboard link (through the Jupyter server when there is one); return it."""
+    from .errors import Conflict
+
+    control = _control()
+    record = control.run(control.get(ns.name))
+    link = control.dashboard_url(record)
+    if not link:
+        raise Conflict(f"cluster {record['name']!r} is {record['status']}; it has no dashboard now")
+    try:
+        from IPython.display import HTML, display
+
+        display(HTML(f'<a href="{link}" target="_blank">Dask dashboard of {record["name"]}</a>'))
+    except ImportError:
+        print(link)
+    return link
 
 
 def _scale(ns) -> None:

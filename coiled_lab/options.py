@@ -131,6 +131,12 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
     if not cli:
         start.add_argument("--no-client", action="store_true", help="do not connect a distributed.Client")
 
+    estimate = sub.add_parser("estimate", help="what a cluster would cost per hour, before starting it")
+    add_spec_options(estimate)
+
+    dashboard = sub.add_parser("dashboard", help="the address of a cluster's Dask dashboard")
+    dashboard.add_argument("name", help="cluster name or id")
+
     lst = sub.add_parser("list", help="list clusters")
     lst.add_argument("--all", action="store_true", help="include stopped clusters")
 
@@ -157,7 +163,7 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
     logs.add_argument("--limit", type=int, default=200, help="at most this many lines (default: 200)")
 
     if cli:
-        for command in (start, lst, status, scale, stop):
+        for command in (start, estimate, lst, status, scale, stop):
             command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         cleanup = sub.add_parser("cleanup", help="stop what runs for clusters the store no longer considers live")
         cleanup.add_argument("--dry-run", action="store_true", help="only show what would be removed")

@@ -36,6 +36,10 @@ def test_start_list_logs_scale_stop(state_dir):
     assert logs.returncode == 0 and len(logs.stdout.strip().splitlines()) == 5
     assert all(" scheduler-scheduler " in line for line in logs.stdout.strip().splitlines())
 
+    dashboard = cli("dashboard", "from-cli")
+    assert dashboard.returncode == 0 and dashboard.stdout.startswith("http://127.0.0.1:")
+    assert dashboard.stdout.strip().endswith("/status")
+
     scaled = cli("scale", "from-cli", "2", "--wait")
     assert scaled.returncode == 0, scaled.stderr
     assert json.loads(cli("status", "from-cli", "--json").stdout)["workers"]["ready"] == 2
@@ -101,3 +105,10 @@ def test_help_lists_every_spec_field_with_defaults(state_dir):
         assert (field.upper() if field == "n_workers" else "--" + field.replace("_", "-")) in out
     assert "(default: 20 minutes)" in out  # defaults are shown as configured
     assert "(default: on-demand)" in out
+
+
+def test_estimate_before_anything_starts(state_dir):
+    est = json.loads(cli("estimate", "6", "--json").stdout)
+    assert est["per_hour"] == 0 and est["n_workers"] == 6 and est["currency"] == "USD"
+    assert "$0.00" in cli("estimate", "6").stdout
+    assert cluster_processes(state_dir) == []

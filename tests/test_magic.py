@@ -43,6 +43,10 @@ def test_start_compute_list_scale_logs_stop(ip, state_dir, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all("scheduler-scheduler" in line for line in lines)
 
+    assert ip.run_line_magic("coiled", "dashboard nb").startswith("http://127.0.0.1:")
+    ip.run_line_magic("coiled", "estimate 3")
+    assert "$0.00" in capsys.readouterr().out
+
     ip.run_line_magic("coiled", "stop nb")
     assert "nb: stopped" in capsys.readouterr().out
     wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
