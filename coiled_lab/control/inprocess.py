@@ -8,6 +8,7 @@ from the Cluster's own loop thread, or from a notebook's running loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Awaitable, Optional, TypeVar
@@ -27,7 +28,31 @@ class LoopThread:
         self._thread.start()
 
     def submit(self, coro: Awaitable[T]) -> Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Start ``coro`` on this loop; its result arrives in the returned future.
+
+        Unlike ``asyncio.run_coroutine_threadsafe``, the task starts in an empty context,
+        not in a copy of the caller's: background work (a widget following events) is not
+        tied to the notebook cell that happened to start it, so IPython attributes what
+        it sends to the cell running now, as it does for any thread a user starts.
+        """
+        result: Future = Future()
+
+        def start() -> None:
+            task = asyncio.ensure_future(coro)
+
+            def done(t: asyncio.Future) -> None:
+                if t.cancelled():
+                    result.cancel()
+                elif t.exception() is not None:
+                    result.set_exception(t.exception())
+                else:
+                    result.set_result(t.result())
+
+            task.add_done_callback(done)
+            result.add_done_callback(lambda f: self.loop.call_soon_threadsafe(task.cancel) if f.cancelled() else None)
+
+        self.loop.call_soon_threadsafe(start, context=contextvars.Context())
+        return result
 
     def run(self, coro: Awaitable[T], timeout: Optional[float] = None) -> T:
         """Run to completion from synchronous code (never from this thread's own loop)."""

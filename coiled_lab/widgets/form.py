@@ -66,8 +66,10 @@ class ClusterForm(w.VBox):
         self.create.on_click(lambda _: self.submit())
         rows = [w.VBox([field, self.errors[name]]) for name, field in self.fields.items()]
         super().__init__([*rows, self.estimate, w.HBox([self.create, self.message]), self.output])
-        self._load_catalog()
-        self._refresh_estimate()
+        # The first catalog and estimate are fetched before the form is shown, so it
+        # appears complete; later ones follow the fields in the background.
+        self._load_catalog(wait=True)
+        self._refresh_estimate(wait=True)
 
     # -- what the user asked for -----------------------------------------------------
     def spec_fields(self) -> dict[str, Any]:
@@ -98,8 +100,13 @@ class ClusterForm(w.VBox):
         return handler
 
     # -- server round trips ----------------------------------------------------------
-    def _call(self, coro, on_result: Callable[[Any], None]) -> Future:
+    def _call(self, coro, on_result: Callable[[Any], None], wait: bool = False) -> Future:
         future = self.control.thread.submit(coro)
+        if wait:
+            try:
+                future.result(timeout=30)
+            except Exception:  # noqa: BLE001 - shown by the callback below, like any failure
+                pass
 
         def done(f: Future) -> None:
             if f.cancelled():
@@ -113,7 +120,7 @@ class ClusterForm(w.VBox):
         future.add_done_callback(done)
         return future
 
-    def _load_catalog(self) -> None:
+    def _load_catalog(self, wait: bool = False) -> None:
         backend = self.fields["backend"].value
 
         def fill(catalog: dict[str, Any]) -> None:
@@ -126,7 +133,7 @@ class ClusterForm(w.VBox):
                 if backend != "local"
             ]
 
-        self._call(self.control.catalog(backend), fill)
+        self._call(self.control.catalog(backend), fill, wait)
 
     def _debounce(self) -> None:
         if self._timer is not None:
@@ -135,7 +142,7 @@ class ClusterForm(w.VBox):
         self._timer.daemon = True
         self._timer.start()
 
-    def _refresh_estimate(self) -> None:
+    def _refresh_estimate(self, wait: bool = False) -> None:
         def show(est: dict[str, Any]) -> None:
             notes = "".join(f"<li>{html.escape(n)}</li>" for n in est.get("notes", []))
             self.estimate.value = (
@@ -149,7 +156,7 @@ class ClusterForm(w.VBox):
         except ClusterSpecError as exc:
             self.show_error(exc)
             return
-        self._call(self.control.estimate(fields), show)
+        self._call(self.control.estimate(fields), show, wait)
 
     def submit(self) -> Optional[Future]:
         """Create the cluster; its live widget appears under the form."""
