@@ -27,6 +27,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from coiled_lab.control.manager import ClusterManager
 from coiled_lab.errors import Conflict
 from coiled_lab.logs import LEVELS, since_from
+from coiled_lab.spec import describe_fields
 
 from .errors import BadRequest, error_body, http_status
 from .service import Service
@@ -202,6 +203,14 @@ class CatalogHandler(CoiledLabHandler):
         self.write_json(await self.manager.catalog(self.query("backend"), self.query("region")))
 
 
+class DefaultsHandler(CoiledLabHandler):
+    """Every ClusterSpec field with the server's default (its dask config) and help, for forms."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json({"fields": describe_fields()})
+
+
 class CleanupHandler(CoiledLabHandler):
     @web.authenticated
     async def post(self) -> None:
@@ -340,6 +349,7 @@ def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
         (f"{API}{cluster}/connection", ConnectionHandler, kwargs),
         (f"{API}/estimate", EstimateHandler, kwargs),
         (f"{API}/catalog", CatalogHandler, kwargs),
+        (f"{API}/defaults", DefaultsHandler, kwargs),
         (f"{API}/cleanup", CleanupHandler, kwargs),
         (f"{API}/credentials", CredentialsHandler, kwargs),
         (f"{API}/events", EventsHandler, kwargs),
