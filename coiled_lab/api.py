@@ -212,6 +212,14 @@ class APIClient:
     async def connection(self, name_or_id: str) -> dict[str, Any]:
         return await self._call("GET", f"clusters/{_quote(name_or_id)}/connection", subject=name_or_id)
 
+    async def notifications(self, name_or_id: str) -> list[dict[str, Any]]:
+        path = f"clusters/{_quote(name_or_id)}/notifications"
+        return (await self._call("GET", path, subject=name_or_id))["notifications"]
+
+    async def usage(self, name_or_id: str, since: Optional[float] = None) -> dict[str, Any]:
+        return await self._call("GET", f"clusters/{_quote(name_or_id)}/usage", params={"since": since},
+                                subject=name_or_id)
+
     async def catalog(self, backend: Optional[str] = None, region: Optional[str] = None) -> dict[str, Any]:
         return await self._call("GET", "catalog", params={"backend": backend, "region": region})
 

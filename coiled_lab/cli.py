@@ -56,9 +56,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _dispatch(ns, console) -> int:
     from .control import get_control
 
+    if ns.command == "setup":
+        return _setup_aws(ns, console)
     control = get_control()
     handler = {
         "start": _start, "estimate": _estimate, "dashboard": _dashboard, "list": _list, "status": _status,
+        "notifications": _notifications,
         "scale": _scale, "stop": _stop, "logs": _logs, "cleanup": _cleanup,
     }[ns.command]
     return control.run(handler(control, ns, console))
@@ -121,6 +124,17 @@ async def _estimate(control, ns, console) -> int:
         _print_json(console, est)
     else:
         console.print(estimate_table(est))
+    return 0
+
+
+async def _notifications(control, ns, console) -> int:
+    from .display import notifications_lines
+
+    lines = notifications_lines(await control.notifications(ns.name))
+    for line in lines:
+        console.print(line)
+    if not lines:
+        console.print("no notifications")
     return 0
 
 
@@ -199,8 +213,55 @@ async def _cleanup(control, ns, console) -> int:
     verb = "would stop" if ns.dry_run else "stopped"
     for item in found:
         console.print(f"{verb} {len(item['instances'])} instance(s) of {item['name']} ({item['id']})")
+    found += await _cleanup_aws(control, ns, console)
     if not found:
         console.print("nothing to clean up")
+    return 0
+
+
+async def _cleanup_aws(control, ns, console) -> list:
+    """AWS resources tagged with this store's clusters that are not live, found by tag."""
+    from . import config
+
+    clusters = await control.list(live_only=False)
+    regions = set(ns.aws_region or ()) | {
+        c["spec"].get("region") or config.get("aws.region") for c in clusters if c["backend"] == "aws"}
+    if not regions:
+        return []
+    from .backends.aws.session import AWSSession
+    from .backends.aws.sweep import sweep
+    from .backends.aws.tags import owner_id
+
+    live = {c["id"] for c in clusters if c["status"] not in ("stopped", "error")}
+    aws, found = AWSSession(), []
+    for region in sorted(regions):
+        for item in await sweep(aws, region, owner_id(config.state_dir()), live, ns.dry_run):
+            what = ", ".join(f"{len(item[key])} {label}(s)" for key, label in
+                             (("instances", "instance"), ("templates", "launch template"), ("volumes", "volume"))
+                             if item[key])
+            console.print(f"{'would remove' if ns.dry_run else 'removed'} {what} of cluster {item['id']} "
+                          f"in {region}")
+            found.append(item)
+    return found
+
+
+def _setup_aws(ns, console) -> int:
+    """``coiled-lab setup aws``: runs here, with this shell's AWS credentials."""
+    import botocore.exceptions
+
+    from . import config
+    from .backends.aws import setup
+    from .backends.aws.session import AWSError, AWSSession
+
+    region = ns.region or config.get("aws.region")
+    try:
+        asyncio.run(setup.run(AWSSession(), region, lambda line: console.print(line, markup=False),
+                              vpc_id=ns.vpc_id, vpc_cidr=ns.vpc_cidr, dry_run=ns.dry_run))
+    except (AWSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {exc}", style="red", markup=False)
+        return EXIT_FAILED
     return 0
 
 

@@ -141,6 +141,15 @@ class Cluster(_DistributedCluster):
     def status_text(self) -> str:
         return self.record.get("status", "unknown")
 
+    def get_notifications(self) -> list[dict[str, Any]]:
+        """What coiled-lab told about this cluster (capacity, fallbacks, shutdown soon, idle
+        GPUs, budget), oldest first."""
+        return self.sync(self._control.notifications, self.cluster_id)
+
+    def get_usage(self, since: Optional[float] = None) -> dict[str, Any]:
+        """The scheduler-side watchdog's recent samples (workers, clients, tasks, CPU, memory, GPU)."""
+        return self.sync(self._control.usage, self.cluster_id, since)
+
     @property
     def dashboard_link(self) -> str:
         link = self._control.dashboard_url(self.record) if self.record else None

@@ -101,3 +101,15 @@ def estimate_table(est: dict[str, Any]):
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", value)
     return table
+
+
+def notifications_lines(notes: list[dict[str, Any]]) -> list[str]:
+    """One line per notification: time, level, message."""
+    from datetime import datetime
+
+    style = {"error": "bold red", "warning": "yellow", "info": ""}
+    return [
+        f"{datetime.fromtimestamp(n['time']).strftime('%Y-%m-%d %H:%M:%S')} "
+        f"[{style.get(n['level'], '')}]{n['level']:<7}[/] {n['message']}"
+        for n in notes
+    ]

@@ -56,7 +56,7 @@ def _line(line: str):
         return _start(spec_fields(ns), wait=not ns.no_wait, client=not ns.no_client)
     return {
         "list": _list, "status": _status, "scale": _scale, "stop": _stop, "logs": _logs,
-        "estimate": _estimate, "dashboard": _dashboard,
+        "estimate": _estimate, "dashboard": _dashboard, "notifications": _notifications,
     }[ns.command](ns)
 
 
@@ -156,6 +156,17 @@ def _estimate(ns) -> dict[str, Any]:
     est = control.run(control.estimate(spec_fields(ns)))
     _show(estimate_table(est))
     return None
+
+
+def _notifications(ns) -> None:
+    from .display import notifications_lines
+
+    control = _control()
+    lines = notifications_lines(control.run(control.notifications(ns.name)))
+    for line in lines:
+        _show(line)
+    if not lines:
+        print("no notifications")
 
 
 def _dashboard(ns) -> Optional[str]:

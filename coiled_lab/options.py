@@ -134,6 +134,9 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
     estimate = sub.add_parser("estimate", help="what a cluster would cost per hour, before starting it")
     add_spec_options(estimate)
 
+    notes = sub.add_parser("notifications", help="what coiled-lab told about a cluster")
+    notes.add_argument("name", help="cluster name or id")
+
     dashboard = sub.add_parser("dashboard", help="the address of a cluster's Dask dashboard")
     dashboard.add_argument("name", help="cluster name or id")
 
@@ -167,4 +170,16 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
             command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         cleanup = sub.add_parser("cleanup", help="stop what runs for clusters the store no longer considers live")
         cleanup.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+        cleanup.add_argument("--aws-region", action="append", metavar="REGION",
+                             help="also search this AWS region for what this store's clusters left "
+                                  "(regions of AWS clusters the store knows are always searched)")
+
+        setup = sub.add_parser("setup", help="prepare a cloud account for coiled-lab (once per region)")
+        clouds = setup.add_subparsers(dest="cloud", metavar="CLOUD", parser_class=_Parser)
+        clouds.required = True
+        aws = clouds.add_parser("aws", help="VPC, subnets, security groups, instance role and log group on AWS")
+        aws.add_argument("--region", help="AWS region (default: config coiled-lab.aws.region)")
+        aws.add_argument("--vpc-id", help="prepare this existing VPC instead of creating one")
+        aws.add_argument("--vpc-cidr", help="address range of a VPC to create (default: coiled-lab.aws.vpc-cidr)")
+        aws.add_argument("--dry-run", action="store_true", help="only show what would change")
     return parser

@@ -48,6 +48,9 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DASK_COILED_LAB__MANAGER__CHECK_INTERVAL", "0.5")
     with dask.config.set({"coiled-lab.state-dir": str(path), "coiled-lab.manager.check-interval": 0.5}):
         yield path
+    from coiled_lab.control.inprocess import InProcessControl
+
+    InProcessControl.reset_shared()  # the shared control was bound to this test's state dir
     leftovers = cluster_processes(path)
     for proc in leftovers:
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 from ..control.store import Instance
 from ..logs import LogRecord
@@ -31,6 +31,9 @@ class ClusterContext:
     directory: Path  # 0700; holds the TLS files and anything the backend keeps on disk
     state: dict[str, Any] = field(default_factory=dict)  # backend-owned ids, persisted by the manager
     instances: list[Instance] = field(default_factory=list)  # live instances the store knows
+    # Tell the user something about provisioning (a zone out of capacity and what was done
+    # instead, a spot fallback): notify(kind, message).
+    notify: Callable[[str, str], None] = lambda kind, message: None
 
 
 class Backend(ABC):

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..bootstrap import lifetime
+from .. import config
+from ..bootstrap import lifetime, watchdog
 from ..control.store import Instance
 from ..logs import LogRecord, parse_lines
 from .base import Backend, ClusterContext
@@ -112,6 +113,7 @@ class LocalBackend(Backend):
         self._scheduler_file(cluster).unlink(missing_ok=True)
         env = dict(spec.environ)
         env.update(lifetime.environment(cluster.id, spec))
+        env.update(watchdog.environment(config.get("telemetry") or {}))
         args = [
             "distributed.cli.dask_scheduler",
             "--host", "127.0.0.1",
@@ -121,6 +123,7 @@ class LocalBackend(Backend):
             "--dashboard-address", "127.0.0.1:0",
             "--scheduler-file", str(self._scheduler_file(cluster)),
             "--preload", "coiled_lab.bootstrap.lifetime",
+            "--preload", "coiled_lab.bootstrap.watchdog",
         ]
         return self._spawn(cluster, "scheduler", "scheduler", args, env)
 

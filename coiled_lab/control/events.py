@@ -1,8 +1,9 @@
 """Events: what every front door (sidebar, widget, magic, CLI) watches.
 
 Kinds: ``state`` (a transition, with ``status`` and ``message``), ``progress``
-(``step`` of network/scheduler/workers, ``ready``/``target``), ``log`` and ``cost``.
-State and progress events are persisted in the store with a sequence number, so a
+(``step`` of network/scheduler/workers, ``ready``/``target``), ``log``, ``cost`` and
+``notification`` (``kind``, ``level``, ``message``). State, progress and notification
+events are persisted in the store with a sequence number, so a
 subscriber that reconnects can ask for what it missed (``after=seq``); log and cost
 events are live only.
 """
@@ -14,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, AsyncIterator, Optional
 
-KINDS = ("state", "progress", "log", "cost")
-PERSISTED = frozenset({"state", "progress"})
+KINDS = ("state", "progress", "log", "cost", "notification")
+PERSISTED = frozenset({"state", "progress", "notification"})
 
 
 @dataclass

@@ -146,6 +146,12 @@ class InProcessControl:
     async def estimate(self, spec: dict[str, Any]) -> dict[str, Any]:
         return await self.thread.call(self.manager.estimate(spec))
 
+    async def notifications(self, name_or_id: str) -> list[dict[str, Any]]:
+        return await self.thread.call(self.manager.notifications(name_or_id))
+
+    async def usage(self, name_or_id: str, since: Optional[float] = None) -> dict[str, Any]:
+        return await self.thread.call(self.manager.usage(name_or_id, since))
+
     async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
         return await self.thread.call(self.manager.cleanup(dry_run))
 

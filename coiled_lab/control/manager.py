@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import time
+from collections import deque
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Optional
@@ -38,7 +39,7 @@ from ..logs import LogRecord, matches
 from ..pricing import extrapolate
 from ..spec import ClusterSpec, ClusterSpecError, parse_spec
 from ..tls import TLSMaterial
-from . import limits
+from . import limits, notifications
 from .events import Event, EventBus, Subscription
 from .states import FINAL, State, check_transition
 from .store import ClusterRecord, Instance, NameInUse, Store
@@ -70,6 +71,8 @@ class ClusterManager:
         self._later: dict[str, asyncio.TimerHandle] = {}
         self._failures: dict[str, int] = {}
         self._rpcs: dict[str, Any] = {}
+        self._samples: dict[str, deque] = {}  # recent watchdog samples, for GPU idleness
+        self._usage_at: dict[str, float] = {}
         self._encoded: dict[str, tuple[float, str]] = {}  # stopped clusters' JSON, by updated_at
         self._fresh: dict[str, str] = {}
         self._watch_task: Optional[asyncio.Task] = None
@@ -317,6 +320,16 @@ class ClusterManager:
         finally:
             sub.close()
 
+    async def notifications(self, name_or_id: str) -> list[dict[str, Any]]:
+        """Everything the cluster's user was told, oldest first (kept after it stops)."""
+        rec = self._find(name_or_id)
+        return [{"time": e["time"], **e["data"]} for e in self.store.events(rec.id, limit=100_000)
+                if e["kind"] == "notification"]
+
+    async def usage(self, name_or_id: str, since: Optional[float] = None) -> dict[str, Any]:
+        """The watchdog's recent samples (workers, clients, tasks, CPU, memory, GPU)."""
+        return await self._usage(self._find(name_or_id), since)
+
     def subscribe(self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None) -> Subscription:
         return self.bus.subscribe(cluster_id, kinds)
 
@@ -509,6 +522,8 @@ class ClusterManager:
             rec = self._update_cost(rec)
         ready = sum(1 for i in workers if i.id in connected)
         rec = self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
+        if rec.status == State.running:
+            await self._check_notifications(rec)
 
         if ready >= spec.n_workers and len(workers) == spec.n_workers:
             if rec.status in (State.provisioning, State.scaling):
@@ -566,6 +581,16 @@ class ClusterManager:
         except Exception:  # noqa: BLE001 - an older scheduler without the plugin
             info["coiled_lab_lifetime"] = None
         return info
+
+    async def _usage(self, rec: ClusterRecord, since: Optional[float] = None) -> dict[str, Any]:
+        """The watchdog's samples from the scheduler (over the cluster's TLS comms)."""
+        if not rec.live or not rec.state.get("address"):
+            raise Conflict(f"cluster {rec.name!r} is {rec.status}; usage is only known while it runs")
+        r = await self._rpc(rec, rec.state["address"])
+        try:
+            return await asyncio.wait_for(r.coiled_lab_usage(since=since), 10)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Conflict(f"the scheduler of {rec.name!r} did not answer: {exc}") from None
 
     async def _retire(self, rec: ClusterRecord, names: list[str]) -> None:
         if not names or not rec.state.get("address"):
@@ -627,6 +652,9 @@ class ClusterManager:
             directory=self.cluster_dir(rec.id),
             state=dict(rec.state),
             instances=self.store.instances(rec.id),
+            notify=lambda kind, message: self.notify(
+                rec.id, notifications.Notice(f"{kind}:{message}", kind, "warning", message)
+            ),
         )
 
     def _update(self, rec: ClusterRecord, event: Optional[tuple[str, dict]] = None, **fields: Any) -> ClusterRecord:
@@ -664,6 +692,32 @@ class ClusterManager:
         if (before.get("ready"), before.get("launched"), before.get("target")) != (ready, launched, target):
             self._progress(rec, "workers", ready=ready, target=target, launched=launched)
         return rec
+
+    async def _check_notifications(self, rec: ClusterRecord) -> None:
+        """Tell what a running cluster's user should know; stop it at its budget."""
+        observed = rec.state.get("observed", {})
+        notices = notifications.shutdown_soon(observed.get("lifetime"))
+        cost = extrapolate(rec.state.get("cost"))
+        notices += notifications.budget(cost, config.get("limits.max-cost-per-cluster"))
+        if config.get("telemetry.gpu") and time.time() - self._usage_at.get(rec.id, 0) > 30:
+            self._usage_at[rec.id] = time.time()
+            with suppress(Conflict):
+                samples = self._samples.setdefault(rec.id, deque(maxlen=720))
+                samples.extend((await self._usage(rec, since=samples[-1]["time"] if samples else None))["samples"])
+                notices += notifications.gpu_idle(list(samples))
+        for notice in notices:
+            self.notify(rec.id, notice)
+            if notice.kind == "budget" and notice.level == "error":
+                await self.stop(rec.id)
+
+    def notify(self, cluster_id: str, notice: notifications.Notice) -> None:
+        """Record and send a notification, once per situation (its key)."""
+        rec = self.store.get_cluster(cluster_id)
+        told = rec.state.get("notified", [])
+        if notice.key in told:
+            return
+        data = {"kind": notice.kind, "level": notice.level, "message": notice.message, "key": notice.key}
+        self._update(rec, event=("notification", data), state={**rec.state, "notified": [*told, notice.key]})
 
     def _update_cost(self, rec: ClusterRecord) -> ClusterRecord:
         """Recompute the cost from every instance's launch/terminate times; persist it

@@ -191,6 +191,22 @@ class ConnectionHandler(CoiledLabHandler):
         self.write_json(connection)
 
 
+class NotificationsHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self, cluster: str) -> None:
+        self.write_json({"notifications": await self.manager.notifications(cluster)})
+
+
+class UsageHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self, cluster: str) -> None:
+        try:
+            since = since_from(self.query("since"))
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise BadRequest(str(exc) if str(exc).startswith("since:") else f"since: {exc}", "since") from None
+        self.write_json(await self.manager.usage(cluster, since))
+
+
 class EstimateHandler(CoiledLabHandler):
     @web.authenticated
     async def post(self) -> None:
@@ -347,6 +363,8 @@ def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
         (f"{API}{cluster}", ClusterHandler, kwargs),
         (f"{API}{cluster}/logs", LogsHandler, kwargs),
         (f"{API}{cluster}/connection", ConnectionHandler, kwargs),
+        (f"{API}{cluster}/notifications", NotificationsHandler, kwargs),
+        (f"{API}{cluster}/usage", UsageHandler, kwargs),
         (f"{API}/estimate", EstimateHandler, kwargs),
         (f"{API}/catalog", CatalogHandler, kwargs),
         (f"{API}/defaults", DefaultsHandler, kwargs),

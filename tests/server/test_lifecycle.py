@@ -83,6 +83,15 @@ async def test_cluster_lifecycle_over_rest(service, api, jp_fetch, jp_ws_fetch, 
     assert code == 200
     assert conn["address"].startswith("tls://127.0.0.1:") and "PRIVATE KEY" in conn["tls"]["key"]
 
+    code, usage = await api("GET", "coiled-lab/api/clusters", cid, "usage")
+    assert code == 200 and usage["enabled"]["tasks"] is True and isinstance(usage["samples"], list)
+    code, body = await api("GET", "coiled-lab/api/clusters", cid, "usage", params={"since": "soon"})
+    assert code == 400 and body["field"] == "since"
+    code, body = await api("GET", "coiled-lab/api/clusters", cid, "notifications")
+    assert code == 200 and body == {"notifications": []}
+    code, body = await api("GET", "coiled-lab/api/clusters", "nope", "notifications")
+    assert code == 404
+
     code, record = await api("DELETE", "coiled-lab/api/clusters", cid)
     assert code == 202 and record["status"] == "stopping"
     events = await read_until(ws, state_is("stopped"), timeout=60)
