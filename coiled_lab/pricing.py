@@ -3,48 +3,166 @@
 Every front door shows what this module returns: :func:`estimate` before launch, and
 :func:`accrued` from the real launch and terminate times of each instance after it
 (per-second billing with a 60 s minimum, as EC2 and Compute Engine bill Linux VMs).
-The local backend costs nothing.
+
+Prices come from the cloud's price API (AWS: the Price List API for on-demand and EBS
+prices, ``DescribeSpotPriceHistory`` for spot), cached in the store for a day. When that
+cannot be reached (no credentials, no network), a bundled snapshot answers, and every
+estimate says so and from when. The local backend costs nothing.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from .spec import ClusterSpec, ClusterSpecError
 
 CURRENCY = "USD"
 MINIMUM_BILLED_SECONDS = 60
+PRICE_TTL = 24 * 3600
+HOURS_PER_MONTH = 730
+PRICE_LIST_REGION = "us-east-1"  # where the Price List API answers
+SNAPSHOT = Path(__file__).with_name("prices-snapshot.json")
+NOTES = {
+    "egress": "data leaving the cloud (egress) is billed by the GB and is not included",
+    "cross-zone": "traffic between zones (allow_cross_zone) is billed by the GB and is not included",
+    "spot": "spot prices change and spot workers can be interrupted",
+}
 
 
-def estimate(spec: ClusterSpec) -> dict[str, Any]:
-    """$/hour for a spec before launch: scheduler + n_workers x worker (+ storage)."""
-    if spec.backend != "local":
-        raise ClusterSpecError(
-            f"backend: {spec.backend!r} is not allowed: no prices for it are available here; available: 'local'",
-            "backend",
+def _snapshot() -> dict[str, Any]:
+    return json.loads(SNAPSHOT.read_text())
+
+
+class PriceBook:
+    """On-demand and storage prices for a cloud, from its price API or the snapshot.
+
+    ``aws`` is anything with ``async call(service, region, operation, **params)`` (the AWS
+    backend's session); ``store`` caches what the API said for :data:`PRICE_TTL`.
+    """
+
+    def __init__(self, store: Any = None, aws: Any = None):
+        self.store = store
+        self.aws = aws
+
+    async def aws_on_demand(self, region: str, vm_type: str) -> dict[str, Any]:
+        filters = {"instanceType": vm_type, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
+                   "preInstalledSw": "NA", "capacitystatus": "Used"}
+        return await self._quote(f"aws:{region}:{vm_type}", filters, "Hrs",
+                                 lambda snap: snap["on_demand"].get(vm_type), f"{vm_type} in {region}", region)
+
+    async def aws_storage(self, region: str, volume: str = "gp3") -> dict[str, Any]:
+        filters = {"productFamily": "Storage", "volumeApiName": volume, "regionCode": region}
+        return await self._quote(f"aws:{region}:ebs:{volume}", filters, "GB-Mo",
+                                 lambda snap: snap["ebs_gb_month"].get(volume), f"EBS {volume} in {region}", region)
+
+    async def _quote(self, key: str, filters: dict[str, str], unit: str, from_snapshot: Callable[[dict], Any],
+                     what: str, region: str) -> dict[str, Any]:
+        if self.store is not None:
+            cached = self.store.cached_price(key, PRICE_TTL)
+            if cached:
+                return cached
+        try:
+            price = await self._price_list(filters, unit)
+        except Exception as exc:  # noqa: BLE001 - no credentials, no network, throttled: use the snapshot
+            return self._from_snapshot(from_snapshot, what, region, reason=type(exc).__name__)
+        if price is None:
+            raise ClusterSpecError(f"worker_vm_types: AWS publishes no Linux on-demand price for {what}", "worker_vm_types")
+        quote = {"price": price, "source": "AWS Price List API", "as_of": time.time(), "snapshot": False}
+        if self.store is not None:
+            self.store.cache_price(key, quote)
+        return quote
+
+    async def _price_list(self, filters: dict[str, str], unit: str) -> Optional[float]:
+        if self.aws is None:
+            raise LookupError("no AWS session")
+        reply = await self.aws.call(
+            "pricing", PRICE_LIST_REGION, "get_products", ServiceCode="AmazonEC2", FormatVersion="aws_v1",
+            Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()], MaxResults=100,
         )
+        prices = []
+        for item in reply.get("PriceList", []):
+            product = json.loads(item) if isinstance(item, str) else item
+            for term in product.get("terms", {}).get("OnDemand", {}).values():
+                for dim in term.get("priceDimensions", {}).values():
+                    usd = float(dim.get("pricePerUnit", {}).get("USD", 0) or 0)
+                    if dim.get("unit") == unit and usd > 0:
+                        prices.append(usd)
+        return min(prices) if prices else None
+
+    @staticmethod
+    def _from_snapshot(pick: Callable[[dict], Any], what: str, region: str, reason: str) -> dict[str, Any]:
+        snap = _snapshot()
+        regions = snap["aws"]
+        table = regions.get(region) or regions["us-east-1"]
+        price = pick(table)
+        if price is None:
+            raise ClusterSpecError(
+                f"worker_vm_types: no price is known for {what}: the AWS Price List API could not be reached "
+                f"({reason}) and the bundled snapshot does not list it", "worker_vm_types")
+        where = "" if region in regions else f"; {region} is priced as us-east-1"
+        return {"price": price, "source": f"snapshot of {snap['as_of']} ({snap['source']}){where}",
+                "as_of": snap["as_of"], "snapshot": True}
+
+
+async def estimate(spec: ClusterSpec, backend: Any = None, book: Optional[PriceBook] = None) -> dict[str, Any]:
+    """$/hour for a spec before launch: scheduler + n_workers x worker (+ storage).
+
+    ``backend`` says which instance types the spec would get and what they cost on spot
+    (:meth:`~coiled_lab.backends.base.Backend.price_inputs`); ``book`` has the prices.
+    """
+    if spec.backend == "local":
+        return _estimate_json(spec, 0.0, 0.0, 0.0, 0.0, "local processes on this machine cost nothing", time.time(), [])
+    if backend is None or book is None:
+        raise ClusterSpecError(f"backend: {spec.backend!r} has no price source here", "backend")
+    inputs = await backend.price_inputs(spec)
+    region = inputs["region"]
+    scheduler = await book.aws_on_demand(region, inputs["scheduler_type"])
+    worker = await book.aws_on_demand(region, inputs["worker_type"])
+    storage = await book.aws_storage(region, inputs.get("volume_type", "gp3"))
+    gb = inputs.get("volume_gb", 0)
+    storage_hour = storage["price"] * gb * (spec.n_workers + 1) / HOURS_PER_MONTH
+    worker_each = worker["price"]
+    spot_savings = 0.0
+    notes = [NOTES["egress"]]
+    spot_price = inputs.get("spot_price")
+    if spec.spot_policy != "on-demand" and spot_price:
+        spot_savings = max(0.0, worker_each - spot_price) * spec.n_workers
+        worker_each = spot_price
+        notes.append(NOTES["spot"])
+    if spec.allow_cross_zone:
+        notes.append(NOTES["cross-zone"])
+    quotes = [scheduler, worker, storage]
+    snapshot = next((q for q in quotes if q.get("snapshot")), None)
+    source = snapshot["source"] if snapshot else "AWS Price List API" + (
+        " and spot price history" if spot_savings else "")
+    if snapshot:
+        notes.append(f"prices from a snapshot dated {snapshot['as_of']}, not today's")
+    est = _estimate_json(spec, scheduler["price"], worker_each, storage_hour, spot_savings, source,
+                         snapshot["as_of"] if snapshot else min(q["as_of"] for q in quotes), notes)
+    est["worker_vm_type"], est["scheduler_vm_type"] = inputs["worker_type"], inputs["scheduler_type"]
+    return est
+
+
+def _estimate_json(spec: ClusterSpec, scheduler: float, worker_each: float, storage: float, spot_savings: float,
+                   source: str, as_of: Any, notes: list[str]) -> dict[str, Any]:
+    workers = worker_each * spec.n_workers
     return {
         "backend": spec.backend,
-        "per_hour": 0.0,
-        "scheduler": 0.0,
-        "workers": 0.0,
-        "worker_each": 0.0,
+        "per_hour": scheduler + workers + storage,
+        "scheduler": scheduler,
+        "workers": workers,
+        "worker_each": worker_each,
         "n_workers": spec.n_workers,
-        "storage": 0.0,
+        "storage": storage,
         "currency": CURRENCY,
-        "spot_savings": 0.0,
-        "source": "local processes on this machine cost nothing",
-        "as_of": time.time(),
-        "notes": [],
+        "spot_savings": spot_savings,
+        "source": source,
+        "as_of": as_of,
+        "notes": notes,
     }
-
-
-def instance_price(backend: str, instance: Any) -> float:
-    """$/hour of one running instance (from its type, zone and purchase option)."""
-    if backend == "local":
-        return 0.0
-    raise ClusterSpecError(f"backend: {backend!r} has no price source here", "backend")
 
 
 def accrued(

@@ -1,5 +1,7 @@
 """Admin limits refuse a request before anything is launched, naming the limit."""
 
+import asyncio
+
 import dask.config
 import pytest
 
@@ -9,12 +11,15 @@ from coiled_lab.spec import parse_spec
 from .conftest import cluster_processes
 
 
-def free(spec):
+async def free(spec):
     return {"per_hour": 0.0}
 
 
 def priced(per_worker):
-    return lambda spec: {"per_hour": per_worker * spec.n_workers}
+    async def estimate(spec):
+        return {"per_hour": per_worker * spec.n_workers}
+
+    return estimate
 
 
 @pytest.mark.parametrize(
@@ -35,7 +40,7 @@ def priced(per_worker):
 def test_each_limit_is_refused_with_its_name(limits, fields, live, estimate, limit, field):
     with dask.config.set({f"coiled-lab.limits.{k}": v for k, v in limits.items()}):
         with pytest.raises(LimitExceeded) as info:
-            check(parse_spec(fields), live, estimate)
+            asyncio.run(check(parse_spec(fields), live, estimate))
     assert info.value.limit == limit and info.value.field == field
     assert f"coiled-lab.limits.{limit}" in info.value.message
     assert info.value.to_json()["limit"] == limit
@@ -43,7 +48,7 @@ def test_each_limit_is_refused_with_its_name(limits, fields, live, estimate, lim
 
 def test_within_limits_passes():
     with dask.config.set({"coiled-lab.limits.max-workers": 4, "coiled-lab.limits.max-cost-per-hour": 1.0}):
-        check(parse_spec(n_workers=4), 0, priced(0.25))
+        asyncio.run(check(parse_spec(n_workers=4), 0, priced(0.25)))
 
 
 def test_manager_refuses_before_launching_anything(control, state_dir):

@@ -1,5 +1,7 @@
 """Accrued cost from real launch/terminate times: per-second billing, 60 s minimum."""
 
+import asyncio
+
 import pytest
 
 from coiled_lab.control.store import Instance
@@ -21,7 +23,7 @@ def test_per_second_billing_with_a_minute_minimum():
 
 
 def test_local_clusters_cost_nothing():
-    est = estimate(parse_spec(n_workers=8))
+    est = asyncio.run(estimate(parse_spec(n_workers=8)))
     assert est["per_hour"] == 0 and est["currency"] == "USD" and est["n_workers"] == 8
 
 

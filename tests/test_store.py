@@ -103,3 +103,19 @@ def test_state_machine(old, new, ok):
     else:
         with pytest.raises(InvalidTransition):
             check_transition(old, new)
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION
+    store.cache_price("aws:us-east-1:m6i.large", {"price": 0.096})
+    assert store.cached_price("aws:us-east-1:m6i.large", max_age=60) == {"price": 0.096}
+    assert store.cached_price("aws:us-east-1:m6i.large", max_age=-1) is None  # expired

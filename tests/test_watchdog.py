@@ -87,9 +87,12 @@ def test_idle_shutdown_is_announced_before_it_happens(control, state_dir):
 
 @pytest.mark.slow
 def test_budget_stops_the_cluster(control, state_dir, monkeypatch):
-    import coiled_lab.pricing as pricing
+    from coiled_lab.backends.local import LocalBackend
 
-    monkeypatch.setattr(pricing, "instance_price", lambda backend, inst: 3600.0)  # $1 per second
+    async def dear(self, instance, book):
+        return 3600.0  # $1 per second
+
+    monkeypatch.setattr(LocalBackend, "instance_price", dear)
     with dask.config.set({"coiled-lab.limits.max-cost-per-cluster": 100, "coiled-lab.manager.cost-interval": 1}):
         cluster = control.run(control.create({"n_workers": 1}))
         final = control.run(control.wait(cluster["id"], ("stopped",), 120))

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 from ..control.store import Instance
 from ..logs import LogRecord
-from ..spec import ClusterSpec
+from ..spec import ClusterSpec, ClusterSpecError
 from ..tls import TLSMaterial
 
 
@@ -75,6 +75,16 @@ class Backend(ABC):
         running = await self.describe(cluster)
         await self.stop_instances(cluster, running)
         return [f"{i.role} {i.id}" for i in running]
+
+    async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
+        """What an estimate needs: ``region``, ``scheduler_type``, ``worker_type`` (the first
+        choice), ``spot_price`` of that worker type (None if unknown), ``volume_gb`` and
+        ``volume_type`` of each machine's disk."""
+        raise ClusterSpecError(f"backend: {self.name!r} cannot estimate prices", "backend")
+
+    async def instance_price(self, instance: Instance, book: Any) -> float:
+        """$/hour of one instance as it was launched (type, zone, spot or on-demand)."""
+        raise ClusterSpecError(f"backend: {self.name!r} has no prices", "backend")
 
     async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
         """Regions, zones and instance types with their sizes."""

@@ -241,6 +241,9 @@ class LocalBackend(Backend):
         self._scheduler_file(cluster).unlink(missing_ok=True)
         return removed
 
+    async def instance_price(self, instance: Instance, book: Any) -> float:
+        return 0.0  # processes on this machine
+
     async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
         import psutil
 

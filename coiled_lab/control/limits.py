@@ -7,7 +7,7 @@ than this deployment allows. The error names the limit, so a user knows whom to 
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from .. import config
 from ..spec import ClusterSpec, ClusterSpecError
@@ -24,7 +24,9 @@ class LimitExceeded(ClusterSpecError):
         return {**super().to_json(), "limit": self.limit}
 
 
-def check(spec: ClusterSpec, live_clusters: int, estimate: Callable[[ClusterSpec], dict], new: bool = True) -> None:
+async def check(
+    spec: ClusterSpec, live_clusters: int, estimate: Callable[[ClusterSpec], Awaitable[dict]], new: bool = True
+) -> None:
     """Raise LimitExceeded for the first limit this request breaks.
 
     ``live_clusters`` counts the clusters already live; ``new`` is False when an existing
@@ -52,7 +54,7 @@ def check(spec: ClusterSpec, live_clusters: int, estimate: Callable[[ClusterSpec
         raise LimitExceeded("region", "allowed-regions", f"{spec.region!r} is not allowed; allowed: {', '.join(regions)}")
     max_cost = limits.get("max-cost-per-hour")
     if max_cost is not None:
-        per_hour = estimate(spec)["per_hour"]
+        per_hour = (await estimate(spec))["per_hour"]
         if per_hour > float(max_cost):
             raise LimitExceeded(
                 "n_workers", "max-cost-per-hour",

@@ -36,7 +36,7 @@ from ..backends import Backend, ClusterContext, get_backend
 from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
 from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
-from ..pricing import extrapolate
+from ..pricing import PriceBook, extrapolate
 from ..spec import ClusterSpec, ClusterSpecError, parse_spec
 from ..tls import TLSMaterial
 from . import limits, notifications
@@ -61,6 +61,7 @@ class ClusterManager:
         self.state_dir = Path(state_dir) if state_dir else config.state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store(self.state_dir / "coiled-lab.sqlite")
+        self.prices = PriceBook(self.store)  # backends that have a price API give it their session
         self.bus = EventBus()
         self._backends: dict[str, Backend] = dict(backends or {})
         self.check_interval = float(check_interval or config.get("manager.check-interval"))
@@ -167,7 +168,7 @@ class ClusterManager:
         if not isinstance(spec, ClusterSpec):
             spec = parse_spec(spec)
         self._check_owner()
-        limits.check(spec, len(self.store.list_clusters(live_only=True)), _estimate)
+        await limits.check(spec, len(self.store.list_clusters(live_only=True)), self._estimate)
         try:
             self.backend(spec.backend)  # an unavailable backend fails here, before any record
         except ValueError as exc:
@@ -196,7 +197,7 @@ class ClusterManager:
         if not rec.live or rec.target == "stopped":
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
         spec = parse_spec({**rec.spec, "n_workers": n_workers})
-        limits.check(spec, 0, _estimate, new=False)
+        await limits.check(spec, 0, self._estimate, new=False)
         if spec.n_workers == rec.spec["n_workers"]:
             return self._json(rec)
         event = None
@@ -349,7 +350,7 @@ class ClusterManager:
 
     async def estimate(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
         """What a spec would cost per hour, before anything is launched."""
-        return _estimate(spec if isinstance(spec, ClusterSpec) else parse_spec(spec))
+        return await self._estimate(spec if isinstance(spec, ClusterSpec) else parse_spec(spec))
 
     async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
         """Find processes/resources of clusters the store does not consider live; remove them."""
@@ -476,7 +477,7 @@ class ClusterManager:
             scheduler = await backend.launch_scheduler(ctx)
             self.store.add_instances(rec.id, [scheduler])
             rec = self._update(rec, state={**rec.state, "scheduler_launched": time.time()})
-            rec = self._update_cost(rec)
+            rec = await self._update_cost(rec)
 
         # -- workers: launch every missing one at once, as soon as the scheduler exists ---
         lost_workers = [i for i in lost if i.role == "worker"]
@@ -492,7 +493,7 @@ class ClusterManager:
             new = await backend.launch_workers(ctx, missing)
             self.store.add_instances(rec.id, new)
             workers.extend(new)
-            rec = self._update_cost(rec)
+            rec = await self._update_cost(rec)
             before = rec.state.get("observed", {})
             rec = self._observe(rec, before.get("ready", 0), len(workers), before.get("lifetime"))
 
@@ -516,10 +517,10 @@ class ClusterManager:
             await self._retire(rec, [i.id for i in extras if i.id in connected])
             await backend.stop_instances(ctx, extras)
             self.store.mark_terminated(rec.id, [i.id for i in extras])
-            rec = self._update_cost(rec)
+            rec = await self._update_cost(rec)
             workers = workers[len(extras):]
         if time.time() - (rec.state.get("cost") or {}).get("as_of", 0) > self.cost_interval:
-            rec = self._update_cost(rec)
+            rec = await self._update_cost(rec)
         ready = sum(1 for i in workers if i.id in connected)
         rec = self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
         if rec.status == State.running:
@@ -564,7 +565,7 @@ class ClusterManager:
             await backend.stop_instances(ctx, list(instances.values()))
         await backend.cleanup(ctx)
         self.store.mark_terminated(rec.id, list(instances))
-        self._update_cost(self.store.get_cluster(rec.id))
+        await self._update_cost(self.store.get_cluster(rec.id))
         await self._forget_rpc(rec.id)
 
     # == talking to the scheduler =========================================================
@@ -693,6 +694,12 @@ class ClusterManager:
             self._progress(rec, "workers", ready=ready, target=target, launched=launched)
         return rec
 
+    async def _estimate(self, spec: ClusterSpec) -> dict[str, Any]:
+        from ..pricing import estimate
+
+        backend = None if spec.backend == "local" else self.backend(spec.backend)
+        return await estimate(spec, backend, self.prices)
+
     async def _check_notifications(self, rec: ClusterRecord) -> None:
         """Tell what a running cluster's user should know; stop it at its budget."""
         observed = rec.state.get("observed", {})
@@ -719,12 +726,19 @@ class ClusterManager:
         data = {"kind": notice.kind, "level": notice.level, "message": notice.message, "key": notice.key}
         self._update(rec, event=("notification", data), state={**rec.state, "notified": [*told, notice.key]})
 
-    def _update_cost(self, rec: ClusterRecord) -> ClusterRecord:
+    async def _update_cost(self, rec: ClusterRecord) -> ClusterRecord:
         """Recompute the cost from every instance's launch/terminate times; persist it
         (kept after the cluster stops) and send it as a ``cost`` event."""
-        from ..pricing import accrued, instance_price
+        from ..pricing import accrued
 
-        cost = accrued(self.store.instances(rec.id, live_only=False), lambda i: instance_price(rec.backend, i))
+        backend = self.backend(rec.backend)
+        instances = self.store.instances(rec.id, live_only=False)
+        prices: dict[tuple, float] = {}
+        for inst in instances:
+            key = (inst.vm_type, inst.zone, inst.spot)
+            if key not in prices:
+                prices[key] = await backend.instance_price(inst, self.prices)
+        cost = accrued(instances, lambda i: prices[(i.vm_type, i.zone, i.spot)])
         rec = self._update(rec, state={**rec.state, "cost": cost})
         self._publish(Event(rec.id, "cost", cost, cost["as_of"]))
         return rec
@@ -751,12 +765,6 @@ class ClusterManager:
         d["cost"] = extrapolate(rec.state.get("cost")) if rec.live else rec.state.get("cost")
         d.pop("state", None)  # backend-internal ids stay on the server
         return d
-
-
-def _estimate(spec: ClusterSpec) -> dict[str, Any]:
-    from ..pricing import estimate
-
-    return estimate(spec)
 
 
 def _default_name(cluster_id: str) -> str:

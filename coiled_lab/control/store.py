@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 
 from .states import FINAL, State
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the prices cache
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_cluster ON events(cluster_id, seq);
+CREATE TABLE IF NOT EXISTS prices (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    fetched_at REAL NOT NULL
+);
 """
 
 
@@ -154,6 +159,9 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row["value"]) < SCHEMA_VERSION:
+                # Every change so far only added tables, which the schema script created.
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             elif int(row["value"]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} has schema version {row['value']}, newer than this coiled-lab "
@@ -306,6 +314,18 @@ class Store:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY launched_at, id", (cluster_id,)).fetchall()
         return [self._instance(r) for r in rows]
+
+    # -- prices cache -----------------------------------------------------------------
+    def cached_price(self, key: str, max_age: float) -> Optional[dict[str, Any]]:
+        with self._lock:
+            row = self._db.execute("SELECT value, fetched_at FROM prices WHERE key = ?", (key,)).fetchone()
+        if row is None or time.time() - row["fetched_at"] > max_age:
+            return None
+        return json.loads(row["value"])
+
+    def cache_price(self, key: str, value: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO prices VALUES (?, ?, ?)", (key, json.dumps(value), time.time()))
 
     # -- events -----------------------------------------------------------------------
     @staticmethod
