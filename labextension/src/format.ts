@@ -1,0 +1,71 @@
+/**
+ * How numbers look in the sidebar, the form and the log viewer.
+ */
+import { ICluster, ICost, ILogRecord } from './types';
+
+export function money(amount: number, currency = 'USD'): string {
+  const symbol = currency === 'USD' ? '$' : `${currency} `;
+  const digits = amount !== 0 && Math.abs(amount) < 1 ? 3 : 2;
+  return `${symbol}${amount.toFixed(digits)}`;
+}
+
+export function duration(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 120) {
+    return `${s}s`;
+  }
+  if (s < 7200) {
+    return `${Math.floor(s / 60)}m`;
+  }
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+export function bytes(n: number): string {
+  const gib = n / 2 ** 30;
+  return gib >= 1 ? `${gib >= 10 ? gib.toFixed(0) : gib.toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(0)} MiB`;
+}
+
+/** The cost so far, brought up to `now` (ms) at the cluster's current $/hour. */
+export function accrued(cost: ICost, live: boolean, now: number): number {
+  const elapsed = live ? Math.max(0, now / 1000 - cost.as_of) : 0;
+  return cost.accrued + (cost.per_hour * elapsed) / 3600;
+}
+
+const CLOCK_LABELS: Record<string, string> = {
+  idle_timeout: 'idle',
+  no_client_timeout: 'no client',
+  max_lifetime: 'lifetime'
+};
+
+/** The soonest of a cluster's timeouts, e.g. "idle 18m", counted down since it was read. */
+export function stopsIn(cluster: ICluster, readAt: number, now: number): string | null {
+  const left = Object.entries(cluster.time_left ?? {}).filter(([, v]) => v !== null) as [string, number][];
+  if (!left.length) {
+    return null;
+  }
+  const [field, seconds] = left.reduce((a, b) => (b[1] < a[1] ? b : a));
+  return `${CLOCK_LABELS[field] ?? field} ${duration(seconds - (now - readAt) / 1000)}`;
+}
+
+export function clock(time: number): string {
+  const d = new Date(time * 1000);
+  const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+export function where(cluster: ICluster): string {
+  if (cluster.backend === 'local') {
+    return 'this machine';
+  }
+  const { region, zone } = cluster.spec;
+  return [region, zone].filter(Boolean).join(' / ') || 'default region';
+}
+
+/** Where a log line comes from: the role, and the instance when it is not named after it. */
+export function logSource(r: ILogRecord): string {
+  return r.instance === r.role ? r.role : `${r.role}-${r.instance}`;
+}
+
+export function logLine(r: ILogRecord): string {
+  return `${clock(r.time)} ${logSource(r)} ${r.level.padEnd(7)} ${r.message}`;
+}

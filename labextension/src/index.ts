@@ -1,0 +1,14 @@
+/**
+ * coiled-lab's JupyterLab extension: one plugin per feature, all speaking only to the
+ * server extension's REST and WebSocket API.
+ */
+import { corePlugin } from './plugins/core';
+import { credentialsPlugin } from './plugins/credentials';
+import { dashboardPlugin } from './plugins/dashboard';
+import { logsPlugin } from './plugins/logs';
+import { notebookPlugin } from './plugins/notebook';
+import { sidebarPlugin } from './plugins/sidebar';
+
+export { ICoiledLab } from './tokens';
+
+export default [corePlugin, sidebarPlugin, logsPlugin, dashboardPlugin, credentialsPlugin, notebookPlugin];

@@ -1,0 +1,331 @@
+/**
+ * The new-cluster form's state, apart from its view: field values (server defaults from
+ * its dask config, then the lab settings, then what the user typed), the catalog for the
+ * chosen backend and region, a debounced estimate and the
+ * errors the server names per field. Only fields the user set (or the lab settings set)
+ * are sent: the server fills in the rest from its own config.
+ */
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { ApiError, requestAPI } from '../request';
+import { ICatalog, ICluster, IEstimate, IFieldDefault } from '../types';
+import { ClustersModel } from './clusters';
+
+export type FieldValue = string | string[] | boolean;
+export type Sizing = 'types' | 'resources';
+
+export const FIELDS = [
+  'name',
+  'backend',
+  'region',
+  'zone',
+  'worker_vm_types',
+  'worker_cpu',
+  'worker_memory',
+  'worker_gpu',
+  'n_workers',
+  'spot_policy',
+  'idle_timeout',
+  'tags',
+  'package_sync',
+  'software'
+] as const;
+export type Field = (typeof FIELDS)[number];
+
+/** Fields that mean nothing on the local backend. */
+const CLOUD_ONLY: ReadonlySet<Field> = new Set(['region', 'zone', 'worker_vm_types', 'worker_gpu', 'spot_policy']);
+const BY_TYPE: ReadonlySet<Field> = new Set(['worker_vm_types']);
+const BY_RESOURCES: ReadonlySet<Field> = new Set(['worker_cpu', 'worker_memory', 'worker_gpu']);
+const INTEGERS: ReadonlySet<Field> = new Set(['n_workers', 'worker_cpu', 'worker_gpu']);
+const ALWAYS_SENT: ReadonlySet<Field> = new Set(['backend', 'n_workers']);
+const ESTIMATE_DELAY = 400;
+
+/** A config or settings value as the form shows it. */
+function display(value: unknown): FieldValue {
+  if (value === null || value === undefined) {
+    return '';
+  }
+  if (typeof value === 'boolean') {
+    return value;
+  }
+  if (Array.isArray(value)) {
+    return value.map(String);
+  }
+  if (typeof value === 'object') {
+    return Object.entries(value as Record<string, unknown>)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(', ');
+  }
+  return String(value);
+}
+
+function parseTags(text: string): Record<string, string> {
+  const tags: Record<string, string> = {};
+  for (const pair of text.split(',').map(p => p.trim()).filter(Boolean)) {
+    const at = pair.indexOf('=');
+    if (at < 1) {
+      throw new ApiError(0, `tags: '${pair}' is not allowed: expected KEY=VALUE pairs separated by commas`, 'tags');
+    }
+    tags[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
+  }
+  return tags;
+}
+
+export class FormModel {
+  constructor(private _clusters: ClustersModel) {}
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  get values(): Readonly<Record<Field, FieldValue>> {
+    return this._values;
+  }
+
+  get sizing(): Sizing {
+    return this._sizing;
+  }
+
+  get help(): ReadonlyMap<string, string> {
+    return this._help;
+  }
+
+  get errors(): ReadonlyMap<string, string> {
+    return this._errors;
+  }
+
+  /** An error that names no field shown in the form. */
+  get formError(): string | null {
+    return this._formError;
+  }
+
+  get estimate(): IEstimate | null {
+    return this._estimate;
+  }
+
+  get catalog(): ICatalog | null {
+    return this._catalog;
+  }
+
+  get submitting(): boolean {
+    return this._submitting;
+  }
+
+  get isLocal(): boolean {
+    return this._values.backend === 'local';
+  }
+
+  /** Whether a field is shown for the chosen backend and way of sizing workers. */
+  shown(field: Field): boolean {
+    if (this.isLocal && CLOUD_ONLY.has(field)) {
+      return false;
+    }
+    if (this.isLocal) {
+      return true;
+    }
+    return this._sizing === 'types' ? !BY_RESOURCES.has(field) : !BY_TYPE.has(field);
+  }
+
+  /** Read the server's defaults and the catalog, once (when the form first shows). */
+  load(): Promise<void> {
+    if (!this._loaded) {
+      this._loaded = this._load();
+    }
+    return this._loaded;
+  }
+
+  private async _load(): Promise<void> {
+    try {
+      const { fields } = await requestAPI<{ fields: IFieldDefault[] }>('defaults');
+      for (const { name, default: value, help } of fields) {
+        this._help.set(name, help);
+        if ((FIELDS as readonly string[]).includes(name) && !this._touched.has(name as Field)) {
+          this._values[name as Field] = display(value);
+        }
+      }
+    } catch (error) {
+      this._formError = (error as Error).message;
+    }
+    await this._loadCatalog();
+    this._scheduleEstimate();
+  }
+
+  /** Pre-fill from the lab settings; what the user typed in this form stays. */
+  applySettings(labDefaults: Record<string, unknown>): void {
+    for (const [name, value] of Object.entries(labDefaults)) {
+      if ((FIELDS as readonly string[]).includes(name) && !this._typed.has(name as Field)) {
+        this._values[name as Field] = display(value);
+        this._touched.add(name as Field);
+      }
+    }
+    if (Array.isArray(labDefaults.worker_vm_types) && labDefaults.worker_vm_types.length) {
+      this._sizing = 'types';
+    }
+    if (this._loaded) {
+      this._scheduleEstimate();
+    }
+  }
+
+  set(field: Field, value: FieldValue): void {
+    this._values[field] = value;
+    this._touched.add(field);
+    this._typed.add(field);
+    this._errors.delete(field);
+    // Where and what to run depend on the backend, zones on the region: start those over.
+    const stale: Field[] = field === 'backend' ? ['region', 'zone', 'worker_vm_types'] : field === 'region' ? ['zone'] : [];
+    for (const name of stale) {
+      this._values[name] = name === 'worker_vm_types' ? [] : '';
+      this._touched.delete(name);
+      this._typed.delete(name);
+    }
+    if (stale.length) {
+      void this._loadCatalog();
+    }
+    this._scheduleEstimate();
+  }
+
+  setSizing(sizing: Sizing): void {
+    this._sizing = sizing;
+    this._scheduleEstimate();
+  }
+
+  /** The request body: fields set here or in the lab settings, as ClusterSpec takes them. */
+  spec(): Record<string, unknown> {
+    const body: Record<string, unknown> = {};
+    for (const field of FIELDS) {
+      if (!this.shown(field) || !(this._touched.has(field) || ALWAYS_SENT.has(field))) {
+        continue;
+      }
+      const value = this._values[field];
+      if (typeof value === 'boolean') {
+        body[field] = value;
+      } else if (Array.isArray(value)) {
+        if (value.length) {
+          body[field] = value;
+        }
+      } else if (value.trim() !== '') {
+        const text = value.trim();
+        if (field === 'tags') {
+          body.tags = parseTags(text);
+        } else {
+          body[field] = INTEGERS.has(field) && /^-?\d+$/.test(text) ? Number(text) : text;
+        }
+      }
+    }
+    return body;
+  }
+
+  /** Create the cluster; resolves to it, or to null with the errors shown at their fields. */
+  async submit(): Promise<ICluster | null> {
+    this._submitting = true;
+    this._changed.emit();
+    try {
+      const cluster = await this._clusters.create(this.spec());
+      this._values.name = '';
+      this._touched.delete('name');
+      this._typed.delete('name');
+      this._errors.clear();
+      this._formError = null;
+      return cluster;
+    } catch (error) {
+      this._showError(error as Error);
+      return null;
+    } finally {
+      this._submitting = false;
+      this._changed.emit();
+    }
+  }
+
+  private async _loadCatalog(): Promise<void> {
+    const backend = String(this._values.backend);
+    const region = this.isLocal ? '' : String(this._values.region);
+    const call = ++this._catalogCall;
+    try {
+      const catalog = await requestAPI<ICatalog>('catalog', { query: { backend, region } });
+      if (call !== this._catalogCall) {
+        return;
+      }
+      this._catalog = catalog;
+      this._errors.delete('backend');
+    } catch (error) {
+      if (call !== this._catalogCall) {
+        return;
+      }
+      this._catalog = null;
+      this._showError(error as Error);
+    }
+    this._changed.emit();
+  }
+
+  private _scheduleEstimate(): void {
+    window.clearTimeout(this._timer);
+    this._timer = window.setTimeout(() => void this._refreshEstimate(), ESTIMATE_DELAY);
+    this._changed.emit();
+  }
+
+  private async _refreshEstimate(): Promise<void> {
+    const call = ++this._estimateCall;
+    try {
+      const estimate = await requestAPI<IEstimate>('estimate', { method: 'POST', body: this.spec() });
+      if (call !== this._estimateCall) {
+        return;
+      }
+      this._estimate = estimate;
+      this._errors.clear();
+      this._formError = null;
+    } catch (error) {
+      if (call !== this._estimateCall) {
+        return;
+      }
+      this._estimate = null;
+      this._errors.clear();
+      this._showError(error as Error);
+    }
+    this._changed.emit();
+  }
+
+  private _showError(error: Error): void {
+    const byField = error instanceof ApiError ? error.byField() : new Map<string, string>();
+    let placed = false;
+    for (const [field, message] of byField) {
+      if ((FIELDS as readonly string[]).includes(field) && this.shown(field as Field)) {
+        this._errors.set(field, message);
+        placed = true;
+      }
+    }
+    this._formError = placed ? null : error.message;
+  }
+
+  private _values: Record<Field, FieldValue> = {
+    name: '',
+    backend: 'local',
+    region: '',
+    zone: '',
+    worker_vm_types: [],
+    worker_cpu: '',
+    worker_memory: '',
+    worker_gpu: '',
+    n_workers: '',
+    spot_policy: 'on-demand',
+    idle_timeout: '',
+    tags: '',
+    package_sync: true,
+    software: ''
+  };
+  private _sizing: Sizing = 'resources';
+  private _loaded: Promise<void> | null = null;
+  /** Fields sent with a request: set by the user or by the lab settings. */
+  private _touched = new Set<Field>();
+  /** Fields the user typed into; lab settings no longer overwrite them. */
+  private _typed = new Set<Field>();
+  private _help = new Map<string, string>();
+  private _errors = new Map<string, string>();
+  private _formError: string | null = null;
+  private _estimate: IEstimate | null = null;
+  private _catalog: ICatalog | null = null;
+  private _submitting = false;
+  private _timer = 0;
+  private _catalogCall = 0;
+  private _estimateCall = 0;
+  private _changed = new Signal<this, void>(this);
+}

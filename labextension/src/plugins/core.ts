@@ -1,0 +1,19 @@
+import { JupyterFrontEndPlugin } from '@jupyterlab/application';
+
+import { ClustersModel } from '../models/clusters';
+import { CredentialsModel } from '../models/credentials';
+import { EventStream } from '../models/events';
+import { ICoiledLab } from '../tokens';
+
+/** One events socket and one model of the clusters for the whole page. */
+export const corePlugin: JupyterFrontEndPlugin<ICoiledLab> = {
+  id: 'coiled-lab:core',
+  description: 'Clusters and credentials status of the coiled-lab server extension, kept live by its events socket.',
+  autoStart: true,
+  provides: ICoiledLab,
+  activate: (): ICoiledLab => {
+    const clusters = new ClustersModel(new EventStream());
+    void clusters.refresh();
+    return { clusters, credentials: new CredentialsModel() };
+  }
+};

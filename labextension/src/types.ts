@@ -1,0 +1,120 @@
+/**
+ * The shapes of the server extension's REST and WebSocket API (`/coiled-lab/api`).
+ */
+
+export type ClusterStatus =
+  | 'pending'
+  | 'provisioning'
+  | 'running'
+  | 'scaling'
+  | 'stopping'
+  | 'stopped'
+  | 'error';
+
+export const FINAL_STATES: ReadonlySet<ClusterStatus> = new Set(['stopped', 'error']);
+
+export interface ICost {
+  accrued: number;
+  per_hour: number;
+  currency: string;
+  as_of: number;
+}
+
+export interface ITimeLeft {
+  idle_timeout: number | null;
+  no_client_timeout: number | null;
+  max_lifetime: number | null;
+}
+
+/** One cluster, as `GET /clusters/{id}` answers. */
+export interface ICluster {
+  id: string;
+  name: string;
+  backend: string;
+  spec: { [field: string]: unknown } & {
+    n_workers: number;
+    region?: string | null;
+    zone?: string | null;
+  };
+  status: ClusterStatus;
+  target: 'running' | 'stopped';
+  message: string | null;
+  created_at: number;
+  updated_at: number;
+  stopped_at: number | null;
+  workers: { target: number; launched: number; ready: number };
+  scheduler_address: string | null;
+  dashboard: string | null;
+  time_left: ITimeLeft | null;
+  cost: ICost | null;
+}
+
+/** A message of the events WebSocket. `seq` is set for persisted kinds. */
+export interface IClusterEvent {
+  seq: number | null;
+  cluster_id: string;
+  time: number;
+  kind: 'state' | 'progress' | 'log' | 'cost' | 'notification';
+  data: { [key: string]: any };
+}
+
+export interface IEstimate {
+  backend: string;
+  per_hour: number;
+  scheduler: number;
+  workers: number;
+  worker_each: number;
+  n_workers: number;
+  storage: number;
+  currency: string;
+  spot_savings: number;
+  source: string;
+  as_of: number;
+  notes: string[];
+}
+
+export interface IInstanceType {
+  name: string;
+  vcpu: number;
+  memory: number;
+  gpu: number;
+  price_per_hour: number | null;
+}
+
+export interface ICatalog {
+  backend: string;
+  regions: { name: string; zones: string[] }[];
+  instance_types: IInstanceType[];
+}
+
+/** One field of ClusterSpec with the server's default (its dask config). */
+export interface IFieldDefault {
+  name: string;
+  default: unknown;
+  help: string;
+}
+
+export interface ILogRecord {
+  time: number;
+  instance: string;
+  role: string;
+  level: string;
+  message: string;
+}
+
+/** Where one cloud's credentials come from; never a secret. */
+export interface ICredentialStatus {
+  configured: boolean;
+  source: string | null;
+  account?: string | null;
+  project?: string | null;
+  region?: string | null;
+  key_id_last4?: string | null;
+  error?: string;
+  available?: boolean;
+}
+
+export interface ICredentialsStatus {
+  aws: ICredentialStatus;
+  gcp: ICredentialStatus;
+}

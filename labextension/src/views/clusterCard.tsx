@@ -1,0 +1,140 @@
+import { CommandRegistry } from '@lumino/commands';
+import React, { useEffect, useState } from 'react';
+
+import { accrued, money, stopsIn, where } from '../format';
+import { ClustersModel } from '../models/clusters';
+import { CommandIDs } from '../tokens';
+import { ICluster } from '../types';
+import { Stepper } from './stepper';
+
+export interface ICardProps {
+  model: ClustersModel;
+  cluster: ICluster;
+  commands: CommandRegistry;
+  now: number;
+  /** Takes a failed cluster off the list. */
+  onDismiss: (id: string) => void;
+}
+
+function run(commands: CommandRegistry, id: string, args: Record<string, string | number>): void {
+  void commands.execute(id, args);
+}
+
+/** One live (or just failed) cluster: where, state, workers, cost, clocks and actions. */
+export function ClusterCard(props: ICardProps): JSX.Element {
+  const { model, cluster, commands, now, onDismiss } = props;
+  const starting = cluster.status === 'pending' || cluster.status === 'provisioning';
+  const [open, setOpen] = useState(starting || cluster.status === 'error');
+  const [scaleTo, setScaleTo] = useState(String(cluster.workers.target));
+  useEffect(() => setScaleTo(String(cluster.workers.target)), [cluster.workers.target]);
+  const live = cluster.status !== 'error';
+  const { ready, target } = cluster.workers;
+  const clocks = stopsIn(cluster, model.readAt(cluster.id), now);
+  const id = cluster.id;
+  return (
+    <div
+      className={`jp-CoiledLab-card jp-mod-${cluster.status}`}
+      data-cluster-id={id}
+      data-cluster-name={cluster.name}
+      data-status={cluster.status}
+    >
+      <div className="jp-CoiledLab-cardHeader">
+        <button
+          className="jp-CoiledLab-disclose"
+          aria-expanded={open}
+          title={open ? 'Hide progress' : 'Show progress'}
+          onClick={() => setOpen(!open)}
+        >
+          {open ? '▾' : '▸'}
+        </button>
+        <span className="jp-CoiledLab-name">{cluster.name}</span>
+        <span className={`jp-CoiledLab-badge jp-mod-${cluster.status}`}>{cluster.status}</span>
+      </div>
+      <div className="jp-CoiledLab-meta">
+        {cluster.backend} · {where(cluster)}
+      </div>
+      <div className="jp-CoiledLab-stats">
+        <span className="jp-CoiledLab-workers" title="workers ready / wanted">
+          {ready}/{target} workers
+        </span>
+        {cluster.cost && (
+          <span className="jp-CoiledLab-cost" title="cost per hour now, and so far">
+            {money(cluster.cost.per_hour, cluster.cost.currency)}/h · {money(accrued(cluster.cost, live, now), cluster.cost.currency)} so far
+          </span>
+        )}
+        {clocks && (
+          <span className="jp-CoiledLab-clock" title="stops by itself in">
+            {clocks}
+          </span>
+        )}
+      </div>
+      {cluster.message && cluster.status !== 'error' && <div className="jp-CoiledLab-message">{cluster.message}</div>}
+      {open && <Stepper model={model} cluster={cluster} now={now} />}
+      {live && (
+        <div className="jp-CoiledLab-actions">
+          <form
+            className="jp-CoiledLab-scale"
+            onSubmit={e => {
+              e.preventDefault();
+              run(commands, CommandIDs.scale, { id, n_workers: Number(scaleTo) });
+            }}
+          >
+            <input
+              className="jp-mod-styled"
+              type="number"
+              min={0}
+              aria-label="workers"
+              value={scaleTo}
+              onChange={e => setScaleTo(e.target.value)}
+            />
+            <button className="jp-mod-styled" type="submit" disabled={cluster.target === 'stopped'}>
+              Scale
+            </button>
+          </form>
+          <button
+            className="jp-mod-styled"
+            disabled={!cluster.dashboard}
+            onClick={() => run(commands, CommandIDs.openDashboard, { id })}
+          >
+            Dashboard
+          </button>
+          <button className="jp-mod-styled" onClick={() => run(commands, CommandIDs.openLogs, { id })}>
+            Logs
+          </button>
+          <button
+            className="jp-mod-styled"
+            disabled={!cluster.scheduler_address}
+            title="Insert the code that connects a Client into the active notebook"
+            onClick={() => run(commands, CommandIDs.insertClient, { id })}
+          >
+            Insert client
+          </button>
+          <button
+            className="jp-mod-styled"
+            title="Copy the code that connects a Client"
+            onClick={() => run(commands, CommandIDs.copyClient, { id })}
+          >
+            Copy code
+          </button>
+          <button
+            className="jp-mod-styled jp-mod-warn"
+            disabled={cluster.target === 'stopped'}
+            onClick={() => run(commands, CommandIDs.stop, { id })}
+          >
+            Stop
+          </button>
+        </div>
+      )}
+      {!live && (
+        <div className="jp-CoiledLab-actions">
+          <button className="jp-mod-styled" onClick={() => run(commands, CommandIDs.openLogs, { id })}>
+            Logs
+          </button>
+          <button className="jp-mod-styled" onClick={() => onDismiss(id)}>
+            Dismiss
+          </button>
+        </div>
+      )}
+    </div>
+  );
+}
