@@ -3,12 +3,15 @@
 The suite installs Chromium itself when it is missing (CI starts from a clean machine).
 Every page collects browser console errors and uncaught exceptions and fails its test on
 any, except network failures inside an announced window (a server restart). Screenshots
-go to ``test-artifacts/``.
+go to ``test-artifacts/``; those the README shows also to ``docs/`` when they are missing
+there or ``COILED_LAB_DOCS_SCREENSHOTS=1`` (so a test run leaves the committed ones alone).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +22,7 @@ from .lab import JupyterLab, ensure_chromium, installed_labextension
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
+DOCS = REPO / "docs"
 
 # What a browser reports when a request fails at the network level (JupyterLab's own
 # pollers leave some such rejections unhandled): expected while the server is down, an
@@ -113,3 +117,12 @@ def console(page) -> Iterator[BrowserConsole]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def docs_screenshot(locator, name: str) -> None:
+    """A screenshot for the README: into test-artifacts/, and into docs/ when asked for."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    locator.screenshot(path=ARTIFACTS / name)
+    if os.environ.get("COILED_LAB_DOCS_SCREENSHOTS") == "1" or not (DOCS / name).exists():
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(ARTIFACTS / name, DOCS / name)

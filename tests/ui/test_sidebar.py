@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import wait_for
 
-from .conftest import REPO
+from .conftest import docs_screenshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
@@ -49,7 +49,7 @@ def field(page, name: str):
 def test_cluster_life_from_the_sidebar(page, console, lab, artifacts):
     open_sidebar(page, lab)
     page.locator(".jp-CoiledLab-empty").wait_for()
-    page.screenshot(path=artifacts / "sidebar.png")
+    page.screenshot(path=artifacts / "sidebar-empty.png")
 
     # The form: server defaults shown, the estimate follows the fields.
     page.locator(".jp-CoiledLab-newCluster").click()
@@ -91,7 +91,7 @@ def test_cluster_life_from_the_sidebar(page, console, lab, artifacts):
     # For the README: a running cluster and the form for the next one.
     page.locator(".jp-CoiledLab-newCluster").click()
     page.locator(".jp-CoiledLab-estimate", has_text="for 2 workers").wait_for()
-    page.locator(SIDEBAR).screenshot(path=REPO / "docs" / "sidebar.png")
+    docs_screenshot(page.locator(SIDEBAR), "sidebar.png")
     page.locator(".jp-CoiledLab-newCluster").click()
 
     # The dashboard in a lab tab, through the server's proxy: bokeh's status page renders.
@@ -185,7 +185,7 @@ def test_sidebar_reconnects_after_server_restart(page, console, lab, artifacts):
 
     # Theme variables all the way: the dark theme applies as it is.
     use_theme(page, "JupyterLab Dark")
-    page.locator(SIDEBAR).screenshot(path=REPO / "docs" / "sidebar-dark.png")
+    docs_screenshot(page.locator(SIDEBAR), "sidebar-dark.png")
     use_theme(page, "JupyterLab Light")
 
     # The restarted server takes the page's requests (cookie and XSRF still valid).
