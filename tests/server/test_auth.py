@@ -15,6 +15,9 @@ ROUTES = [
     ("DELETE", ("coiled-lab/api/clusters", "x"), None),
     ("GET", ("coiled-lab/api/clusters", "x", "logs"), None),
     ("GET", ("coiled-lab/api/clusters", "x", "connection"), None),
+    ("GET", ("coiled-lab/api/clusters", "x", "notifications"), None),
+    ("GET", ("coiled-lab/api/clusters", "x", "usage"), None),
+    ("GET", ("coiled-lab/api/defaults",), None),
     ("POST", ("coiled-lab/api/estimate",), {"n_workers": 1}),
     ("GET", ("coiled-lab/api/catalog",), None),
     ("POST", ("coiled-lab/api/cleanup",), {"dry_run": True}),
@@ -76,3 +79,14 @@ async def test_kernel_token_opens_coiled_lab_routes_only(service, api, jp_ws_fet
     assert code == 200
     code, _ = await api("GET", "api/contents")
     assert code == 200
+
+
+def test_the_matrix_covers_every_route(service):
+    """A route added without an entry above would go untested: fail instead."""
+    import re
+
+    from coiled_lab_server.handlers import routes
+
+    paths = ["/" + "/".join(parts) for _, parts, _ in ROUTES]
+    for pattern, _handler, _kwargs in routes(service):
+        assert any(re.fullmatch(pattern, path) for path in paths), f"no auth check for {pattern}"
