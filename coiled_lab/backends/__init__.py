@@ -11,8 +11,12 @@ def get_backend(name: str) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend()
+    if name == "aws":
+        from .aws import AWSBackend
+
+        return AWSBackend()
     raise ValueError(
-        f"backend: {name!r} is not allowed: its backend is not installed in this version; available: 'local'"
+        f"backend: {name!r} is not allowed: its backend is not installed in this version; available: 'local', 'aws'"
     )
 
 

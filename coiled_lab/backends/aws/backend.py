@@ -1,0 +1,274 @@
+"""The AWS backend: clusters of EC2 instances in the network ``coiled-lab setup aws`` prepared.
+
+A straight line of cloud calls per :class:`~coiled_lab.backends.base.Backend` method;
+the manager does the ordering, retries, timeouts and replacement. What this class keeps
+in memory only saves calls, and is never needed for correctness after a restart:
+
+- a *view* of each cluster's instances: the last ``DescribeInstances`` (by tag), kept for
+  ``coiled-lab.aws.poll-interval`` seconds and updated by this process's own launches and
+  terminations — the manager asks every 0.1 s while a cluster starts;
+- the instances this process launched, until ``DescribeInstances`` shows them: EC2's
+  API is eventually consistent, and a machine launched a second ago may not be listed yet;
+- which clusters this process saw from their first launch and left no launch template
+  for, so stopping them needs no search for leftovers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+from ... import config
+from ...bootstrap import packages
+from ...control.store import Instance
+from ...logs import LogRecord
+from ...spec import ClusterSpec, ClusterSpecError
+from ..base import Backend, ClusterContext
+from . import fleet, logs, network, sweep, userdata
+from .catalog import Catalog
+from .images import Images
+from .network import SCHEDULER_PORT
+from .session import AWSError, AWSSession, error_code
+from .tags import CLUSTER, OWNER, ROLE, as_dict, owner_id, tag_filter
+
+logger = logging.getLogger("coiled_lab.aws")
+
+# A launched instance missing from DescribeInstances for longer than this is gone.
+LISTING_DELAY = 120.0
+
+
+class AWSBackend(Backend):
+    name = "aws"
+
+    def __init__(self, session: Any = None):
+        """``session``: a boto3 or botocore session holding the credentials to use
+        (default: boto3's standard chain)."""
+        self.aws = AWSSession(session)
+        self.types = Catalog(self.aws)
+        self.images = Images(self.aws)
+        self._views: dict[str, tuple[float, dict[str, Instance]]] = {}
+        self._unlisted: dict[str, dict[str, Instance]] = {}
+        self._clean: set[str] = set()
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def region(cluster: ClusterContext) -> str:
+        return cluster.state.get("region") or cluster.spec.region or config.get("aws.region")
+
+    @staticmethod
+    def _tags(cluster: ClusterContext, role: str) -> dict[str, str]:
+        # ClusterContext.directory is <state dir>/clusters/<id>: the owner is that store.
+        return {
+            "Name": f"coiled-lab-{cluster.name}-{role}",
+            **cluster.spec.tags,
+            CLUSTER: cluster.id,
+            ROLE: role,
+            OWNER: owner_id(cluster.directory.parent.parent),
+        }
+
+    def _packages(self, cluster: ClusterContext) -> tuple[list[str], list[str]]:
+        spec = cluster.spec
+        if not spec.package_sync or spec.software:
+            return [], []
+        pinned, skipped = packages.snapshot()
+        if skipped:
+            logger.warning("cluster %s: package_sync cannot install these on the VMs: %s",
+                           cluster.name, "; ".join(skipped))
+        return pinned, skipped
+
+    def _instance(self, item: dict[str, Any], region: str) -> Instance:
+        tags = as_dict(item.get("Tags"))
+        private, public = item.get("PrivateIpAddress"), item.get("PublicIpAddress")
+        return Instance(
+            id=item["InstanceId"],
+            role=tags.get(ROLE, "worker"),
+            address=public if config.get("aws.connect-via") == "public" else private,
+            vm_type=item.get("InstanceType"),
+            zone=item.get("Placement", {}).get("AvailabilityZone"),
+            spot=item.get("InstanceLifecycle") == "spot",
+            launched_at=item["LaunchTime"].timestamp(),
+            data={"private_ip": private, "public_ip": public, "region": region},
+        )
+
+    def _add_to_view(self, cluster_id: str, instances: list[Instance]) -> None:
+        self._unlisted.setdefault(cluster_id, {}).update({i.id: i for i in instances})
+        if cluster_id in self._views:
+            self._views[cluster_id][1].update({i.id: i for i in instances})
+
+    # -- Backend interface --------------------------------------------------------------------
+    async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
+        region = self.region(cluster)
+        net = await network.find(self.aws, region, config.get("aws.vpc-id"))
+        if cluster.spec.zone and cluster.spec.zone not in net.subnets:
+            raise ClusterSpecError(f"zone: {cluster.spec.zone!r} is not allowed: coiled-lab's network in {region} "
+                                   f"has subnets in {', '.join(net.subnets)}", "zone")
+        cidr = network.resolve_cidr(cluster.spec.allow_ingress_from, self.aws, region)
+        ingress = await network.ingress_group(self.aws, region, net, cidr)
+        return {**net.to_state(), "region": region, "ingress_group": ingress, "ingress_cidr": cidr}
+
+    async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
+        region, spec = self.region(cluster), cluster.spec
+        scheduler_type, worker_types = await self.types.choose(spec, region)
+        offered = await self.types.zones(region, sorted({scheduler_type.name, *(t.name for t in worker_types)}))
+        # Only zones where the workers can follow (they stay in the scheduler's zone).
+        zones = [z for z in self._zones(cluster) if z in offered[scheduler_type.name]
+                 and any(z in offered[t.name] for t in worker_types)]
+        if not zones:
+            raise AWSError(f"no zone of coiled-lab's network in {region} offers both {scheduler_type.name} "
+                           f"and any of {', '.join(t.name for t in worker_types)}")
+        bootstrap = userdata.bootstrap_config(cluster.id, spec, cluster.tls, "scheduler",
+                                              packages=self._packages(cluster))
+        tags = self._tags(cluster, "scheduler")
+        data = fleet.template_data(
+            await self.images.image(region, scheduler_type.kind), config.get("aws.instance-profile"),
+            [cluster.state["cluster_group"], cluster.state["ingress_group"]], userdata.build(bootstrap), tags,
+            scheduler_type.name,
+        )
+        pools = [fleet.Pool(scheduler_type, z, cluster.state["subnets"][z]) for z in zones]
+        launched = await fleet.launch(self.aws, region, f"coiled-lab-{cluster.id}-scheduler", data, tags, pools,
+                                      1, "scheduler", notify=cluster.notify)
+        self._add_to_view(cluster.id, launched.instances)
+        zone = launched.instances[0].zone
+        if zone != zones[0]:
+            cluster.notify("capacity", f"no capacity for the scheduler ({scheduler_type.name}) in {zones[0]}; "
+                                       f"the cluster runs in {zone}")
+        # Seen from its first launch, with no template left: stopping needs no search.
+        if launched.template_left is None:
+            self._clean.add(cluster.id)
+        return launched.instances[0]
+
+    async def scheduler_address(self, cluster: ClusterContext, scheduler: Instance) -> Optional[str]:
+        if not scheduler.address:
+            scheduler = await self._located(cluster, scheduler)
+        return f"tls://{scheduler.address}:{SCHEDULER_PORT}" if scheduler.address else None
+
+    async def launch_workers(self, cluster: ClusterContext, count: int) -> list[Instance]:
+        region, spec = self.region(cluster), cluster.spec
+        _, worker_types = await self.types.choose(spec, region)
+        scheduler = next((i for i in (await self.describe(cluster)) if i.role == "scheduler"), None)
+        if scheduler is None:
+            raise AWSError("the cluster has no scheduler to attach workers to")
+        scheduler = await self._located(cluster, scheduler)
+        if not scheduler.data.get("private_ip"):
+            raise AWSError(f"the scheduler {scheduler.id} has no private address yet")
+        offered = await self.types.zones(region, sorted(t.name for t in worker_types))
+        zones = [scheduler.zone] if not spec.allow_cross_zone else [
+            scheduler.zone, *(z for z in self._zones(cluster) if z != scheduler.zone)]
+        pools = [fleet.Pool(t, z, cluster.state["subnets"][z]) for z in zones for t in worker_types
+                 if z in offered[t.name]]
+        kind = worker_types[0].kind
+        bootstrap = userdata.bootstrap_config(
+            cluster.id, spec, cluster.tls, "worker",
+            scheduler_address=f"tls://{scheduler.data['private_ip']}:{SCHEDULER_PORT}", gpu=kind == "gpu",
+            packages=self._packages(cluster),
+        )
+        tags = self._tags(cluster, "worker")
+        data = fleet.template_data(
+            await self.images.image(region, kind), config.get("aws.instance-profile"),
+            [cluster.state["cluster_group"]], userdata.build(bootstrap), tags, worker_types[0].name,
+        )
+        launched = await fleet.launch(self.aws, region, f"coiled-lab-{cluster.id}-workers", data, tags, pools,
+                                      count, "worker", spec.spot_policy, notify=cluster.notify)
+        self._add_to_view(cluster.id, launched.instances)
+        if launched.template_left is not None:
+            self._clean.discard(cluster.id)
+        return launched.instances
+
+    async def stop_instances(self, cluster: ClusterContext, instances: list[Instance]) -> None:
+        ids = [i.id for i in instances]
+        await sweep.terminate(self.aws, self.region(cluster), ids)
+        for known in (self._unlisted.get(cluster.id, {}), self._views.get(cluster.id, (0, {}))[1]):
+            for instance_id in ids:
+                known.pop(instance_id, None)
+
+    async def describe(self, cluster: ClusterContext) -> list[Instance]:
+        view = self._views.get(cluster.id)
+        if view and time.monotonic() - view[0] < float(config.get("aws.poll-interval")):
+            return list(view[1].values())
+        reservations = await self.aws.pages("ec2", self.region(cluster), "describe_instances", "Reservations",
+                                            Filters=[tag_filter(CLUSTER, cluster.id)])
+        listed = [item for r in reservations for item in r["Instances"]]
+        alive = {item["InstanceId"]: self._instance(item, self.region(cluster)) for item in listed
+                 if item["State"]["Name"] in sweep.ALIVE}
+        unlisted = self._unlisted.get(cluster.id, {})
+        for item in listed:
+            unlisted.pop(item["InstanceId"], None)
+        for instance_id, instance in list(unlisted.items()):
+            if time.time() - instance.launched_at < LISTING_DELAY:
+                alive.setdefault(instance_id, instance)
+            else:
+                del unlisted[instance_id]
+        self._views[cluster.id] = (time.monotonic(), alive)
+        return list(alive.values())
+
+    async def logs(self, cluster: ClusterContext, since: Optional[float] = None) -> list[LogRecord]:
+        region = self.region(cluster)
+        records = await logs.cluster_logs(self.aws, region, config.get("aws.log-group"), cluster.id, since)
+        if since is None:
+            reported = {r.instance for r in records}
+            silent = [i for i in cluster.instances if i.id not in reported]
+            if silent:
+                records = sorted(records + await logs.console_logs(self.aws, region, silent), key=lambda r: r.time)
+        return records
+
+    async def cleanup(self, cluster: ClusterContext) -> list[str]:
+        running = await self.describe(cluster)  # just updated by a stop, usually: no call
+        if running:
+            await self.stop_instances(cluster, running)
+        removed = [f"{i.role} {i.id}" for i in running]
+        if cluster.id not in self._clean:
+            removed += await sweep.leftovers(self.aws, self.region(cluster), cluster.id)
+        self._views.pop(cluster.id, None)
+        self._clean.discard(cluster.id)
+        return removed
+
+    async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
+        return await self.types.describe_region(region or config.get("aws.region"))
+
+    async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
+        region = spec.region or config.get("aws.region")
+        scheduler_type, worker_types = await self.types.choose(spec, region)
+        worker = worker_types[0]
+        spot_price = None
+        if spec.spot_policy != "on-demand":
+            spot_price = (await self.types.spot_prices(region, [worker.name])).get(worker.name)
+        size, kind = await self.images.root_disk(region, worker.kind)
+        return {"region": region, "scheduler_type": scheduler_type.name, "worker_type": worker.name,
+                "spot_price": spot_price, "volume_gb": size, "volume_type": kind}
+
+    async def instance_price(self, instance: Instance, book: Any) -> float:
+        region = instance.data.get("region") or config.get("aws.region")
+        if instance.spot:
+            price = (await self.types.spot_prices(region, [instance.vm_type])).get(instance.vm_type)
+            if price is not None:
+                return price
+        if book.aws is None:
+            book.aws = self.aws  # the Price List API answers with this backend's credentials
+        return (await book.aws_on_demand(region, instance.vm_type))["price"]
+
+    # -- more helpers ---------------------------------------------------------------------------
+    def _zones(self, cluster: ClusterContext) -> list[str]:
+        subnets = cluster.state["subnets"]
+        return [cluster.spec.zone] if cluster.spec.zone else list(subnets)
+
+    async def _located(self, cluster: ClusterContext, instance: Instance) -> Instance:
+        """``instance`` with its addresses, asking EC2 if this process has not seen them."""
+        view = self._views.get(cluster.id, (0, {}))[1]
+        known = view.get(instance.id) or self._unlisted.get(cluster.id, {}).get(instance.id) or instance
+        if known.data.get("private_ip") and (known.address or config.get("aws.connect-via") == "private"):
+            return known
+        try:
+            answer = await self.aws.call("ec2", self.region(cluster), "describe_instances", InstanceIds=[instance.id])
+        except Exception as exc:
+            if error_code(exc) == "InvalidInstanceID.NotFound":  # launched a moment ago: not listed yet
+                return known
+            raise
+        items = [item for r in answer["Reservations"] for item in r["Instances"]]
+        if not items:
+            return known
+        located = self._instance(items[0], self.region(cluster))
+        for known_ones in (view, self._unlisted.get(cluster.id, {})):
+            if located.id in known_ones:
+                known_ones[located.id] = located
+        return located

@@ -1,0 +1,219 @@
+"""Instance types: what a region offers, and which types a cluster's workers may use.
+
+Sizes come from ``DescribeInstanceTypes`` (vCPUs, memory, GPUs, architecture), where
+each type is offered from ``DescribeInstanceTypeOfferings``, and the current spot price
+from ``DescribeSpotPriceHistory``. Answers are cached per region for an hour: they change
+rarely, and a launch should not pay for them every time.
+
+Workers use the types a spec names (``worker_vm_types``, in that order), or the smallest
+types that fit ``worker_cpu`` / ``worker_memory`` / ``worker_gpu``,
+the cheapest of a size first: the smallest size that fits is the cheapest of its family,
+and among families of that size the current spot price decides. One launch template
+carries one image, so a launch only mixes types of one kind (architecture, GPU or not) —
+the kind of the first choice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Optional
+
+from ... import config
+from ...spec import ClusterSpec, ClusterSpecError
+from .session import AWSSession, error_code
+
+CACHE_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    vcpu: int
+    memory: int  # bytes
+    gpu: int
+    gpu_maker: Optional[str]
+    arch: str  # "x86_64" or "arm64"
+    spot: bool  # may be bought as spot capacity
+    burstable: bool  # CPU credits: fine for a while, then slow (not for dask workers)
+    accelerated: bool  # has GPUs, Inferentia/Trainium, FPGAs or media accelerators: paid for, unused by dask
+
+    @property
+    def kind(self) -> str:
+        """What image it needs: "x86_64", "arm64", "gpu" (NVIDIA on x86_64), or a kind
+        coiled-lab has no image for (other GPUs)."""
+        if not self.gpu:
+            return self.arch
+        if self.gpu_maker == "NVIDIA" and self.arch == "x86_64":
+            return "gpu"
+        return f"{self.gpu_maker or 'unknown'}-gpu-{self.arch}".lower()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "vcpu": self.vcpu, "memory": self.memory, "gpu": self.gpu,
+                "gpu_maker": self.gpu_maker, "arch": self.arch}
+
+
+def _parse(item: dict[str, Any]) -> Optional[InstanceType]:
+    arches = item.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
+    arch = "x86_64" if "x86_64" in arches else "arm64" if "arm64" in arches else None
+    if arch is None:
+        return None
+    gpus = item.get("GpuInfo", {}).get("Gpus", [])
+    return InstanceType(
+        name=item["InstanceType"],
+        vcpu=item["VCpuInfo"]["DefaultVCpus"],
+        memory=item["MemoryInfo"]["SizeInMiB"] * 2**20,
+        gpu=sum(g.get("Count", 0) for g in gpus),
+        gpu_maker=gpus[0].get("Manufacturer") if gpus else None,
+        arch=arch,
+        spot="spot" in item.get("SupportedUsageClasses", []),
+        burstable=bool(item.get("BurstablePerformanceSupported")),
+        accelerated=any(key in item for key in ("GpuInfo", "NeuronInfo", "InferenceAcceleratorInfo", "FpgaInfo",
+                                                "MediaAcceleratorInfo")),
+    )
+
+
+def matching(types: Iterable[InstanceType], cpu: Optional[int], memory: Optional[int], gpu: Optional[int],
+             prices: Optional[dict[str, float]] = None) -> list[InstanceType]:
+    """Types with at least these sizes (NVIDIA GPUs only when asked for, none otherwise),
+    not burstable; the smallest first, then the cheapest of a size."""
+    prices = prices or {}
+
+    def fits(t: InstanceType) -> bool:
+        if t.burstable or t.vcpu < (cpu or 1) or t.memory < (memory or 0):
+            return False
+        return t.gpu >= gpu and t.kind == "gpu" if gpu else not t.accelerated
+
+    return sorted(filter(fits, types), key=lambda t: (t.vcpu, t.memory, t.gpu, prices.get(t.name, float("inf")),
+                                                      t.name))
+
+
+class Catalog:
+    """Cached answers about one account's regions."""
+
+    def __init__(self, aws: AWSSession):
+        self.aws = aws
+        self._cache: dict[tuple, tuple[float, Any]] = {}
+        self._types: dict[str, dict[str, tuple[float, InstanceType]]] = {}  # region -> name -> (when, type)
+
+    async def _cached(self, key: tuple, make: Callable[[], Awaitable[Any]]) -> Any:
+        hit = self._cache.get(key)
+        if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        value = await make()
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+    async def _describe(self, region: str, **params: Any) -> dict[str, InstanceType]:
+        items = await self.aws.pages("ec2", region, "describe_instance_types", "InstanceTypes", **params)
+        parsed = {t.name: t for t in (_parse(i) for i in items) if t is not None}
+        now = time.monotonic()
+        self._types.setdefault(region, {}).update({n: (now, t) for n, t in parsed.items()})
+        return parsed
+
+    async def types(self, region: str) -> dict[str, InstanceType]:
+        """Every type of the region, by name (older generations too: price sorts them out)."""
+        return await self._cached(("types", region), lambda: self._describe(region))
+
+    async def named(self, region: str, names: list[str], field: str) -> list[InstanceType]:
+        """These types, in this order, asking AWS (once) only about those not known yet.
+
+        A name the region does not know is a :class:`ClusterSpecError` on ``field``.
+        """
+        known = self._types.get(region, {})
+        fresh = {n for n, (when, _) in known.items() if time.monotonic() - when < CACHE_SECONDS}
+        unknown = sorted(set(names) - fresh)
+        if unknown:
+            try:
+                await self._describe(region, InstanceTypes=unknown)
+            except Exception as exc:
+                if error_code(exc) != "InvalidInstanceType":
+                    raise
+                raise ClusterSpecError(f"{field}: {names!r} is not allowed: {exc}", field) from None
+        known = self._types.get(region, {})
+        missing = [n for n in names if n not in known]
+        if missing:  # e.g. a type without an x86_64 or arm64 processor
+            raise ClusterSpecError(f"{field}: {missing[0]!r} is not allowed: coiled-lab cannot run it", field)
+        return [known[n][1] for n in names]
+
+    async def zones(self, region: str, names: Optional[list[str]] = None) -> dict[str, set[str]]:
+        """The availability zones offering each of these types (every type when None)."""
+        async def call() -> dict[str, set[str]]:
+            filters = [{"Name": "instance-type", "Values": names}] if names else []
+            items = await self.aws.pages("ec2", region, "describe_instance_type_offerings", "InstanceTypeOfferings",
+                                         LocationType="availability-zone", Filters=filters)
+            out: dict[str, set[str]] = {n: set() for n in names or ()}
+            for item in items:
+                out.setdefault(item["InstanceType"], set()).add(item["Location"])
+            return out
+
+        return await self._cached(("zones", region, tuple(sorted(names or ()))), call)
+
+    async def spot_prices(self, region: str, names: Optional[list[str]] = None) -> dict[str, float]:
+        """The lowest current spot price per type (USD/hour), across zones."""
+        async def call() -> dict[str, float]:
+            params: dict[str, Any] = {"ProductDescriptions": ["Linux/UNIX"],
+                                      "StartTime": datetime.datetime.now(datetime.timezone.utc)}
+            if names:
+                params["InstanceTypes"] = names
+            items = await self.aws.pages("ec2", region, "describe_spot_price_history", "SpotPriceHistory", **params)
+            out: dict[str, float] = {}
+            for item in items:
+                price = float(item["SpotPrice"])
+                out[item["InstanceType"]] = min(price, out.get(item["InstanceType"], price))
+            return out
+
+        return await self._cached(("spot", region, tuple(sorted(names or ()))), call)
+
+    async def choose(self, spec: ClusterSpec, region: str) -> tuple[InstanceType, list[InstanceType]]:
+        """The scheduler's type, and the workers' types in order of preference, all of one kind."""
+        scheduler = spec.scheduler_vm_type or config.get("aws.scheduler-vm-type")
+        if spec.worker_vm_types or not (spec.worker_cpu or spec.worker_memory or spec.worker_gpu):
+            names = spec.worker_vm_types or list(config.get("aws.worker-vm-types"))
+            # One call for both roles; an unknown name is most likely the one the spec gave.
+            await self.named(region, [scheduler, *names],
+                             "worker_vm_types" if spec.worker_vm_types else "scheduler_vm_type")
+            workers = await self.named(region, names, "worker_vm_types")
+            kinds = sorted({t.kind for t in workers})
+            if len(kinds) > 1:
+                raise ClusterSpecError(f"worker_vm_types: {names!r} is not allowed: it mixes {' and '.join(kinds)} "
+                                       "machines, which need different images; give types of one kind",
+                                       "worker_vm_types")
+        else:
+            fits = matching((await self.types(region)).values(), spec.worker_cpu, spec.worker_memory,
+                            spec.worker_gpu)
+            if not fits:
+                field = "worker_gpu" if spec.worker_gpu else "worker_cpu" if spec.worker_cpu else "worker_memory"
+                raise ClusterSpecError(
+                    f"{field}: no instance type in {region} has {spec.worker_cpu or 1} vCPUs, "
+                    f"{spec.worker_memory or 0} bytes of memory and {spec.worker_gpu or 0} NVIDIA GPUs", field)
+            # The smallest fitting sizes, then the cheapest of those (spot prices stand in
+            # for on-demand ones, which the EC2 API does not give).
+            nearest = [t for t in fits if t.kind == fits[0].kind][:20]
+            prices = await self.spot_prices(region, [t.name for t in nearest])
+            workers = matching(nearest, spec.worker_cpu, spec.worker_memory, spec.worker_gpu, prices)
+            workers = workers[: int(config.get("aws.max-vm-types"))]
+        if spec.spot_policy != "on-demand":
+            spot = [t for t in workers if t.spot]
+            if not spot:
+                raise ClusterSpecError(f"spot_policy: none of {', '.join(t.name for t in workers)} can be bought "
+                                       "as spot capacity; use 'on-demand'", "spot_policy")
+            workers = spot
+        (scheduler_type,) = await self.named(region, [scheduler], "scheduler_vm_type")
+        return scheduler_type, [t for t in workers if t.kind == workers[0].kind]
+
+    async def describe_region(self, region: str) -> dict[str, Any]:
+        """The catalog as the API shows it: zones, and each type's sizes, zones and spot price."""
+        types = await self.types(region)
+        zones = await self.zones(region)
+        prices = await self.spot_prices(region)
+        all_zones = sorted(set().union(*zones.values())) if zones else []
+        return {
+            "backend": "aws",
+            "regions": [{"name": region, "zones": all_zones}],
+            "instance_types": [
+                {**t.to_json(), "zones": sorted(zones.get(t.name, ())), "spot_price_per_hour": prices.get(t.name)}
+                for t in sorted(types.values(), key=lambda t: (t.gpu, t.vcpu, t.memory, t.name))
+            ],
+        }

@@ -1,0 +1,52 @@
+"""Machine images: the current AMI for each kind of machine, from AWS's public SSM parameters.
+
+Amazon Linux 2023 for x86_64 and arm64 machines, the Deep Learning Base image (NVIDIA
+driver, CUDA, docker) for GPU machines; the parameter names are configurable
+(``coiled-lab.aws.images``). All kinds are asked for in one ``GetParameters`` call and
+kept for an hour: the parameters move when AWS publishes a new image, a few times a month.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ... import config
+from .session import AWSError, AWSSession
+
+CACHE_SECONDS = 3600
+
+
+class Images:
+    def __init__(self, aws: AWSSession):
+        self.aws = aws
+        self._cache: dict[str, tuple[float, dict[str, str]]] = {}  # region -> (when, kind -> AMI id)
+        self._disks: dict[tuple[str, str], tuple[int, str]] = {}  # (region, AMI id) -> root disk
+
+    async def image(self, region: str, kind: str) -> str:
+        """The AMI id for ``kind`` ("x86_64", "arm64" or "gpu") in ``region``."""
+        hit = self._cache.get(region)
+        if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+            parameters: dict[str, str] = dict(config.get("aws.images"))
+            answer = await self.aws.call("ssm", region, "get_parameters", Names=list(parameters.values()))
+            by_name = {p["Name"]: p["Value"] for p in answer.get("Parameters", [])}
+            hit = (time.monotonic(), {k: by_name[name] for k, name in parameters.items() if name in by_name})
+            self._cache[region] = hit
+        if kind not in hit[1]:
+            name = config.get("aws.images").get(kind)
+            where = f"the SSM parameter {name} does not exist there" if name else "none is configured"
+            raise AWSError(f"no {kind} image in {region}: {where} (coiled-lab.aws.images)")
+        return hit[1][kind]
+
+    async def root_disk(self, region: str, kind: str) -> tuple[int, str]:
+        """Size (GiB) and EBS type of the root disk an instance of ``kind`` boots with."""
+        image = await self.image(region, kind)
+        if (region, image) not in self._disks:
+            answer = await self.aws.call("ec2", region, "describe_images", ImageIds=[image])
+            found = answer.get("Images") or [{}]
+            root = found[0].get("RootDeviceName")
+            disk = next((m["Ebs"] for m in found[0].get("BlockDeviceMappings", [])
+                         if m.get("DeviceName") == root and "Ebs" in m), None)
+            if disk is None:
+                raise AWSError(f"the image {image} in {region} has no EBS root disk")
+            self._disks[(region, image)] = (int(disk["VolumeSize"]), disk.get("VolumeType", "gp3"))
+        return self._disks[(region, image)]

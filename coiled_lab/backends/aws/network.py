@@ -1,0 +1,130 @@
+"""The network a cluster launches into: what ``coiled-lab setup aws`` prepared, found by tag.
+
+One VPC with a subnet per availability zone, a security group that lets cluster members
+reach each other on every port, and "ingress" security groups that open the scheduler
+(8786) and dashboard (8787) ports to one CIDR each. A cluster asking for a CIDR no group
+opens yet gets a new ingress group (shared by later clusters asking for the same CIDR).
+The default CIDR, ``me``, is this server's own address, so nothing is open to the world
+unless someone writes ``0.0.0.0/0``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+from .session import AWSError, AWSSession, error_code
+from .tags import INGRESS, MANAGED, PURPOSE, as_dict, managed, tag_filter, tag_specs
+
+SCHEDULER_PORT = 8786
+DASHBOARD_PORT = 8787
+
+
+@dataclass
+class Network:
+    vpc_id: str
+    subnets: dict[str, str]  # availability zone -> subnet id, zones in name order
+    cluster_group: Optional[str] = None  # members of a cluster reach each other
+    ingress_groups: dict[str, str] = field(default_factory=dict)  # CIDR -> group opening 8786-8787 to it
+
+    def to_state(self) -> dict[str, Any]:
+        return {"vpc_id": self.vpc_id, "subnets": self.subnets, "cluster_group": self.cluster_group}
+
+
+def server_address(endpoint_url: str) -> str:
+    """This machine's IPv4 address on the route to ``endpoint_url``.
+
+    Connecting a UDP socket only asks the kernel for a route (no packet leaves), so this
+    works without internet access; it is the source address AWS would see from a server
+    in the VPC.
+    """
+    url = urlparse(endpoint_url)
+    try:
+        target = socket.getaddrinfo(url.hostname, url.port or 443, socket.AF_INET, socket.SOCK_DGRAM)[0][4]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(target)
+            return sock.getsockname()[0]
+    except OSError as exc:
+        raise AWSError(
+            f"could not find this server's address on the route to {url.hostname} ({exc}); "
+            "give allow_ingress_from as a CIDR instead of 'me'"
+        ) from None
+
+
+def resolve_cidr(value: str, aws: AWSSession, region: str) -> str:
+    """``allow_ingress_from`` as a CIDR: ``me`` becomes this server's address /32."""
+    if value == "me":
+        return f"{server_address(aws.endpoint('ec2', region))}/32"
+    return str(ipaddress.ip_network(value, strict=False))
+
+
+def ingress_group_name(cidr: str) -> str:
+    return "coiled-lab-ingress-" + cidr.replace("/", "-").replace(":", "-")
+
+
+async def find(aws: AWSSession, region: str, vpc_id: Optional[str] = None) -> Network:
+    """The prepared network (two describe calls), or AWSError saying to run setup."""
+    filters = [tag_filter(MANAGED, "true")] + ([{"Name": "vpc-id", "Values": [vpc_id]}] if vpc_id else [])
+    subnets = await aws.pages("ec2", region, "describe_subnets", "Subnets", Filters=filters)
+    vpcs = sorted({s["VpcId"] for s in subnets})
+    if not vpcs:
+        raise AWSError(f"coiled-lab has no network in {region}{f' VPC {vpc_id}' if vpc_id else ''}: "
+                       f"run `coiled-lab setup aws --region {region}` once")
+    if len(vpcs) > 1:
+        raise AWSError(f"`coiled-lab setup aws` prepared several VPCs in {region} ({', '.join(vpcs)}); "
+                       "choose one with the config key coiled-lab.aws.vpc-id")
+    network = Network(vpc_id=vpcs[0], subnets={s["AvailabilityZone"]: s["SubnetId"]
+                                               for s in sorted(subnets, key=lambda s: s["AvailabilityZone"])})
+    groups = await aws.pages(
+        "ec2", region, "describe_security_groups", "SecurityGroups",
+        Filters=[{"Name": "vpc-id", "Values": [network.vpc_id]}, tag_filter(MANAGED, "true")],
+    )
+    for group in groups:
+        tags = as_dict(group.get("Tags"))
+        if tags.get(PURPOSE) == "cluster":
+            network.cluster_group = group["GroupId"]
+        elif tags.get(PURPOSE) == "ingress" and tags.get(INGRESS):
+            network.ingress_groups[tags[INGRESS]] = group["GroupId"]
+    if network.cluster_group is None:
+        raise AWSError(f"the coiled-lab security group is missing in {network.vpc_id}: "
+                       f"run `coiled-lab setup aws --region {region}` again")
+    return network
+
+
+async def create_ingress_group(aws: AWSSession, region: str, vpc_id: str, cidr: str) -> str:
+    """A security group opening the scheduler and dashboard ports to ``cidr`` alone."""
+    name = ingress_group_name(cidr)
+    try:
+        group = await aws.call(
+            "ec2", region, "create_security_group",
+            GroupName=name, VpcId=vpc_id,
+            Description=f"coiled-lab: Dask scheduler and dashboard ports from {cidr}",
+            TagSpecifications=tag_specs(["security-group"], managed(name, {PURPOSE: "ingress", INGRESS: cidr})),
+        )
+    except Exception as exc:
+        if error_code(exc) != "InvalidGroup.Duplicate":
+            raise
+        # Another cluster made it a moment ago.
+        found = await aws.call("ec2", region, "describe_security_groups", Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": [name]}])
+        return found["SecurityGroups"][0]["GroupId"]
+    await aws.call(
+        "ec2", region, "authorize_security_group_ingress",
+        GroupId=group["GroupId"],
+        IpPermissions=[{
+            "IpProtocol": "tcp", "FromPort": SCHEDULER_PORT, "ToPort": DASHBOARD_PORT,
+            **({"Ipv6Ranges": [{"CidrIpv6": cidr, "Description": "Dask scheduler and dashboard"}]} if ":" in cidr
+               else {"IpRanges": [{"CidrIp": cidr, "Description": "Dask scheduler and dashboard"}]}),
+        }],
+    )
+    return group["GroupId"]
+
+
+async def ingress_group(aws: AWSSession, region: str, network: Network, cidr: str) -> str:
+    """The group opening the scheduler to ``cidr``, made if no cluster needed it before."""
+    if cidr not in network.ingress_groups:
+        network.ingress_groups[cidr] = await create_ingress_group(aws, region, network.vpc_id, cidr)
+    return network.ingress_groups[cidr]
