@@ -35,7 +35,8 @@ class Cluster(_DistributedCluster):
     >>> client = cluster.get_client()
 
     Every ClusterSpec field is a keyword argument. ``shutdown_on_close`` (default True)
-    makes ``close()`` stop the cluster; with False it only disconnects.
+    makes ``close()`` stop the cluster; with False it only disconnects. ``send_credentials``
+    (default False) calls :meth:`send_credentials` once the cluster runs.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class Cluster(_DistributedCluster):
         loop=None,
         timeout: Optional[float] = None,
         shutdown_on_close: bool = True,
+        send_credentials: bool = False,
         control: Any = None,
         **spec_fields: Any,
     ):
@@ -61,6 +63,8 @@ class Cluster(_DistributedCluster):
         self.record: dict[str, Any] = {}
         self.security = None
         self._events_task: Optional[asyncio.Task] = None
+        self._send_credentials_on_start = send_credentials
+        self._credentials_task: Optional[asyncio.Task] = None
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         if not self.called_from_running_loop:
             self._loop_runner.start()
@@ -90,6 +94,8 @@ class Cluster(_DistributedCluster):
         self.security = TLSMaterial(conn["tls"]["cert"], conn["tls"]["key"]).security()
         self.scheduler_comm = rpc(conn["address"], connection_args=self.security.get_connection_args("client"))
         await super()._start()
+        if self._send_credentials_on_start:
+            await self._send_credentials()
 
     def _check_attach(self, found: dict[str, Any]) -> None:
         """Attaching by name to a cluster with a different backend would surprise."""
@@ -135,6 +141,21 @@ class Cluster(_DistributedCluster):
         target = self.record.get("workers", {}).get("target", 0)
         names = sorted(self.requested)
         return set(names[:target]) | {f"planned-{i}" for i in range(len(names), target)}
+
+    # -- the user's data credentials ------------------------------------------------------
+    def send_credentials(self) -> Any:
+        """Send this kernel's AWS credentials, as short-lived STS session credentials, to
+        every worker (and to workers that join later), and keep them fresh until the
+        cluster is closed. Never the Jupyter server's credentials: see coiled_lab.credentials."""
+        return self.sync(self._send_credentials)
+
+    async def _send_credentials(self) -> None:
+        from . import credentials
+
+        plugin = await credentials.send(self.scheduler_comm)
+        if self._credentials_task is not None:
+            self._credentials_task.cancel()
+        self._credentials_task = asyncio.ensure_future(credentials.keep_fresh(self.scheduler_comm, plugin))
 
     # -- information -------------------------------------------------------------------
     @property
@@ -200,6 +221,8 @@ class Cluster(_DistributedCluster):
 
     # -- closing -------------------------------------------------------------------
     async def _close(self) -> None:
+        if self._credentials_task is not None:
+            self._credentials_task.cancel()
         if self._events_task is not None:
             self._events_task.cancel()
             with suppress(asyncio.CancelledError, Exception):
