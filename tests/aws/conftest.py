@@ -1,0 +1,194 @@
+"""AWS without a cloud: a moto server, a fault-injecting proxy in front of it, and the EC2
+emulator that boots moto's instances as local processes on loopback addresses.
+
+boto3 reaches the proxy through ``AWS_ENDPOINT_URL`` with fake credentials (for the whole
+package, and restored afterwards). ``coiled-lab setup aws --vpc-cidr 127.<n>.0.0/16``
+prepares the network once, so every private address moto hands out is a loopback address;
+``<n>`` is random so that concurrent test runs on one machine do not share addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import os
+import random
+from typing import Any
+
+import boto3
+import dask.config
+import pytest
+
+from .emulator import EC2Emulator
+from .proxy import AWSProxy, Response
+
+REGION = "us-east-1"
+# What coiled-lab's defaults would be too slow for here: 2 shared cores, seconds not minutes.
+TEST_CONFIG = {
+    "coiled-lab.aws.nanny": False,
+    "coiled-lab.aws.death-timeout": 15,
+    "coiled-lab.aws.start-timeout": 90,
+    "coiled-lab.aws.poll-interval": 0.5,
+    "coiled-lab.aws.spot-poll-interval": 0.5,
+    "coiled-lab.aws.region": REGION,
+    # Throttling bursts must not wait long between botocore's attempts.
+    "coiled-lab.aws.max-attempts": 6,
+}
+
+
+def _env_name(key: str) -> str:
+    return "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+
+
+@pytest.fixture(scope="package")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def proxy(moto_url):
+    proxy = AWSProxy(moto_url).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="package")
+def price_list():
+    """moto has no Price List API: a local endpoint answers in its shape."""
+    from ..pricelist import PriceList
+
+    server = PriceList()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="package")
+def aws_env(proxy, price_list):
+    """Fake credentials and the proxy's URL for boto3, test config for coiled-lab (also
+    for subprocesses), for this package only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL_PRICING", price_list.url)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(key, raising=False)
+        mp.setenv("AWS_ENDPOINT_URL", proxy.url)
+        mp.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFORTESTS0000")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-for-tests")
+        mp.setenv("AWS_DEFAULT_REGION", REGION)
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # this machine is no EC2 instance
+        for key, value in TEST_CONFIG.items():
+            mp.setenv(_env_name(key), str(value))
+        with dask.config.set(TEST_CONFIG):
+            yield
+
+
+@pytest.fixture(scope="package")
+def vpc_cidr() -> str:
+    return f"127.{random.randint(32, 250)}.0.0/16"
+
+
+@pytest.fixture(scope="package")
+def network(aws_env, vpc_cidr) -> dict[str, Any]:
+    """``coiled-lab setup aws`` run once; the subnet of each zone."""
+    from coiled_lab.cli import main
+
+    assert main(["setup", "aws", "--region", REGION, "--vpc-cidr", vpc_cidr]) == 0
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "cidr", "Values": [vpc_cidr]}])["Vpcs"][0]["VpcId"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+    return {"vpc": vpc, "subnets": {s["AvailabilityZone"]: s["SubnetId"] for s in subnets}}
+
+
+@pytest.fixture(scope="package")
+def emulator(moto_url, proxy, network, tmp_path_factory):
+    emulator = EC2Emulator(moto_url, REGION, tmp_path_factory.mktemp("ec2")).start()
+    proxy.add(console_output(emulator))
+    yield emulator
+    emulator.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_left(request):
+    """Faults a test injected at the proxy end with the test."""
+    yield
+    if "proxy" in request.fixturenames:
+        request.getfixturevalue("proxy").reset()
+
+
+@pytest.fixture
+def aws_control(state_dir, emulator):
+    """An in-process control plane on the test's state dir, launching into the emulator."""
+    from coiled_lab.control.inprocess import InProcessControl
+    from coiled_lab.control.manager import ClusterManager
+
+    control = InProcessControl(ClusterManager(state_dir))
+    yield control
+    control.close()
+
+
+def console_output(emulator: EC2Emulator):
+    """Answer GetConsoleOutput with what the emulated machine printed (moto's is fixed text)."""
+
+    def hook(request, forward):
+        if request.action != "GetConsoleOutput":
+            return None
+        text = emulator.console(request.params.get("InstanceId", ""))
+        if text is None:
+            return None
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><GetConsoleOutputResponse '
+                f'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>emulator</requestId>'
+                f"<instanceId>{request.params['InstanceId']}</instanceId><timestamp>{now}</timestamp>"
+                f"<output>{base64.b64encode(text.encode()).decode()}</output></GetConsoleOutputResponse>")
+        return Response(200, body.encode(), {"Content-Type": "text/xml"})
+
+    hook.permanent = True  # type: ignore[attr-defined]
+    return hook
+
+
+class Moto:
+    """Looking at moto directly, past the proxy (so no injected fault reaches the test)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def client(self, service: str, region: str = REGION):
+        return boto3.client(service, region_name=region, endpoint_url=self.url)
+
+    def instances(self, cluster_id: str, role: str | None = None, region: str = REGION) -> list[dict]:
+        """The cluster's pending or running instances."""
+        filters = [{"Name": "tag:coiled-lab:cluster", "Values": [cluster_id]},
+                   {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        if role:
+            filters.append({"Name": "tag:coiled-lab:role", "Values": [role]})
+        pages = self.client("ec2", region).describe_instances(Filters=filters)["Reservations"]
+        return [i for r in pages for i in r["Instances"]]
+
+    def tagged(self, cluster_id: str, region: str = REGION) -> dict[str, list[str]]:
+        """What still exists with this cluster's tag (terminated instances do not count)."""
+        ec2 = self.client("ec2", region)
+        tag = [{"Name": "tag:coiled-lab:cluster", "Values": [cluster_id]}]
+        instances = [i["InstanceId"] for r in ec2.describe_instances(Filters=tag)["Reservations"]
+                     for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
+        templates = [t["LaunchTemplateId"] for t in ec2.describe_launch_templates(Filters=tag)["LaunchTemplates"]]
+        volumes = [v["VolumeId"] for v in ec2.describe_volumes(Filters=tag)["Volumes"]]
+        found = {"instances": instances, "launch_templates": templates, "volumes": volumes}
+        return {k: v for k, v in found.items() if v}
+
+    def streams(self, prefix: str, region: str = REGION) -> list[str]:
+        answer = self.client("logs", region).describe_log_streams(logGroupName="coiled-lab", logStreamNamePrefix=prefix)
+        return sorted(s["logStreamName"] for s in answer["logStreams"])
+
+
+@pytest.fixture(scope="package")
+def moto(moto_url) -> Moto:
+    return Moto(moto_url)
