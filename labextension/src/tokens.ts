@@ -5,12 +5,15 @@ import { Token } from '@lumino/coreutils';
 
 import { ClustersModel } from './models/clusters';
 import { CredentialsModel } from './models/credentials';
+import { NotificationsModel } from './models/notifications';
 
 export interface ICoiledLab {
   /** Every cluster, kept current by the events WebSocket. */
   readonly clusters: ClustersModel;
   /** Where the server's cloud credentials come from. */
   readonly credentials: CredentialsModel;
+  /** What the server told about each cluster. */
+  readonly notifications: NotificationsModel;
 }
 
 export const ICoiledLab = new Token<ICoiledLab>(

@@ -58,6 +58,15 @@ export interface IClusterEvent {
   data: { [key: string]: any };
 }
 
+/** One notification, as `GET /clusters/{id}/notifications` lists it. */
+export interface INotification {
+  time: number;
+  kind: string;
+  level: 'info' | 'warning' | 'error';
+  message: string;
+  key?: string;
+}
+
 export interface IEstimate {
   backend: string;
   per_hour: number;

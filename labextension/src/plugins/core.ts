@@ -3,6 +3,7 @@ import { JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ClustersModel } from '../models/clusters';
 import { CredentialsModel } from '../models/credentials';
 import { EventStream } from '../models/events';
+import { NotificationsModel } from '../models/notifications';
 import { ICoiledLab } from '../tokens';
 
 /** One events socket and one model of the clusters for the whole page. */
@@ -12,8 +13,9 @@ export const corePlugin: JupyterFrontEndPlugin<ICoiledLab> = {
   autoStart: true,
   provides: ICoiledLab,
   activate: (): ICoiledLab => {
-    const clusters = new ClustersModel(new EventStream());
+    const events = new EventStream();
+    const clusters = new ClustersModel(events);
     void clusters.refresh();
-    return { clusters, credentials: new CredentialsModel() };
+    return { clusters, credentials: new CredentialsModel(), notifications: new NotificationsModel(events) };
   }
 };

@@ -26,7 +26,13 @@ export const sidebarPlugin: JupyterFrontEndPlugin<void> = {
   ) => {
     const { clusters } = lab;
     const form = new FormModel(clusters);
-    const sidebar = new ClustersSidebar({ model: clusters, form, credentials: lab.credentials, commands: app.commands });
+    const sidebar = new ClustersSidebar({
+      model: clusters,
+      form,
+      credentials: lab.credentials,
+      notifications: lab.notifications,
+      commands: app.commands
+    });
     app.shell.add(sidebar, 'left', { rank: 250 });
     restorer?.add(sidebar, sidebar.id);
 

@@ -3,12 +3,15 @@ import React, { useEffect, useState } from 'react';
 
 import { accrued, money, stopsIn, where } from '../format';
 import { ClustersModel } from '../models/clusters';
+import { NotificationsModel } from '../models/notifications';
 import { CommandIDs } from '../tokens';
 import { ICluster } from '../types';
+import { NotificationBadge } from './notifications';
 import { Stepper } from './stepper';
 
 export interface ICardProps {
   model: ClustersModel;
+  notifications: NotificationsModel;
   cluster: ICluster;
   commands: CommandRegistry;
   now: number;
@@ -22,7 +25,7 @@ function run(commands: CommandRegistry, id: string, args: Record<string, string 
 
 /** One live (or just failed) cluster: where, state, workers, cost, clocks and actions. */
 export function ClusterCard(props: ICardProps): JSX.Element {
-  const { model, cluster, commands, now, onDismiss } = props;
+  const { model, notifications, cluster, commands, now, onDismiss } = props;
   const starting = cluster.status === 'pending' || cluster.status === 'provisioning';
   const [open, setOpen] = useState(starting || cluster.status === 'error');
   const [scaleTo, setScaleTo] = useState(String(cluster.workers.target));
@@ -49,6 +52,7 @@ export function ClusterCard(props: ICardProps): JSX.Element {
         </button>
         <span className="jp-CoiledLab-name">{cluster.name}</span>
         <span className={`jp-CoiledLab-badge jp-mod-${cluster.status}`}>{cluster.status}</span>
+        <NotificationBadge model={notifications} clusterId={id} />
       </div>
       <div className="jp-CoiledLab-meta">
         {cluster.backend} · {where(cluster)}

@@ -7,6 +7,7 @@ import { clustersIcon } from '../icons';
 import { ClustersModel } from '../models/clusters';
 import { CredentialsModel } from '../models/credentials';
 import { FormModel } from '../models/form';
+import { NotificationsModel } from '../models/notifications';
 import { CommandIDs } from '../tokens';
 import { ICluster } from '../types';
 import { ClusterCard } from './clusterCard';
@@ -17,6 +18,7 @@ export interface ISidebarOptions {
   model: ClustersModel;
   form: FormModel;
   credentials: CredentialsModel;
+  notifications: NotificationsModel;
   commands: CommandRegistry;
 }
 
@@ -49,7 +51,7 @@ interface ISidebarProps extends ISidebarOptions {
 }
 
 function Sidebar(props: ISidebarProps): JSX.Element {
-  const { model, form, credentials, commands, formOpen, setFormOpen } = props;
+  const { model, form, credentials, notifications, commands, formOpen, setFormOpen } = props;
   useSignal(model.changed);
   const [dismissed, setDismissed] = useState<ReadonlySet<string>>(new Set());
   const live = model.live;
@@ -91,6 +93,7 @@ function Sidebar(props: ISidebarProps): JSX.Element {
           <ClusterCard
             key={c.id}
             model={model}
+            notifications={notifications}
             cluster={c}
             commands={commands}
             now={now}
