@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import time
+import urllib.parse
 from concurrent.futures import Future
 from typing import Any, Optional
 
@@ -23,6 +24,7 @@ from ..pricing import extrapolate
 _COLORS = {"green": "#2e7d32", "yellow": "#b26a00", "cyan": "#00838f", "magenta": "#8e24aa", "dim": "#757575",
            "bold red": "#c62828"}
 MAX_LOG_LINES = 500
+PLOT_REFRESH = 30.0  # seconds between two reloads of the usage plot (on events)
 
 
 def _badge(status: str) -> str:
@@ -51,6 +53,8 @@ class ClusterWidget(w.VBox):
         self.scale_button = w.Button(description="Scale", icon="arrows-v")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop")
         self.message = w.HTML()
+        self.usage = w.HTML()
+        self._usage_loaded_at = 0.0
         self.logs = w.Textarea(layout=w.Layout(width="100%", height="180px"), disabled=True)
         self.follow = w.Checkbox(value=True, description="follow logs", indent=False)
 
@@ -64,6 +68,7 @@ class ClusterWidget(w.VBox):
             w.HBox([self.cost, w.HTML("&nbsp;·&nbsp;"), self.stops, w.HTML("&nbsp;·&nbsp;"), self.dashboard]),
             w.HBox([self.scale_to, self.scale_button, self.stop_button]),
             self.message,
+            self.usage,
         ]
         if show_logs:
             children += [self.follow, self.logs]
@@ -138,8 +143,32 @@ class ClusterWidget(w.VBox):
         link = self.control.dashboard_url(record)
         self.dashboard.value = f'<a href="{html.escape(link)}" target="_blank">dashboard</a>' if link else ""
         live = status not in ("stopped", "error")
+        self._render_usage(live)
         self.scale_button.disabled = self.stop_button.disabled = self.scale_to.disabled = not live
         self._render_clocks()
+
+    def usage_plot_url(self) -> Optional[str]:
+        """The server's usage plot page (coiled_lab.usage_plot), as a path on the Jupyter
+        server the browser shows; None without a server (nothing serves the page then)."""
+        server = getattr(self.control, "server_url", None)
+        if not server:
+            return None
+        base = urllib.parse.urlsplit(server).path
+        return f"{base}coiled-lab/api/clusters/{urllib.parse.quote(self.cluster_id, safe='')}/usage/plot"
+
+    def _render_usage(self, live: bool) -> None:
+        """The usage plots in an iframe of the server's page, reloaded at most every
+        PLOT_REFRESH seconds, when an event updates the widget."""
+        url = self.usage_plot_url()
+        if url is None or not live:
+            self.usage.value = ""
+            return
+        if time.time() - self._usage_loaded_at < PLOT_REFRESH and self.usage.value:
+            return
+        self._usage_loaded_at = time.time()
+        src = f"{url}?t={int(self._usage_loaded_at)}"
+        self.usage.value = (f'<iframe class="coiled-lab-usage" src="{html.escape(src)}" title="usage" '
+                            'style="width:100%;height:400px;border:0" loading="lazy"></iframe>')
 
     def _render_clocks(self) -> None:
         record = self.record

@@ -103,3 +103,14 @@ export function dashboardURL(clusterId: string, page = ''): string {
   const settings = ServerConnection.makeSettings();
   return URLExt.join(settings.baseUrl, 'coiled-lab/clusters', encodeURIComponent(clusterId), 'dashboard/') + page;
 }
+
+/**
+ * A cluster's usage plots: a standalone page the server builds with bokeh (BokehJS
+ * inlined), shown in an iframe so the extension bundles no plotting library.
+ * `version` changes the URL so the iframe loads the page again.
+ */
+export function usagePlotURL(clusterId: string, version: number | string = ''): string {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, API, 'clusters', encodeURIComponent(clusterId), 'usage/plot');
+  return version === '' ? url : `${url}?v=${encodeURIComponent(String(version))}`;
+}

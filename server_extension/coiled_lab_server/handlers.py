@@ -207,6 +207,34 @@ class UsageHandler(CoiledLabHandler):
         self.write_json(await self.manager.usage(cluster, since))
 
 
+class UsagePlotHandler(CoiledLabMixin, JupyterHandler):
+    """``/clusters/{id}/usage/plot``: the usage plots as one standalone HTML page (BokehJS
+    inlined, no CDN) for the sidebar's and the notebook widget's iframes; see
+    :mod:`coiled_lab.usage_plot` for why. A JupyterHandler, not an APIHandler: the API's
+    Content-Security-Policy (``default-src 'none'``) would block the page's own scripts."""
+
+    @web.authenticated
+    async def get(self, cluster: str) -> None:
+        from coiled_lab.usage_plot import html_page
+
+        record = await self.manager.get(cluster)
+        try:
+            usage = await self.manager.usage(cluster)
+        except Conflict:  # not running (yet, or any more): the page says there is nothing to plot
+            usage = {}
+        # Building the page takes a few hundred ms of CPU: off the server's event loop.
+        page = await asyncio.get_running_loop().run_in_executor(None, html_page, record, usage)
+        body = page.encode()
+        if "gzip" in self.request.headers.get("Accept-Encoding", ""):
+            import gzip
+
+            body = gzip.compress(body, 6)
+            self.set_header("Content-Encoding", "gzip")
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(body)
+
+
 class EstimateHandler(CoiledLabHandler):
     @web.authenticated
     async def post(self) -> None:
@@ -365,6 +393,7 @@ def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
         (f"{API}{cluster}/connection", ConnectionHandler, kwargs),
         (f"{API}{cluster}/notifications", NotificationsHandler, kwargs),
         (f"{API}{cluster}/usage", UsageHandler, kwargs),
+        (f"{API}{cluster}/usage/plot", UsagePlotHandler, kwargs),
         (f"{API}/estimate", EstimateHandler, kwargs),
         (f"{API}/catalog", CatalogHandler, kwargs),
         (f"{API}/defaults", DefaultsHandler, kwargs),

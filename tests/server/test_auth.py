@@ -17,6 +17,7 @@ ROUTES = [
     ("GET", ("coiled-lab/api/clusters", "x", "connection"), None),
     ("GET", ("coiled-lab/api/clusters", "x", "notifications"), None),
     ("GET", ("coiled-lab/api/clusters", "x", "usage"), None),
+    ("GET", ("coiled-lab/api/clusters", "x", "usage", "plot"), None),
     ("GET", ("coiled-lab/api/defaults",), None),
     ("POST", ("coiled-lab/api/estimate",), {"n_workers": 1}),
     ("GET", ("coiled-lab/api/catalog",), None),

@@ -8,6 +8,7 @@ import { CommandIDs } from '../tokens';
 import { ICluster } from '../types';
 import { NotificationBadge } from './notifications';
 import { Stepper } from './stepper';
+import { UsagePlot } from './usage';
 
 export interface ICardProps {
   model: ClustersModel;
@@ -28,6 +29,7 @@ export function ClusterCard(props: ICardProps): JSX.Element {
   const { model, notifications, cluster, commands, now, onDismiss } = props;
   const starting = cluster.status === 'pending' || cluster.status === 'provisioning';
   const [open, setOpen] = useState(starting || cluster.status === 'error');
+  const [usageOpen, setUsageOpen] = useState(false);
   const [scaleTo, setScaleTo] = useState(String(cluster.workers.target));
   useEffect(() => setScaleTo(String(cluster.workers.target)), [cluster.workers.target]);
   const live = cluster.status !== 'error';
@@ -74,6 +76,7 @@ export function ClusterCard(props: ICardProps): JSX.Element {
       </div>
       {cluster.message && cluster.status !== 'error' && <div className="jp-CoiledLab-message">{cluster.message}</div>}
       {open && <Stepper model={model} cluster={cluster} now={now} />}
+      {usageOpen && live && <UsagePlot cluster={cluster} />}
       {live && (
         <div className="jp-CoiledLab-actions">
           <form
@@ -104,6 +107,14 @@ export function ClusterCard(props: ICardProps): JSX.Element {
           </button>
           <button className="jp-mod-styled" onClick={() => run(commands, CommandIDs.openLogs, { id })}>
             Logs
+          </button>
+          <button
+            className="jp-mod-styled jp-CoiledLab-usageToggle"
+            aria-pressed={usageOpen}
+            title="Workers, CPU/GPU utilisation and cost over time"
+            onClick={() => setUsageOpen(!usageOpen)}
+          >
+            {usageOpen ? 'Hide usage' : 'Usage'}
           </button>
           <button
             className="jp-mod-styled"
