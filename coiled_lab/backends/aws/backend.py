@@ -50,6 +50,7 @@ class AWSBackend(Backend):
         self._views: dict[str, tuple[float, dict[str, Instance]]] = {}
         self._unlisted: dict[str, dict[str, Instance]] = {}
         self._clean: set[str] = set()
+        self._warned: set[str] = set()  # clusters told which packages package_sync cannot install
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod
@@ -72,7 +73,8 @@ class AWSBackend(Backend):
         if not spec.package_sync or spec.software:
             return [], []
         pinned, skipped = packages.snapshot()
-        if skipped:
+        if skipped and cluster.id not in self._warned:
+            self._warned.add(cluster.id)
             logger.warning("cluster %s: package_sync cannot install these on the VMs: %s",
                            cluster.name, "; ".join(skipped))
         return pinned, skipped
@@ -97,6 +99,16 @@ class AWSBackend(Backend):
             self._views[cluster_id][1].update({i.id: i for i in instances})
 
     # -- Backend interface --------------------------------------------------------------------
+    async def check_access(self) -> None:
+        """Credentials resolve locally (environment, profile, the server's store); an
+        instance role is looked up in IMDS, which only answers on EC2."""
+        import asyncio
+
+        from botocore.exceptions import NoCredentialsError
+
+        if await asyncio.to_thread(self.aws.boto3.get_credentials) is None:
+            raise NoCredentialsError()
+
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         region = self.region(cluster)
         net = await network.find(self.aws, region, config.get("aws.vpc-id"))
