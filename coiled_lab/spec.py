@@ -28,9 +28,23 @@ from . import config
 BACKENDS = ("local", "aws", "gcp")
 SPOT_POLICIES = ("on-demand", "spot", "spot_with_fallback")
 MAX_WORKERS = 10_000  # hard ceiling for any backend; admins set lower limits in config
+MAX_DURATION = 365 * 24 * 3600.0
+MAX_MEMORY = 32 * 2**40  # the largest VMs of any cloud have less
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 RESERVED_TAG_PREFIX = "coiled-lab:"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Cloud region and zone names: us-east-1, us-east-1b, europe-west4, europe-west4-a.
+_PLACE = re.compile(r"^[a-z]{2,}(-[a-z]+)*-?[a-z]*[0-9]+[a-z]?(-[a-z])?$")
+
+
+def check_place(field: str, value: Optional[str]) -> Optional[str]:
+    """A region or zone name, as the clouds spell them (``us-east-1``, ``europe-west4-a``)."""
+    if value is not None and not _PLACE.match(value):
+        raise ClusterSpecError(
+            f"{field}: {value!r} is not allowed: expected a {field} name such as "
+            f"{'us-east-1' if field == 'region' else 'us-east-1a'} or "
+            f"{'europe-west4' if field == 'region' else 'europe-west4-a'}", field)
+    return value
 
 
 class ClusterSpecError(ValueError):
@@ -51,7 +65,7 @@ def _duration(value: Any) -> Optional[float]:
     """Seconds from ``20m``, ``"1 hour"``, ``90`` (seconds); ``None``/``"off"`` disables."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none", "never")):
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("expected a duration such as '20m', '1h' or a number of seconds")
     if isinstance(value, (int, float)) and value <= 0:
         raise ValueError("expected a positive duration such as '20m', or 'off'")
@@ -61,8 +75,8 @@ def _duration(value: Any) -> Optional[float]:
         seconds = parse_timedelta(value, default="seconds")
     except (ValueError, KeyError, TypeError):
         raise ValueError("expected a duration such as '20m', '1h' or a number of seconds") from None
-    if seconds is None or seconds <= 0:
-        raise ValueError("expected a positive duration such as '20m', or 'off'")
+    if seconds is None or not 0 < seconds <= MAX_DURATION:
+        raise ValueError("expected a positive duration of at most 365 days such as '20m', or 'off'")
     return float(seconds)
 
 
@@ -70,7 +84,7 @@ def _memory(value: Any) -> Optional[int]:
     """Bytes from ``"16 GiB"``, ``"8GB"`` or an integer."""
     if value is None:
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("expected a size such as '16 GiB'")
     from dask.utils import parse_bytes
 
@@ -78,8 +92,8 @@ def _memory(value: Any) -> Optional[int]:
         n = parse_bytes(value)
     except (ValueError, TypeError):
         raise ValueError("expected a size such as '16 GiB' or '8GB'") from None
-    if n <= 0:
-        raise ValueError("expected a positive size such as '16 GiB'")
+    if not 0 < n <= MAX_MEMORY:
+        raise ValueError("expected a positive size of at most 32 TiB such as '16 GiB'")
     return int(n)
 
 
@@ -187,6 +201,14 @@ class ClusterSpec(BaseModel):
                 if not re.match(r"^[a-z0-9][a-z0-9.\-]{1,62}$", t):
                     raise ValueError(f"{t!r} is not an instance type name (such as 'm6i.xlarge')")
         return v
+
+    @field_validator("region", "zone")
+    @classmethod
+    def _check_place(cls, v: Optional[str], info) -> Optional[str]:
+        try:
+            return check_place(info.field_name, v)
+        except ClusterSpecError as exc:
+            raise ValueError(exc.message.split(" is not allowed: ", 1)[1]) from None
 
     @field_validator("allow_ingress_from")
     @classmethod

@@ -12,6 +12,10 @@ import dask.config
 import psutil
 import pytest
 
+# botocore looks for an instance role at 169.254.169.254 when it finds no credentials:
+# this machine is no EC2 instance, and tests send nothing beyond loopback.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
 # Register coiled-lab's config defaults before any test enters a dask.config.set()
 # block: defaults registered inside one would be undone when it exits.
 import coiled_lab.config  # noqa: F401

@@ -122,3 +122,16 @@ def test_round_trip_through_json():
     again = ClusterSpec.model_validate(spec.public())
     assert again == spec
     assert set(spec.public()) == set(FIELDS)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-3", "us-gov-west-1", "europe-west4", "asia-northeast1"])
+def test_region_names_of_both_clouds_are_accepted(region):
+    assert parse_spec(backend="aws", region=region).region == region
+
+
+@pytest.mark.parametrize("field, value", [("region", "1"), ("region", "US-EAST-1"), ("zone", "us-east-1;x"),
+                                          ("region", "x")])
+def test_bad_region_or_zone_names_the_field(field, value):
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec(backend="aws", **{field: value})
+    assert info.value.field == field and "such as" in info.value.message

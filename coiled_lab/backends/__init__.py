@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Backend, ClusterContext
 
 
-def get_backend(name: str) -> Backend:
-    """A new backend instance; imports its cloud SDK only when first asked for."""
+def get_backend(name: str, session: Any = None) -> Backend:
+    """A new backend instance; imports its cloud SDK only when first asked for.
+
+    ``session`` holds the credentials a cloud backend uses (for AWS a boto3 or botocore
+    session; the Jupyter server passes the one with its stored credentials); None means
+    the SDK's standard chain.
+    """
     if name == "local":
         from .local import LocalBackend
 
@@ -14,7 +21,7 @@ def get_backend(name: str) -> Backend:
     if name == "aws":
         from .aws import AWSBackend
 
-        return AWSBackend()
+        return AWSBackend(session)
     raise ValueError(
         f"backend: {name!r} is not allowed: its backend is not installed in this version; available: 'local', 'aws'"
     )

@@ -42,6 +42,10 @@ class Backend(ABC):
     # taken for lost (cloud APIs are eventually consistent; local processes are not).
     describe_grace: ClassVar[float] = 0.0
 
+    async def check_access(self) -> None:
+        """Raise if this backend cannot work at all (e.g. no cloud credentials), so that a
+        create is refused at once instead of failing in the background. No cloud call."""
+
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         """Make sure network, firewall and the like exist; return state to persist."""
         return {}

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .. import config
 from ..backends import Backend, ClusterContext, get_backend
@@ -37,7 +37,7 @@ from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
 from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
 from ..pricing import PriceBook, extrapolate
-from ..spec import ClusterSpec, ClusterSpecError, parse_spec
+from ..spec import ClusterSpec, ClusterSpecError, check_place, parse_spec
 from ..tls import TLSMaterial
 from . import limits, notifications
 from .events import Event, EventBus, Subscription
@@ -57,13 +57,17 @@ class ClusterManager:
         state_dir: Optional[Path] = None,
         backends: Optional[dict[str, Backend]] = None,
         check_interval: Optional[float] = None,
+        sessions: Optional[Callable[[str], Any]] = None,
     ):
+        """``sessions(backend_name)`` gives the credentials session a cloud backend is made
+        with (the Jupyter server's stored credentials); without it, the SDKs' chains."""
         self.state_dir = Path(state_dir) if state_dir else config.state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store(self.state_dir / "coiled-lab.sqlite")
         self.prices = PriceBook(self.store)  # backends that have a price API give it their session
         self.bus = EventBus()
         self._backends: dict[str, Backend] = dict(backends or {})
+        self._sessions = sessions
         self.check_interval = float(check_interval or config.get("manager.check-interval"))
         self.max_retries = int(config.get("manager.max-retries"))
         self.cost_interval = float(config.get("manager.cost-interval"))
@@ -159,8 +163,13 @@ class ClusterManager:
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = get_backend(name)
+            session = self._sessions(name) if self._sessions and name != "local" else None
+            self._backends[name] = get_backend(name, session)
         return self._backends[name]
+
+    def credentials_changed(self, name: str) -> None:
+        """New credentials for a cloud: its backend is made again with them on next use."""
+        self._backends.pop(name, None)
 
     # == verbs ============================================================================
     async def create(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
@@ -170,9 +179,10 @@ class ClusterManager:
         self._check_owner()
         await limits.check(spec, len(self.store.list_clusters(live_only=True)), self._estimate)
         try:
-            self.backend(spec.backend)  # an unavailable backend fails here, before any record
+            backend = self.backend(spec.backend)  # an unavailable backend fails here, before any record
         except ValueError as exc:
             raise ClusterSpecError(str(exc), "backend") from None
+        await backend.check_access()
         cluster_id = secrets.token_hex(6)
         name = spec.name or _default_name(cluster_id)
         spec = spec.model_copy(update={"name": name})
@@ -340,6 +350,7 @@ class ClusterManager:
     async def catalog(self, backend: Optional[str] = None, region: Optional[str] = None) -> dict[str, Any]:
         """Regions, zones and instance types a backend offers (for forms and validation)."""
         name = backend or config.get("cluster.backend")
+        check_place("region", region)
         if name not in ("local", "aws", "gcp"):
             raise ClusterSpecError(f"backend: {name!r} is not allowed; allowed: 'local', 'aws', 'gcp'", "backend")
         try:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from tornado.web import HTTPError
 
+from coiled_lab.backends.aws.session import AWSError
 from coiled_lab.control.limits import LimitExceeded
 from coiled_lab.errors import Conflict, ManagerBusy, NotFound
 from coiled_lab.spec import ClusterSpecError
@@ -35,6 +36,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (BadRequest, 400),
     (NotFound, 404),
     (Conflict, 409),
+    (AWSError, 409),  # the cloud is not set up for this (e.g. no network: run `coiled-lab setup aws`)
     (ManagerBusy, 503),
 )
 
@@ -44,6 +46,24 @@ def http_status(exc: Optional[BaseException]) -> Optional[int]:
     for kind, status in _STATUS:
         if isinstance(exc, kind):
             return status
+    cloud = _cloud(exc)
+    return cloud[0] if cloud else None
+
+
+def _cloud(exc: Optional[BaseException]) -> Optional[tuple[int, str]]:
+    """A cloud that cannot be used (no credentials, unreachable: 503) or that refused
+    (502), with what to do about it. Not bad input, and not a bug of this server."""
+    if exc is None or not type(exc).__module__.startswith("botocore"):
+        return None
+    import botocore.exceptions as bx
+
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.NoRegionError)):
+        return 503, (f"the server has no usable AWS credentials ({exc}); set them in its environment or "
+                     "profile, or PUT them to /coiled-lab/api/credentials")
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+        return 503, f"AWS could not be reached from the server: {exc}"
+    if isinstance(exc, bx.ClientError):
+        return 502, f"AWS refused the request: {exc}"
     return None
 
 
@@ -51,6 +71,9 @@ def error_body(exc: Optional[BaseException], status: int) -> dict[str, Any]:
     """``{"error": ..., "field": ...}`` for any failure; a 500 says nothing about internals."""
     if isinstance(exc, (ClusterSpecError, BadRequest)):
         return exc.to_json()
+    cloud = _cloud(exc)
+    if cloud:
+        return {"error": cloud[1], "field": None}
     if http_status(exc) is not None:
         field = "name_or_id" if isinstance(exc, NotFound) else None
         return {"error": str(exc), "field": field}

@@ -276,7 +276,7 @@ class CredentialsHandler(CoiledLabHandler):
     async def put(self) -> None:
         body = self.json_body()
         loop = asyncio.get_running_loop()
-        self.write_json(await loop.run_in_executor(None, self.service.credentials.put, body))
+        self.write_json(await loop.run_in_executor(None, self.service.put_credentials, body))
 
 
 # == events ===============================================================================

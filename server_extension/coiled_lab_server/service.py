@@ -39,9 +39,21 @@ class Service:
         self.api_url: Optional[str] = None
         self.sockets: set[Any] = set()  # open event sockets, closed when the server stops
         self.kernel_identity = User(username="coiled-lab-kernel", name="coiled-lab kernel token")
-        self._manager = ClusterManager(self.state_dir)
+        self._manager = ClusterManager(self.state_dir, sessions=self._session)
         self._start_lock: Optional[asyncio.Lock] = None
         self._closed = False
+
+    # -- credentials -------------------------------------------------------------------------
+    def _session(self, backend: str) -> Any:
+        """The credentials a cloud backend of this server's manager uses: what an admin
+        stored or what the server's environment held (kept out of kernels'), else the SDK's
+        own chain (profile, SSO, instance role)."""
+        return self.credentials.botocore_session() if backend == "aws" else None
+
+    def put_credentials(self, body: Any) -> dict[str, Any]:
+        status = self.credentials.put(body)
+        self._manager.credentials_changed("aws")
+        return status
 
     # -- kernels ---------------------------------------------------------------------------
     def publish(self, serverapp: Any) -> None:
