@@ -6,7 +6,7 @@ import { ClustersModel } from '../models/clusters';
 import { NotificationsModel } from '../models/notifications';
 import { CommandIDs } from '../tokens';
 import { ICluster } from '../types';
-import { NotificationBadge } from './notifications';
+import { NotificationBadge, NotificationList } from './notifications';
 import { Stepper } from './stepper';
 import { UsagePlot } from './usage';
 
@@ -30,6 +30,7 @@ export function ClusterCard(props: ICardProps): JSX.Element {
   const starting = cluster.status === 'pending' || cluster.status === 'provisioning';
   const [open, setOpen] = useState(starting || cluster.status === 'error');
   const [usageOpen, setUsageOpen] = useState(false);
+  const [noticesOpen, setNoticesOpen] = useState(false);
   const [scaleTo, setScaleTo] = useState(String(cluster.workers.target));
   useEffect(() => setScaleTo(String(cluster.workers.target)), [cluster.workers.target]);
   const live = cluster.status !== 'error';
@@ -54,8 +55,14 @@ export function ClusterCard(props: ICardProps): JSX.Element {
         </button>
         <span className="jp-CoiledLab-name">{cluster.name}</span>
         <span className={`jp-CoiledLab-badge jp-mod-${cluster.status}`}>{cluster.status}</span>
-        <NotificationBadge model={notifications} clusterId={id} />
+        <NotificationBadge
+          model={notifications}
+          clusterId={id}
+          open={noticesOpen}
+          onToggle={() => setNoticesOpen(!noticesOpen)}
+        />
       </div>
+      {noticesOpen && <NotificationList model={notifications} clusterId={id} />}
       <div className="jp-CoiledLab-meta">
         {cluster.backend} · {where(cluster)}
       </div>
