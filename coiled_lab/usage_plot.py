@@ -53,40 +53,59 @@ def series(record: dict[str, Any], usage: dict[str, Any]) -> dict[str, list[Any]
 def figures(record: dict[str, Any], usage: dict[str, Any]):
     """The bokeh layout: three small stacked plots sharing one time axis."""
     from bokeh.layouts import column
-    from bokeh.models import ColumnDataSource
+    from bokeh.models import ColumnDataSource, DatetimeTickFormatter, FixedTicker, NumeralTickFormatter, Range1d
     from bokeh.plotting import figure
 
     data = series(record, usage)
     source = ColumnDataSource(data)
-    common = dict(height=HEIGHT, sizing_mode="stretch_width", x_axis_type="datetime", toolbar_location=None,
-                  min_border_left=40)
+    first, last = data["time"][0], data["time"][-1]
+    # At least a minute wide, so a young cluster's few samples do not stretch over the axis.
+    x_range = Range1d(min(first, last - 60_000), last + 5_000)
+    common = dict(height=HEIGHT, sizing_mode="stretch_width", x_axis_type="datetime", x_range=x_range,
+                  toolbar_location=None, min_border_left=40)
 
     workers = figure(title="Workers: ready vs target", **common)
-    workers.step("time", "workers", source=source, mode="after", line_width=2, legend_label="ready")
     workers.step("time", "target", source=source, mode="after", line_dash="dashed", color="gray", legend_label="target")
-    workers.y_range.start = 0
+    workers.step("time", "workers", source=source, mode="after", line_width=2, legend_label="ready")
+    workers.scatter("time", "workers", source=source, size=3)
+    top = max(data["workers"] + data["target"] + [1])
+    workers.y_range = Range1d(0, top * 1.25)
+    step = max(1, -(-top // 3))
+    workers.yaxis.ticker = FixedTicker(ticks=list(range(0, top + step, step)))
 
-    util = figure(title="Utilisation, mean per worker (%)", x_range=workers.x_range, **common)
+    util = figure(title="Utilisation, mean per worker (%)", **common)
     util.line("time", "cpu", source=source, line_width=2, legend_label="CPU")
+    util.scatter("time", "cpu", source=source, size=3)
     if any(v == v for v in data["gpu"]):  # NaN != NaN: GPU only when a worker has one
         util.line("time", "gpu", source=source, line_width=2, color="green", legend_label="GPU")
-    util.y_range.start = 0
+        util.scatter("time", "gpu", source=source, size=3, color="green")
+    util.y_range = Range1d(0, max([v for v in data["cpu"] + data["gpu"] if v == v] + [100]) * 1.1)
 
     cost = record.get("cost") or {}
     title = "$ accrued"
     if cost:
         title += f" (≈ back from ${cost['accrued']:.2f} at ${cost['per_hour']:.2f}/hour)"
-    dollars = figure(title=title, x_range=workers.x_range, **common)
+    dollars = figure(title=title, **common)
     dollars.line("time", "dollars", source=source, line_width=2, color="darkorange")
-    dollars.y_range.start = 0
+    dollars.y_range = Range1d(0, max([v for v in data["dollars"] if v == v] + [0.01]) * 1.25)
+    dollars.yaxis.formatter = NumeralTickFormatter(format="$0.00[0]")
+    dollars.yaxis.ticker.desired_num_ticks = 3
 
+    clock = DatetimeTickFormatter(seconds="%H:%M:%S", minsec="%H:%M:%S", minutes="%H:%M", hourmin="%H:%M",
+                                  hours="%H:%M", context=None)
     for fig in (workers, util, dollars):
         fig.title.text_font_size = "9pt"
         fig.axis.major_label_text_font_size = "8pt"
+        fig.xaxis.formatter = clock
+        fig.xaxis.ticker.desired_num_ticks = 4
+        fig.yaxis.minor_tick_line_color = None
     for fig in (workers, util):  # dollars has one line and no legend
         fig.legend.location = "top_left"
+        fig.legend.orientation = "horizontal"
         fig.legend.label_text_font_size = "8pt"
         fig.legend.background_fill_alpha = 0.5
+        fig.legend.padding = 2
+        fig.legend.margin = 2
     return column(workers, util, dollars, sizing_mode="stretch_width")
 
 
