@@ -2,7 +2,8 @@
 
 ``Cluster.send_credentials()`` (or ``Cluster(send_credentials=True)``) takes the KERNEL's
 credentials (boto3's default chain in this process; the Jupyter server removed its own
-provisioning secrets from the environment kernels inherit), turns long-lived keys into
+provisioning secrets from the environment kernels inherit, and the machine's own
+instance or container role, which the server may provision with, is refused), turns long-lived keys into
 short-lived session credentials with STS ``GetSessionToken`` (session credentials, key id
 ``ASIA...``, are used as they are), and registers :class:`AWSCredentialsPlugin` on the
 scheduler over the cluster's TLS comms. The scheduler runs a registered worker plugin on
@@ -35,6 +36,9 @@ ENV_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # botocore's environment provider reads this too: a long-lived boto3 session on a worker
 # then re-reads the environment (our refreshed values) when its copy expires.
 EXPIRY_ENV = "AWS_CREDENTIAL_EXPIRATION"
+# botocore's names for the machine's own credentials (instance metadata, container
+# endpoint): what a Jupyter server on that machine may provision with, hence never sent.
+MACHINE_METHODS = ("iam-role", "container-role")
 
 
 class AWSCredentialsPlugin(WorkerPlugin):
@@ -83,6 +87,12 @@ def session_credentials() -> AWSCredentialsPlugin:
         raise ClusterError(
             "no AWS credentials in this kernel (environment, profile, SSO or instance role); "
             "the Jupyter server's own credentials are never sent to workers"
+        )
+    if getattr(found, "method", None) in MACHINE_METHODS:
+        raise ClusterError(
+            "the only AWS credentials in this kernel are this machine's own (its instance or container "
+            "role), which the Jupyter server may be using to provision clusters; they are not sent to "
+            "workers. Give the kernel your own: a profile (AWS_PROFILE), environment variables or SSO"
         )
     frozen = found.get_frozen_credentials()
     if frozen.access_key.startswith("ASIA") and frozen.token:

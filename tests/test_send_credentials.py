@@ -150,3 +150,17 @@ def test_refresh_comes_at_a_share_of_the_lifetime():
     assert next_refresh(AWSCredentialsPlugin("ASIAX", "s", "t", None), now=0) == pytest.approx(0.8 * 3600)
     assert next_refresh(plugin, now=1_000.0 + 3600) == 1.0  # expired: at once (a second)
     assert "secret-value" not in repr(plugin) and "token-value" not in repr(plugin)
+
+
+def test_the_machines_own_role_is_never_sent(monkeypatch):
+    """An instance (or container) role is what a server on that machine may provision with."""
+    import boto3
+    from botocore.credentials import Credentials
+
+    from coiled_lab.credentials import session_credentials
+    from coiled_lab.errors import ClusterError
+
+    role = Credentials("ASIAMACHINEROLE00001", "machine-secret", "machine-token", method="iam-role")
+    monkeypatch.setattr(boto3.Session, "get_credentials", lambda self: role)
+    with pytest.raises(ClusterError, match="instance or container role"):
+        session_credentials()
