@@ -85,11 +85,20 @@ def test_attach_by_name_and_progress_events(control, state_dir):
     assert control.run(control.get(first.cluster_id))["status"] == "stopped"
 
 
-def test_bad_input_starts_nothing_and_writes_nothing(control, state_dir):
+def test_bad_input_starts_nothing_and_writes_nothing(control, state_dir, monkeypatch):
     for bad in ({"n_workers": -1}, {"n_workers": 10**6}, {"backend": "azure"}, {"wat": 1},
-                {"n_workers": "two"}, {"backend": "aws"}, {"worker_gpu": 1}):
+                {"n_workers": "two"}, {"backend": "gcp"}, {"worker_gpu": 1}, {"idle_timeout": "soon"}):
         with pytest.raises(ClusterSpecError):
             control.run(control.create(bad))
+    # A valid request for a cloud this process has no credentials for is refused at once.
+    from botocore.exceptions import NoCredentialsError
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(state_dir / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(state_dir / "none"))
+    with pytest.raises(NoCredentialsError):
+        control.run(control.create({"backend": "aws", "n_workers": 1}))
     with pytest.raises(ClusterSpecError):
         Cluster(n_workers=-3, control=control)
     assert control.run(control.list()) == []
