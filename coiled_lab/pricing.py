@@ -117,6 +117,8 @@ async def estimate(spec: ClusterSpec, backend: Any = None, book: Optional[PriceB
         return _estimate_json(spec, 0.0, 0.0, 0.0, 0.0, "local processes on this machine cost nothing", time.time(), [])
     if backend is None or book is None:
         raise ClusterSpecError(f"backend: {spec.backend!r} has no price source here", "backend")
+    if book.aws is None and getattr(backend, "aws", None) is not None:
+        book.aws = backend.aws  # as in instance_price: the backend's session asks the Price List API
     inputs = await backend.price_inputs(spec)
     region = inputs["region"]
     scheduler = await book.aws_on_demand(region, inputs["scheduler_type"])

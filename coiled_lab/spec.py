@@ -243,8 +243,10 @@ class ClusterSpec(BaseModel):
     @model_validator(mode="after")
     def _check_combinations(self) -> "ClusterSpec":
         explicit = self.model_fields_set
-        if self.worker_vm_types and explicit & {"worker_cpu", "worker_memory"}:
-            field = "worker_cpu" if "worker_cpu" in explicit else "worker_memory"
+        # Given a value, not just present: a stored spec (public()) carries every field, sizes as None.
+        sized = [f for f in ("worker_cpu", "worker_memory") if f in explicit and getattr(self, f) is not None]
+        if self.worker_vm_types and sized:
+            field = sized[0]
             raise _CombinationError(field, "give either worker_vm_types or worker_cpu/worker_memory, not both")
         if self.software and "package_sync" in explicit and self.package_sync:
             raise _CombinationError("package_sync", "package_sync cannot be on when software is given")

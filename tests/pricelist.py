@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ON_DEMAND = {("us-east-1", "m6i.large"): 0.096, ("us-east-1", "m6i.xlarge"): 0.192,
              ("us-east-1", "g4dn.xlarge"): 0.526, ("eu-west-1", "m6i.xlarge"): 0.214}
-EBS = {("us-east-1", "gp3"): 0.08, ("eu-west-1", "gp3"): 0.088}
+EBS = {("us-east-1", "gp3"): 0.08, ("eu-west-1", "gp3"): 0.088,
+       ("us-east-1", "standard"): 0.05}  # moto's images have magnetic ("standard") root volumes
 
 
 def _product(attributes: dict, unit: str, usd: float) -> str:
