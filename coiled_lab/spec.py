@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
     BaseModel,
+    ValidationInfo,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -241,8 +242,9 @@ class ClusterSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> "ClusterSpec":
-        explicit = self.model_fields_set
+    def _check_combinations(self, info: ValidationInfo) -> "ClusterSpec":
+        # What the user set (a stored spec re-checked with changes names them in the context).
+        explicit = (info.context or {}).get("explicit", self.model_fields_set)
         # Given a value, not just present: a stored spec (public()) carries every field, sizes as None.
         sized = [f for f in ("worker_cpu", "worker_memory") if f in explicit and getattr(self, f) is not None]
         if self.worker_vm_types and sized:
@@ -296,6 +298,23 @@ def parse_spec(data: Any = None, **kwargs: Any) -> ClusterSpec:
         raise spec_error(exc, merged) from None
     except TypeError as exc:  # e.g. non-string keys
         raise ClusterSpecError(str(exc), None) from None
+
+
+def revise(stored: dict[str, Any], changes: Optional[dict[str, Any]] = None) -> ClusterSpec:
+    """A stored (already valid) spec with some fields changed, validated again.
+
+    Only ``changes`` count as set by the user: a stored spec carries every field, including
+    defaults that a rule about explicit choices (e.g. no spot on the local backend) must
+    not take for the user's.
+    """
+    changes = changes or {}
+    if not isinstance(changes, dict):
+        raise ClusterSpecError(f"expected a JSON object of cluster fields, got {type(changes).__name__}", None)
+    merged = {**stored, **changes}
+    try:
+        return ClusterSpec.model_validate(merged, context={"explicit": set(changes)})
+    except ValidationError as exc:
+        raise spec_error(exc, merged) from None
 
 
 def spec_error(exc: ValidationError, data: dict[str, Any] | None = None) -> ClusterSpecError:

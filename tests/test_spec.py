@@ -135,3 +135,19 @@ def test_bad_region_or_zone_names_the_field(field, value):
     with pytest.raises(ClusterSpecError) as info:
         parse_spec(backend="aws", **{field: value})
     assert info.value.field == field and "such as" in info.value.message
+
+
+def test_a_stored_spec_is_revised_without_taking_defaults_for_choices():
+    from coiled_lab.spec import revise
+
+    # An admin's cloud default (spot) is ignored by a local cluster, also when it scales.
+    with dask.config.set({"coiled-lab.cluster.spot-policy": "spot_with_fallback"}):
+        stored = parse_spec(backend="local", n_workers=1).public()
+    assert revise(stored, {"n_workers": 3}).n_workers == 3
+    software = parse_spec(backend="aws", software="requirements.txt", package_sync=False).public()
+    assert revise({**software, "package_sync": True}).software == "requirements.txt"
+    with pytest.raises(ClusterSpecError) as info:  # a change is still checked as a choice
+        revise(stored, {"spot_policy": "spot"})
+    assert info.value.field == "spot_policy"
+    with pytest.raises(ClusterSpecError):
+        revise(stored, {"n_workers": -1})

@@ -37,7 +37,7 @@ from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
 from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
 from ..pricing import PriceBook, extrapolate
-from ..spec import ClusterSpec, ClusterSpecError, check_place, parse_spec
+from ..spec import ClusterSpec, ClusterSpecError, check_place, parse_spec, revise
 from ..tls import TLSMaterial
 from . import limits, notifications
 from .events import Event, EventBus, Subscription
@@ -206,7 +206,7 @@ class ClusterManager:
         self._check_owner()
         if not rec.live or rec.target == "stopped":
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
-        spec = parse_spec({**rec.spec, "n_workers": n_workers})
+        spec = revise(rec.spec, {"n_workers": n_workers})
         await limits.check(spec, 0, self._estimate, new=False)
         if spec.n_workers == rec.spec["n_workers"]:
             return self._json(rec)
@@ -232,7 +232,7 @@ class ClusterManager:
         self._check_owner()
         if not rec.live or rec.target == "stopped":
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be changed")
-        spec = parse_spec({**rec.spec, **changes})  # validates every change before any of them applies
+        spec = revise(rec.spec, changes)  # validates every change before any of them applies
         timeouts = {k: getattr(spec, k) for k in TIMEOUT_FIELDS}
         if any(timeouts[k] != rec.spec[k] for k in TIMEOUT_FIELDS):
             rec = self._update(rec, spec={**rec.spec, **timeouts})
@@ -659,7 +659,7 @@ class ClusterManager:
         return ClusterContext(
             id=rec.id,
             name=rec.name,
-            spec=ClusterSpec.model_validate(rec.spec),
+            spec=revise(rec.spec),
             tls=self._tls(rec) if load_tls else None,  # type: ignore[arg-type]
             directory=self.cluster_dir(rec.id),
             state=dict(rec.state),
