@@ -15,17 +15,12 @@ Usage (from the repository root): python benchmarks/cost_accuracy.py [--workers 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REGION = "us-east-1"
 WORKER, SCHEDULER = "m6i.xlarge", "m6i.large"
 
 
@@ -37,43 +32,17 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=60, help="seconds in each phase once it is reached")
     args = parser.parse_args()
 
-    from moto.server import ThreadedMotoServer
+    from emulated_aws import emulated_aws
 
-    from tests.aws.conftest import TEST_CONFIG, Moto, console_output
-    from tests.aws.emulator import EC2Emulator
-    from tests.aws.proxy import AWSProxy
+    from tests.aws.conftest import TEST_CONFIG, Moto
     from tests.aws.test_cost import measured_cost, termination_clock
-    from tests.pricelist import PriceList
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    moto_url = f"http://{host}:{port}"
-    proxy, prices = AWSProxy(moto_url).start(), PriceList()
-    work = Path(tempfile.mkdtemp(prefix="coiled-lab-cost-"))
-    os.environ.update(AWS_ENDPOINT_URL=proxy.url, AWS_ENDPOINT_URL_PRICING=prices.url, AWS_DEFAULT_REGION=REGION,
-                      AWS_ACCESS_KEY_ID="AKIAFAKEFORBENCHMARK", AWS_SECRET_ACCESS_KEY="fake",
-                      AWS_EC2_METADATA_DISABLED="true", DASK_COILED_LAB__STATE_DIR=str(work / "state"))
-    import dask.config
+    with emulated_aws("coiled-lab-cost-", {k: v for k, v in TEST_CONFIG.items() if k != "coiled-lab.aws.nanny"}) as aws:
+        report(args, aws, Moto(aws.moto_url), termination_clock(aws.proxy), measured_cost)
 
-    from coiled_lab.cli import main as cli
-    from coiled_lab.control.inprocess import InProcessControl
-    from coiled_lab.control.manager import ClusterManager
 
-    dask.config.refresh()
-    dask.config.set({k: v for k, v in TEST_CONFIG.items() if k != "coiled-lab.aws.nanny"})
-    with open(os.devnull, "w") as quiet:
-        stdout, sys.stdout = sys.stdout, quiet
-        try:  # moto hands out loopback addresses from this range: the dask processes stay on loopback
-            assert cli(["setup", "aws", "--region", REGION, "--vpc-cidr", f"127.{random.randint(32, 250)}.0.0/16"]) == 0
-        finally:
-            sys.stdout = stdout
-    emulator = EC2Emulator(moto_url, REGION, work / "ec2").start()
-    proxy.add(console_output(emulator))
-    moto = Moto(moto_url)
-    terminated = termination_clock(proxy)
-    control = InProcessControl(ClusterManager(work / "state"))
+def report(args, aws, moto, terminated, measured_cost) -> None:
+    control = aws.control
     spec = {"backend": "aws", "n_workers": args.workers, "worker_vm_types": [WORKER], "scheduler_vm_type": SCHEDULER,
             "spot_policy": "on-demand"}
     run = control.run
@@ -88,56 +57,49 @@ def main() -> None:
                 raise TimeoutError("the cluster did not reach the phase's size")
             time.sleep(0.2)
 
-    try:
-        estimates = {n: run(control.estimate({**spec, "n_workers": n}))
-                     for n in {args.workers, args.up, args.down}}
-        phases = []  # (n_workers, from)
-        phases.append((args.workers, time.time()))
-        cid = run(control.create(spec))["id"]
+    estimates = {n: run(control.estimate({**spec, "n_workers": n}))
+                 for n in {args.workers, args.up, args.down}}
+    phases = []  # (n_workers, from)
+    phases.append((args.workers, time.time()))
+    cid = run(control.create(spec))["id"]
+    run(control.wait(cid, timeout=300))
+    time.sleep(args.hold)
+    for n in (args.up, args.down):
+        phases.append((n, time.time()))
+        run(control.scale(cid, n))
+        until(lambda: workers(cid) == n)
         run(control.wait(cid, timeout=300))
         time.sleep(args.hold)
-        for n in (args.up, args.down):
-            phases.append((n, time.time()))
-            run(control.scale(cid, n))
-            until(lambda: workers(cid) == n)
-            run(control.wait(cid, timeout=300))
-            time.sleep(args.hold)
-        stop_at = time.time()
-        run(control.stop(cid))
-        final = run(control.wait(cid, ("stopped",), 120))
-        ended = time.time()
-        until(lambda: not moto.tagged(cid), 60)
+    stop_at = time.time()
+    run(control.stop(cid))
+    final = run(control.wait(cid, ("stopped",), 120))
+    ended = time.time()
+    until(lambda: not moto.tagged(cid), 60)
 
-        accrued = final["cost"]["accrued"]
-        measured = measured_cost(moto.client("ec2"), cid, terminated)
-        bounds = [t for _, t in phases[1:]] + [stop_at]
-        by_estimate = sum(estimates[n]["per_hour"] * (end - start) / 3600 for (n, start), end in zip(phases, bounds))
-        compute_only = sum((estimates[n]["per_hour"] - estimates[n]["storage"]) * (end - start) / 3600
-                           for (n, start), end in zip(phases, bounds))
+    accrued = final["cost"]["accrued"]
+    measured = measured_cost(moto.client("ec2"), cid, terminated)
+    bounds = [t for _, t in phases[1:]] + [stop_at]
+    by_estimate = sum(estimates[n]["per_hour"] * (end - start) / 3600 for (n, start), end in zip(phases, bounds))
+    compute_only = sum((estimates[n]["per_hour"] - estimates[n]["storage"]) * (end - start) / 3600
+                       for (n, start), end in zip(phases, bounds))
 
-        est = estimates[args.workers]
-        print(f"prices: {SCHEDULER} ${est['scheduler']:.3f}/h, {WORKER} ${est['worker_each']:.3f}/h "
-              f"({est['source']}); root volumes ${est['storage'] / (args.workers + 1):.5f}/h each")
-        print(f"phases: {' -> '.join(str(n) for n, _ in phases)} workers, {args.hold:g}s held each; "
-              f"wall time {stop_at - phases[0][1]:.1f}s to the stop request, {ended - phases[0][1]:.1f}s to stopped")
-        print(f"{'instance':<22}{'type':<12}{'run s':>9}{'billed s':>10}{'$':>11}")
-        for row in sorted(measured["instances"], key=lambda r: r["seconds"], reverse=True):
-            print(f"{row['id']:<22}{row['type']:<12}{row['seconds']:>9.2f}{row['billed']:>10.2f}"
-                  f"{row['price'] * row['billed'] / 3600:>11.6f}")
-        diff = (accrued - measured["cost"]) / measured["cost"]
-        print(f"accrued by coiled-lab:              ${accrued:.6f}")
-        print(f"Σ price × run time (EC2's clock):   ${measured['cost']:.6f}")
-        print(f"relative difference:                {diff:+.3%}   (target ≤ 1%)")
-        print(f"estimate × wall time:               ${by_estimate:.6f}   vs accrued {by_estimate / accrued - 1:+.2%}"
-              f"   (target within 5%)")
-        print(f"  of which compute (no EBS):        ${compute_only:.6f}   vs accrued {compute_only / accrued - 1:+.2%}")
-        print(f"cost after stop: {final['cost']}")
-    finally:
-        control.close()
-        emulator.close()
-        proxy.close()
-        prices.close()
-        server.stop()
+    est = estimates[args.workers]
+    print(f"prices: {SCHEDULER} ${est['scheduler']:.3f}/h, {WORKER} ${est['worker_each']:.3f}/h "
+          f"({est['source']}); root volumes ${est['storage'] / (args.workers + 1):.5f}/h each")
+    print(f"phases: {' -> '.join(str(n) for n, _ in phases)} workers, {args.hold:g}s held each; "
+          f"wall time {stop_at - phases[0][1]:.1f}s to the stop request, {ended - phases[0][1]:.1f}s to stopped")
+    print(f"{'instance':<22}{'type':<12}{'run s':>9}{'billed s':>10}{'$':>11}")
+    for row in sorted(measured["instances"], key=lambda r: r["seconds"], reverse=True):
+        print(f"{row['id']:<22}{row['type']:<12}{row['seconds']:>9.2f}{row['billed']:>10.2f}"
+              f"{row['price'] * row['billed'] / 3600:>11.6f}")
+    diff = (accrued - measured["cost"]) / measured["cost"]
+    print(f"accrued by coiled-lab:              ${accrued:.6f}")
+    print(f"Σ price × run time (EC2's clock):   ${measured['cost']:.6f}")
+    print(f"relative difference:                {diff:+.3%}   (target ≤ 1%)")
+    print(f"estimate × wall time:               ${by_estimate:.6f}   vs accrued {by_estimate / accrued - 1:+.2%}"
+          f"   (target within 5%)")
+    print(f"  of which compute (no EBS):        ${compute_only:.6f}   vs accrued {compute_only / accrued - 1:+.2%}")
+    print(f"cost after stop: {final['cost']}")
 
 
 if __name__ == "__main__":
