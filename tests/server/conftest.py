@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import dask.config
-import psutil
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F401,F403
 from traitlets.config import Config
 
 from coiled_lab_server.service import Service
+
+from ..conftest import cluster_processes
 
 
 @pytest.fixture
@@ -50,19 +51,6 @@ def service(jp_serverapp, jp_fetch, jp_asyncio_loop, state_dir: Path):
     jp_asyncio_loop.run_until_complete(svc.close())
     for proc in cluster_processes(state_dir):
         proc.send_signal(signal.SIGKILL)
-
-
-def cluster_processes(state_dir: Path) -> list[psutil.Process]:
-    """Live dask processes of any cluster in ``state_dir`` (found by their command line)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if str(state_dir) in cmd and "distributed.cli" in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 class Recorder:

@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import psutil
 
+from ..conftest import cluster_processes
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 # Lab settings every test page starts with: no news or update prompts over the page.
@@ -146,12 +148,4 @@ class JupyterLab:
 
     def cluster_processes(self) -> list[psutil.Process]:
         """Live dask processes of this server's clusters (found by the state dir in their command line)."""
-        found = []
-        marker = str(self.state_dir)
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            try:
-                if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in proc.info["cmdline"] or ()):
-                    found.append(proc)
-            except psutil.Error:
-                continue
-        return found
+        return cluster_processes(self.state_dir)
