@@ -6,7 +6,6 @@ import pytest
 
 from .conftest import cluster_processes, wait_for
 
-pytest.importorskip("ipywidgets")
 pytestmark = pytest.mark.slow
 
 

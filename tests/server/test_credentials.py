@@ -137,7 +137,6 @@ def service_account_key(project: str = "lab-project") -> dict:
 
 
 def test_gcp_sources(tmp_path, monkeypatch):
-    pytest.importorskip("google.auth")
     creds = Credentials(tmp_path, {})
 
     gcloud = tmp_path / "gcloud"
