@@ -158,10 +158,6 @@ class Cluster(_DistributedCluster):
         self._credentials_task = asyncio.ensure_future(credentials.keep_fresh(self.scheduler_comm, plugin))
 
     # -- information -------------------------------------------------------------------
-    @property
-    def status_text(self) -> str:
-        return self.record.get("status", "unknown")
-
     def get_notifications(self) -> list[dict[str, Any]]:
         """What coiled-lab told about this cluster (capacity, fallbacks, shutdown soon, idle
         GPUs, budget), oldest first."""

@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, AsyncIterator, Optional
 
-KINDS = ("state", "progress", "log", "cost", "notification")
 PERSISTED = frozenset({"state", "progress", "notification"})
 
 

@@ -23,10 +23,6 @@ class State(str, Enum):
         return self.value
 
 
-# Provisioning steps, reported as progress events in this order.
-STEPS = ("network", "scheduler", "workers")
-
-LIVE = frozenset({State.pending, State.provisioning, State.running, State.scaling, State.stopping})
 FINAL = frozenset({State.stopped, State.error})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
