@@ -34,15 +34,6 @@ def time_coiled(n: int, control) -> float:
     return elapsed
 
 
-def time_local_cluster(n: int) -> float:
-    from distributed import Client, LocalCluster
-
-    start = time.perf_counter()
-    with LocalCluster(n_workers=n, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.wait_for_workers(n)
-        return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=8)
@@ -50,6 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from emulated_aws import emulated_aws
+    from local_ready import again_local_cluster as time_local_cluster
 
     with emulated_aws("coiled-lab-ready-") as aws:
         time_local_cluster(1)  # warm the disk cache for both

@@ -118,6 +118,13 @@ class CoiledLabMixin:
             raise BadRequest(f"{name}: {text!r} is not allowed; expected an integer from {low} to {high}", name)
         return value
 
+    def query_since(self) -> Optional[float]:
+        """``?since=``: epoch seconds, an ISO time or a duration ago; 400 naming it otherwise."""
+        try:
+            return since_from(self.query("since"))
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise BadRequest(str(exc) if str(exc).startswith("since:") else f"since: {exc}", "since") from None
+
     def query_flag(self, name: str) -> bool:
         text = (self.query(name) or "false").lower()
         if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -168,10 +175,7 @@ class LogsHandler(CoiledLabHandler):
         level = self.query("level")
         if level and level.upper() not in LEVELS:
             raise BadRequest(f"level: {level!r} is not allowed; allowed: {', '.join(LEVELS)}", "level")
-        try:
-            since = since_from(self.query("since"))
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:
-            raise BadRequest(str(exc) if str(exc).startswith("since:") else f"since: {exc}", "since") from None
+        since = self.query_since()
         records = await self.manager.logs(
             cluster,
             since=since,
@@ -200,10 +204,7 @@ class NotificationsHandler(CoiledLabHandler):
 class UsageHandler(CoiledLabHandler):
     @web.authenticated
     async def get(self, cluster: str) -> None:
-        try:
-            since = since_from(self.query("since"))
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:
-            raise BadRequest(str(exc) if str(exc).startswith("since:") else f"since: {exc}", "since") from None
+        since = self.query_since()
         self.write_json(await self.manager.usage(cluster, since))
 
 
