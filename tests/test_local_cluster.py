@@ -52,6 +52,7 @@ def test_cluster_lifecycle_over_tls(control, state_dir):
             cluster.scale(1)
             wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, what="scale down to 1")
             wait_for(lambda: roles(state_dir).count("worker") == 1, what="1 worker process")
+            assert control.run(control.wait(cluster.cluster_id, ("running",), 30))["workers"]["ready"] == 1
             assert client.submit(lambda: 1).result() == 1
 
         # A certificate made for another cluster does not open this one.
