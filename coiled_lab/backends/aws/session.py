@@ -67,7 +67,8 @@ class AWSSession:
                 if key not in self._clients:
                     self._clients[key] = session.client(
                         service, region_name=region,
-                        config=Config(retries=retries, user_agent_appid="coiled-lab"),
+                        config=Config(retries=retries, user_agent_appid="coiled-lab",
+                                      read_timeout=float(config.get("aws.read-timeout"))),
                     )
         return self._clients[key]
 
