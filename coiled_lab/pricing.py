@@ -5,18 +5,22 @@ Every front door shows what this module returns: :func:`estimate` before launch,
 (per-second billing with a 60 s minimum, as EC2 and Compute Engine bill Linux VMs).
 
 Prices come from the cloud's price API (AWS: the Price List API for on-demand and EBS
-prices, ``DescribeSpotPriceHistory`` for spot), cached in the store for a day. When that
-cannot be reached (no credentials, no network), a bundled snapshot answers, and every
-estimate says so and from when. The local backend costs nothing.
+prices, ``DescribeSpotPriceHistory`` for spot; GCP: the Cloud Billing Catalog API for
+vCPU, RAM, GPU and disk rates, on-demand and Spot, see :mod:`coiled_lab.billing_catalog`),
+cached in the store for a day. When that cannot be reached (no credentials, no network),
+a bundled snapshot answers, and every estimate says so and from when. The local backend
+costs nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from . import billing_catalog, config
 from .spec import ClusterSpec, ClusterSpecError
 
 CURRENCY = "USD"
@@ -24,6 +28,8 @@ MINIMUM_BILLED_SECONDS = 60
 PRICE_TTL = 24 * 3600
 HOURS_PER_MONTH = 730
 PRICE_LIST_REGION = "us-east-1"  # where the Price List API answers
+BILLING_CATALOG = "Cloud Billing Catalog API"
+GCP_SNAPSHOT_REGION = "us-central1"  # what the snapshot prices a region it does not list as
 SNAPSHOT = Path(__file__).with_name("prices-snapshot.json")
 NOTES = {
     "egress": "data leaving the cloud (egress) is billed by the GB and is not included",
@@ -40,12 +46,14 @@ class PriceBook:
     """On-demand and storage prices for a cloud, from its price API or the snapshot.
 
     ``aws`` is anything with ``async call(service, region, operation, **params)`` (the AWS
-    backend's session); ``store`` caches what the API said for :data:`PRICE_TTL`.
+    backend's session); ``gcp`` is google-auth credentials (the GCP backend's); ``store``
+    caches what the APIs said for :data:`PRICE_TTL`. Without a store nothing is cached.
     """
 
-    def __init__(self, store: Any = None, aws: Any = None):
+    def __init__(self, store: Any = None, aws: Any = None, gcp: Any = None):
         self.store = store
         self.aws = aws
+        self.gcp = gcp
 
     async def aws_on_demand(self, region: str, vm_type: str) -> dict[str, Any]:
         filters = {"instanceType": vm_type, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
@@ -57,6 +65,65 @@ class PriceBook:
         filters = {"productFamily": "Storage", "volumeApiName": volume, "regionCode": region}
         return await self._quote(f"aws:{region}:ebs:{volume}", filters, "GB-Mo",
                                  lambda snap: snap["ebs_gb_month"].get(volume), f"EBS {volume} in {region}", region)
+
+    async def gcp_machine(self, region: str, machine: dict[str, Any], spot: bool,
+                          field: str = "worker_vm_types") -> dict[str, Any]:
+        """$/hour of a Compute Engine machine (``{"name", "vcpus", "memory_gib", "gpus",
+        "gpu_type"}``), on-demand or Spot; a bad or unpriced type names ``field``."""
+        table, source = await self._gcp_table(region)
+        price = billing_catalog.machine_price(table, machine, spot, f"{region} ({source['source']})", field)
+        return {**source, "price": price}
+
+    async def gcp_disk(self, region: str, disk_type: str) -> dict[str, Any]:
+        """$/GiB-month of a persistent disk type (``pd-standard``, ``pd-balanced``, ``pd-ssd``)."""
+        table, source = await self._gcp_table(region)
+        return {**source, "price": billing_catalog.disk_price(table, disk_type, f"{region} ({source['source']})")}
+
+    async def _gcp_table(self, region: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The region's rate table and where it came from: the store's copy of the catalog
+        if younger than :data:`PRICE_TTL`, else the whole catalog read again (every region's
+        table cached from that one read), else the snapshot."""
+        key = f"gcp:{region}"
+        cached = self.store.cached_price(key, PRICE_TTL) if self.store is not None else None
+        if cached:
+            return cached["table"], {"source": BILLING_CATALOG, "as_of": cached["as_of"], "snapshot": False}
+        try:
+            if self.gcp is None:
+                raise LookupError("no GCP credentials")
+            tables = await asyncio.get_running_loop().run_in_executor(None, self._read_catalog)
+        except Exception:  # noqa: BLE001 - no credentials, no network, refused: use the snapshot
+            return self._gcp_snapshot(region)
+        now = time.time()
+        if self.store is not None:
+            for name, table in tables.items():
+                self.store.cache_price(f"gcp:{name}", {"table": table, "as_of": now})
+        if region not in tables:
+            raise ClusterSpecError(f"region: Compute Engine publishes no prices for {region!r}; priced regions: "
+                                   f"{', '.join(sorted(r for r in tables if r != 'global'))}", "region")
+        return tables[region], {"source": BILLING_CATALOG, "as_of": now, "snapshot": False}
+
+    def _read_catalog(self) -> dict[str, dict[str, Any]]:
+        """All Compute Engine SKUs, page after page, as per-region tables (blocking)."""
+        from google.auth.transport.requests import AuthorizedSession
+
+        endpoint = (config.get("gcp.endpoints.billing") or billing_catalog.GOOGLE_ENDPOINT).rstrip("/")
+        url = f"{endpoint}/v1/services/{billing_catalog.COMPUTE_ENGINE}/skus"
+        with AuthorizedSession(self.gcp) as session:
+            def get_page(params: dict[str, str]) -> dict[str, Any]:
+                reply = session.get(url, params=params, timeout=(10, 120))
+                reply.raise_for_status()
+                return reply.json()
+
+            return billing_catalog.rate_tables(billing_catalog.skus(get_page))
+
+    @staticmethod
+    def _gcp_snapshot(region: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        snap = _snapshot()["gcp"]
+        regions = snap["regions"]
+        where = "" if region in regions else f"; {region} is priced as {GCP_SNAPSHOT_REGION}"
+        source = f"snapshot of {snap['as_of']} ({snap['source']}){where}"
+        return regions.get(region) or regions[GCP_SNAPSHOT_REGION], {
+            "source": source, "as_of": snap["as_of"], "snapshot": True}
 
     async def _quote(self, key: str, filters: dict[str, str], unit: str, from_snapshot: Callable[[dict], Any],
                      what: str, region: str) -> dict[str, Any]:
@@ -117,35 +184,69 @@ async def estimate(spec: ClusterSpec, backend: Any = None, book: Optional[PriceB
         return _estimate_json(spec, 0.0, 0.0, 0.0, 0.0, "local processes on this machine cost nothing", time.time(), [])
     if backend is None or book is None:
         raise ClusterSpecError(f"backend: {spec.backend!r} has no price source here", "backend")
-    if book.aws is None and getattr(backend, "aws", None) is not None:
-        book.aws = backend.aws  # as in instance_price: the backend's session asks the Price List API
+    # As in instance_price: the backend's own credentials ask the cloud's price API.
+    if spec.backend == "gcp" and book.gcp is None:
+        book.gcp = await asyncio.get_running_loop().run_in_executor(None, _credentials_of, backend)
+    if spec.backend != "gcp" and book.aws is None:
+        book.aws = getattr(backend, "aws", None)
     inputs = await backend.price_inputs(spec)
-    region = inputs["region"]
-    scheduler = await book.aws_on_demand(region, inputs["scheduler_type"])
-    worker = await book.aws_on_demand(region, inputs["worker_type"])
-    storage = await book.aws_storage(region, inputs.get("volume_type", "gp3"))
-    gb = inputs.get("volume_gb", 0)
-    storage_hour = storage["price"] * gb * (spec.n_workers + 1) / HOURS_PER_MONTH
+    quotes = await (_gcp_quotes if spec.backend == "gcp" else _aws_quotes)(spec, book, inputs)
+    scheduler, worker, storage = quotes["scheduler"], quotes["worker"], quotes["storage"]
+    storage_hour = storage["price"] * inputs.get("volume_gb", 0) * (spec.n_workers + 1) / HOURS_PER_MONTH
     worker_each = worker["price"]
     spot_savings = 0.0
     notes = [NOTES["egress"]]
-    spot_price = inputs.get("spot_price")
+    spot_price = quotes["spot_price"]
     if spec.spot_policy != "on-demand" and spot_price:
         spot_savings = max(0.0, worker_each - spot_price) * spec.n_workers
         worker_each = spot_price
         notes.append(NOTES["spot"])
     if spec.allow_cross_zone:
         notes.append(NOTES["cross-zone"])
-    quotes = [scheduler, worker, storage]
-    snapshot = next((q for q in quotes if q.get("snapshot")), None)
-    source = snapshot["source"] if snapshot else "AWS Price List API" + (
-        " and spot price history" if spot_savings else "")
+    used = [scheduler, worker, storage]
+    snapshot = next((q for q in used if q.get("snapshot")), None)
     if snapshot:
+        source = snapshot["source"]
         notes.append(f"prices from a snapshot dated {snapshot['as_of']}, not today's")
+    elif spec.backend == "gcp":
+        source = BILLING_CATALOG
+    else:
+        source = "AWS Price List API" + (" and spot price history" if spot_savings else "")
     est = _estimate_json(spec, scheduler["price"], worker_each, storage_hour, spot_savings, source,
-                         snapshot["as_of"] if snapshot else min(q["as_of"] for q in quotes), notes)
+                         snapshot["as_of"] if snapshot else min(q["as_of"] for q in used), notes)
     est["worker_vm_type"], est["scheduler_vm_type"] = inputs["worker_type"], inputs["scheduler_type"]
     return est
+
+
+def _credentials_of(backend: Any) -> Any:
+    """The GCP backend's credentials, None if it has none (blocking: finding application-
+    default credentials may ask the metadata server)."""
+    try:
+        return backend.credentials
+    except Exception:  # noqa: BLE001 - no credentials: the snapshot answers
+        return None
+
+
+async def _aws_quotes(spec: ClusterSpec, book: PriceBook, inputs: dict[str, Any]) -> dict[str, Any]:
+    """On-demand quotes from the Price List API; the spot price is the backend's (spot history)."""
+    region = inputs["region"]
+    return {"scheduler": await book.aws_on_demand(region, inputs["scheduler_type"]),
+            "worker": await book.aws_on_demand(region, inputs["worker_type"]),
+            "storage": await book.aws_storage(region, inputs.get("volume_type", "gp3")),
+            "spot_price": inputs.get("spot_price")}
+
+
+async def _gcp_quotes(spec: ClusterSpec, book: PriceBook, inputs: dict[str, Any]) -> dict[str, Any]:
+    """On-demand and Spot machine quotes and the disk's, all from the billing catalog."""
+    region = inputs["region"]
+    spot = None
+    if spec.spot_policy != "on-demand":
+        spot = (await book.gcp_machine(region, inputs["worker_machine"], spot=True))["price"]
+    return {"scheduler": await book.gcp_machine(region, inputs["scheduler_machine"], spot=False,
+                                                field="scheduler_vm_type"),
+            "worker": await book.gcp_machine(region, inputs["worker_machine"], spot=False),
+            "storage": await book.gcp_disk(region, inputs.get("volume_type") or "pd-balanced"),
+            "spot_price": spot}
 
 
 def _estimate_json(spec: ClusterSpec, scheduler: float, worker_each: float, storage: float, spot_savings: float,

@@ -168,8 +168,11 @@ class ClusterManager:
         return self._backends[name]
 
     def credentials_changed(self, name: str) -> None:
-        """New credentials for a cloud: its backend is made again with them on next use."""
+        """New credentials for a cloud: its backend is made again with them on next use, and
+        its price API is asked with them too."""
         self._backends.pop(name, None)
+        if name in ("aws", "gcp"):
+            setattr(self.prices, name, None)
 
     # == verbs ============================================================================
     async def create(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:

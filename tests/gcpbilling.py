@@ -1,0 +1,126 @@
+"""A local HTTP endpoint that answers like the Cloud Billing Catalog API's
+``GET /v1/services/{service}/skus`` for Compute Engine: a realistic handful of SKUs (vCPU
+and RAM of a few machine families, on-demand and Spot, a GPU, persistent disks, and SKUs
+that must be ignored: commitments, custom and sole-tenant cores, regional disks, egress),
+served a few per page with ``nextPageToken`` as the real API pages its 30 000-odd SKUs.
+
+Prices are Compute Engine's public list prices for us-central1/us-east1 and europe-west1.
+Requests without the expected bearer token are refused with 401, as Google does.
+"""
+
+from __future__ import annotations
+
+import json
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlparse
+
+from .pricelist import PriceList
+
+SERVICE = "6F81-5844-456A"
+TOKEN = "fake-gcp-access-token"
+PAGE = 4  # the server's page size, below any client's pageSize, so a catalog read pages
+AMERICAS = ["us-central1", "us-east1"]
+EUROPE = ["europe-west1"]
+
+# (description, resourceFamily, resourceGroup, usageType, usageUnit, regions, $ per unit)
+SKUS = [
+    ("N2 Instance Core running in Americas", "Compute", "CPU", "OnDemand", "h", AMERICAS, 0.031611),
+    ("N2 Instance Ram running in Americas", "Compute", "RAM", "OnDemand", "GiBy.h", AMERICAS, 0.004237),
+    ("Spot Preemptible N2 Instance Core running in Americas", "Compute", "CPU", "Preemptible", "h", AMERICAS, 0.00765),
+    ("Spot Preemptible N2 Instance Ram running in Americas", "Compute", "RAM", "Preemptible", "GiBy.h", AMERICAS,
+     0.001025),
+    ("N2 Instance Core running in EMEA", "Compute", "CPU", "OnDemand", "h", EUROPE, 0.034773),
+    ("N2 Instance Ram running in EMEA", "Compute", "RAM", "OnDemand", "GiBy.h", EUROPE, 0.004661),
+    ("E2 Instance Core running in Americas", "Compute", "CPU", "OnDemand", "h", AMERICAS, 0.021811),
+    ("E2 Instance Ram running in Americas", "Compute", "RAM", "OnDemand", "GiBy.h", AMERICAS, 0.002923),
+    ("Spot Preemptible E2 Instance Core running in Americas", "Compute", "CPU", "Preemptible", "h", AMERICAS, 0.006543),
+    ("Spot Preemptible E2 Instance Ram running in Americas", "Compute", "RAM", "Preemptible", "GiBy.h", AMERICAS,
+     0.000877),
+    ("N1 Predefined Instance Core running in Americas", "Compute", "N1Standard", "OnDemand", "h", AMERICAS, 0.031611),
+    ("N1 Predefined Instance Ram running in Americas", "Compute", "N1Standard", "OnDemand", "GiBy.h", AMERICAS,
+     0.004237),
+    ("Nvidia Tesla T4 GPU running in Americas", "Compute", "GPU", "OnDemand", "h", AMERICAS, 0.35),
+    ("Nvidia Tesla T4 GPU attached to Spot Preemptible VMs running in Americas", "Compute", "GPU", "Preemptible", "h",
+     AMERICAS, 0.11),
+    ("Micro Instance with burstable CPU running in Americas", "Compute", "F1Micro", "OnDemand", "h", AMERICAS, 0.0076),
+    ("Storage PD Capacity", "Storage", "PDStandard", "OnDemand", "GiBy.mo", AMERICAS, 0.04),
+    ("Balanced PD Capacity", "Storage", "SSD", "OnDemand", "GiBy.mo", AMERICAS, 0.10),
+    ("SSD backed PD Capacity", "Storage", "SSD", "OnDemand", "GiBy.mo", AMERICAS, 0.17),
+    ("Balanced PD Capacity in Belgium", "Storage", "SSD", "OnDemand", "GiBy.mo", EUROPE, 0.11),
+    # Not VM or disk list prices: a parser that took them would price wrongly.
+    ("Regional Balanced PD Capacity", "Storage", "SSD", "OnDemand", "GiBy.mo", AMERICAS, 0.20),
+    ("Commitment v1: N2 Cpu in Americas for 1 Year", "Compute", "CPU", "Commit1Yr", "h", AMERICAS, 0.019915),
+    ("N2 Custom Instance Core running in Americas", "Compute", "CPU", "OnDemand", "h", AMERICAS, 0.033191),
+    ("N2 Sole Tenancy Instance Core running in Americas", "Compute", "CPU", "OnDemand", "h", AMERICAS, 0.034772),
+    ("Network Internet Egress from Americas to EMEA", "Network", "PremiumInternetEgress", "OnDemand", "GiBy",
+     AMERICAS, 0.12),
+]
+
+
+def _money(usd: float) -> dict:
+    units = int(usd)
+    return {"currencyCode": "USD", "units": str(units), "nanos": round((usd - units) * 1e9)}
+
+
+def _sku(i: int, description: str, family: str, group: str, usage: str, unit: str, regions: list[str],
+         usd: float) -> dict:
+    sku_id = f"{0xA000 + i:04X}-{0xB000 + i:04X}-{0xC000 + i:04X}"
+    tiers = [{"startUsageAmount": 0, "unitPrice": _money(usd)}]
+    if description.startswith("Storage PD"):  # the catalog lists a zero first tier for some disks
+        tiers = [{"startUsageAmount": 0, "unitPrice": _money(0)}, {"startUsageAmount": 0, "unitPrice": _money(usd)}]
+    return {
+        "name": f"services/{SERVICE}/skus/{sku_id}", "skuId": sku_id, "description": description,
+        "category": {"serviceDisplayName": "Compute Engine", "resourceFamily": family, "resourceGroup": group,
+                     "usageType": usage},
+        "serviceRegions": regions,
+        "pricingInfo": [{
+            "effectiveTime": "2026-11-23T08:00:00Z", "summary": "",
+            "pricingExpression": {"usageUnit": unit, "displayQuantity": 1, "tieredRates": tiers,
+                                  "usageUnitDescription": unit, "baseUnit": unit, "baseUnitConversionFactor": 1},
+            "currencyConversionRate": 1,
+        }],
+        "serviceProviderName": "Google",
+        "geoTaxonomy": {"type": "MULTI_REGIONAL", "regions": regions},
+    }
+
+
+CATALOG = [_sku(i, *row) for i, row in enumerate(SKUS)]
+
+
+class BillingCatalog(PriceList):
+    """The fake API on 127.0.0.1 (started and closed as the AWS price list's fake is);
+    ``requests`` records each page asked for."""
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict) -> None:
+                out = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                params = {k: v[0] for k, v in parse_qs(url.query).items()}
+                api.requests.append({"path": url.path, "params": params,
+                                     "authorization": self.headers.get("Authorization")})
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._answer(401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                                        "message": "Request is missing required authentication."}})
+                if url.path != f"/v1/services/{SERVICE}/skus" or params.get("currencyCode") != "USD":
+                    return self._answer(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                                        "message": f"unexpected request {self.path}"}})
+                start = int(params.get("pageToken") or 0)
+                size = min(PAGE, int(params.get("pageSize") or 5000))
+                body: dict = {"skus": CATALOG[start:start + size]}
+                body["nextPageToken"] = str(start + size) if start + size < len(CATALOG) else ""
+                self._answer(200, body)
+
+        return Handler
