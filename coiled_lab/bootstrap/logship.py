@@ -1,15 +1,23 @@
 """Ship a VM's output to its CloudWatch Logs stream, in batches, from a background thread.
 
 Runs on the VM (see :mod:`coiled_lab.bootstrap.vm`). It has no credentials of its own:
-boto3 finds the instance role's through the metadata service. Lines are kept in a
-bounded queue, so a cloud outage costs the oldest lines (counted and reported in the
-stream once it recovers), never the VM's memory. A batch respects PutLogEvents' limits
-(events in time order, at most 10,000 events or ~1 MB) and is retried with a growing
-pause until it is accepted; botocore's own retry mode already absorbs throttling.
+boto3 finds the instance role's through the metadata service.
+
+Delivery, while the VM lives: every line is sent once, in the order written, unless the
+buffer overflows. The buffer is bounded in lines *and* bytes, so an outage costs the
+oldest lines beyond that cap (counted, and reported in the stream by a note once it
+recovers), never the VM's memory. A batch respects PutLogEvents' limits (events in time
+order, at most 10,000 events or ~1 MB); a batch that fails goes back to the front of
+the buffer and is retried, after botocore's own retries, with a growing, jittered pause
+(so a thousand VMs coming back from one outage do not retry in step). The one case that
+can repeat lines: CloudWatch accepted a batch but the answer was lost on the way back;
+PutLogEvents has no idempotency key (sequence tokens are gone), so that batch is sent
+again (at least once rather than lost).
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
@@ -36,6 +44,7 @@ class LogShipper:
         group: str,
         stream: str,
         max_lines: int = 20_000,
+        max_bytes: int = 16 * 1024 * 1024,
         interval: float = 1.0,
         max_backoff: float = 30.0,
     ):
@@ -45,19 +54,25 @@ class LogShipper:
         self.max_backoff = max_backoff
         self._client_factory = client_factory
         self._client: Any = None
-        self._queue: deque[tuple[int, str]] = deque(maxlen=max_lines)
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self._queue: deque[tuple[int, str]] = deque()
+        self._bytes = 0  # what the queued messages weigh, as PutLogEvents counts them
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._deadline: Optional[float] = None  # set by close(): stop once sent, or at this time
         self._stream_ready = False
         self._thread: Optional[threading.Thread] = None
         self._last_ms = 0
-        self.dropped = 0
+        self.dropped = 0  # since the last note about dropped lines
+        self.dropped_total = 0
         self.sent = 0
+        self.failures = 0  # batches that could not be sent (then retried)
 
     # -- producer side (any thread) ------------------------------------------------------
     def write(self, message: str, timestamp: Optional[float] = None) -> None:
-        """Queue one line; never blocks. When full, the oldest queued line is dropped."""
+        """Queue one line; never blocks. When full (lines or bytes), the oldest queued
+        lines are dropped to make room."""
         ms = int((time.time() if timestamp is None else timestamp) * 1000)
         data = message.rstrip("\n").encode("utf-8", "replace")[:MAX_EVENT_BYTES].decode("utf-8", "ignore")
         with self._lock:
@@ -65,9 +80,17 @@ class LogShipper:
             # reorder lines, so time stamps never decrease.
             ms = max(ms, self._last_ms)
             self._last_ms = ms
-            if len(self._queue) == self._queue.maxlen:
-                self.dropped += 1
-            self._queue.append((ms, data or " "))
+            data = data or " "
+            cost = _cost(data)
+            while self._queue and (len(self._queue) >= self.max_lines or self._bytes + cost > self.max_bytes):
+                self._bytes -= _cost(self._queue.popleft()[1])
+                self._count_dropped(1)
+            self._queue.append((ms, data))
+            self._bytes += cost
+
+    def _count_dropped(self, lines: int) -> None:
+        self.dropped += lines
+        self.dropped_total += lines
 
     def start(self) -> "LogShipper":
         self._thread = threading.Thread(target=self._run, name="coiled-lab-logship", daemon=True)
@@ -96,10 +119,11 @@ class LogShipper:
                 self.dropped = 0
             while self._queue and len(batch) < MAX_BATCH_EVENTS:
                 ms, message = self._queue[0]
-                cost = len(message.encode()) + EVENT_OVERHEAD
+                cost = _cost(message)
                 if batch and (size + cost > MAX_BATCH_BYTES or ms - batch[0]["timestamp"] > 23 * 3600 * 1000):
                     break
                 self._queue.popleft()
+                self._bytes -= cost
                 batch.append({"timestamp": ms, "message": message})
                 size += cost
         return batch, reported
@@ -109,10 +133,19 @@ class LogShipper:
         there is room (the rest counts as dropped, like the note about earlier drops)."""
         lines = batch[1:] if reported else batch
         with self._lock:
-            room = self._queue.maxlen - len(self._queue)  # type: ignore[operator]
-            keep = lines[-room:] if room > 0 else []
-            self.dropped += reported + len(lines) - len(keep)
-            self._queue.extendleft((e["timestamp"], e["message"]) for e in reversed(keep))
+            room, weight, keep = self.max_lines - len(self._queue), self._bytes, 0
+            # The newest lines of the batch come back first: older ones are dropped first.
+            for event in reversed(lines):
+                cost = _cost(event["message"])
+                if keep >= room or weight + cost > self.max_bytes:
+                    break
+                weight += cost
+                keep += 1
+            kept = lines[len(lines) - keep:]
+            self._queue.extendleft((e["timestamp"], e["message"]) for e in reversed(kept))
+            self._bytes = weight
+            self.dropped += reported  # the note goes again, with the count it had
+            self._count_dropped(len(lines) - keep)
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
         if self._client is None:
@@ -137,14 +170,21 @@ class LogShipper:
                     continue  # more may be queued: send it without waiting
                 except Exception as exc:  # noqa: BLE001 - no network yet, a role not yet usable, ...
                     self._put_back(batch, reported)
+                    self.failures += 1
                     if self._deadline is not None and time.monotonic() >= self._deadline:
                         return
                     backoff = min(max(2 * backoff, 0.5), self.max_backoff)
-                    print(f"coiled-lab: log shipping failed ({type(exc).__name__}: {exc}); retrying in {backoff:g}s",
+                    pause = random.uniform(backoff / 2, backoff)
+                    print(f"coiled-lab: log shipping failed ({type(exc).__name__}: {exc}); retrying in {pause:.2g}s",
                           flush=True)
-                    time.sleep(backoff)
+                    time.sleep(pause)
                     continue
             if self._deadline is not None:
                 return
             self._wake.wait(self.interval)
             self._wake.clear()
+
+
+def _cost(message: str) -> int:
+    """What one event weighs against PutLogEvents' batch limit (and the buffer's cap)."""
+    return len(message.encode()) + EVENT_OVERHEAD
