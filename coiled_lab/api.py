@@ -130,6 +130,7 @@ class APIClient:
 
         self.url = url.rstrip("/") + "/"
         self._token = token
+        self._connected = False  # an events socket opened once: a refusal later means a restart
         self.request_timeout = request_timeout
         self.reconnect_for = reconnect_for  # how long a lost events socket keeps retrying
         self.thread = LoopThread(name="coiled-lab-api")
@@ -258,6 +259,17 @@ class APIClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"{AUTH_SCHEME} {self._token}", "Content-Type": "application/json"}
 
+    def _new_token(self) -> bool:
+        """A restarted server makes a new kernel token: take it from the runtime file the
+        server keeps in the state dir, if that names this server's URL. True if it changed."""
+        from . import config
+
+        server = read_runtime_file(config.state_dir())
+        if server is None or server["url"].rstrip("/") + "/" != self.url or server["token"] == self._token:
+            return False
+        self._token = server["token"]
+        return True
+
     def _url(self, path: str, params: Optional[dict[str, Any]] = None) -> str:
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
         return self.url + path + (f"?{query}" if query else "")
@@ -276,6 +288,9 @@ class APIClient:
         )
         try:
             response = await self._http.fetch(request, raise_error=False)
+            if response.code == 403 and self._new_token():  # the server restarted
+                request.headers.update(self._headers())
+                response = await self._http.fetch(request, raise_error=False)
         except (HTTPClientError, OSError) as exc:
             raise APIError(599, f"the coiled-lab server at {self.url} is unreachable: {exc}") from None
         try:
@@ -311,10 +326,17 @@ class APIClient:
         delay, give_up = 0.1, time.monotonic() + self.reconnect_for
         while True:
             try:
-                return await self._open_events(cluster, after)
+                socket = await self._open_events(cluster, after)
+                self._connected = True
+                return socket
             except APIError as exc:
-                if exc.status < 500 or time.monotonic() > give_up:
+                # A restarted server refuses the old token until its runtime file names the
+                # new one (written once its manager runs): keep trying with the file's.
+                restarted = exc.status == 403 and self._connected
+                if (exc.status < 500 and not restarted) or time.monotonic() > give_up:
                     raise
+                if restarted and self._new_token():
+                    continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
