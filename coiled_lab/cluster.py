@@ -21,7 +21,7 @@ from distributed.utils import Log, Logs
 from .control import get_control
 from .errors import ClusterError, NotFound
 from .logs import LogRecord
-from .spec import parse_spec
+from .spec import ClusterSpecError, parse_spec
 from .tls import TLSMaterial
 
 logger = logging.getLogger("coiled_lab.cluster")
@@ -36,7 +36,8 @@ class Cluster(_DistributedCluster):
 
     Every ClusterSpec field is a keyword argument. ``shutdown_on_close`` (default True)
     makes ``close()`` stop the cluster; with False it only disconnects. ``send_credentials``
-    (default False) calls :meth:`send_credentials` once the cluster runs.
+    (default False) calls :meth:`send_credentials` once the cluster runs: True for the
+    backend's cloud, or a provider's name (``"aws"``, ``"gcp"``).
     """
 
     def __init__(
@@ -47,7 +48,7 @@ class Cluster(_DistributedCluster):
         loop=None,
         timeout: Optional[float] = None,
         shutdown_on_close: bool = True,
-        send_credentials: bool = False,
+        send_credentials: bool | str = False,
         control: Any = None,
         **spec_fields: Any,
     ):
@@ -55,6 +56,12 @@ class Cluster(_DistributedCluster):
         if name is not None:
             fields["name"] = name
         self._spec = parse_spec(fields)  # bad input fails here, before any request
+        if isinstance(send_credentials, str):
+            from .credentials import PROVIDERS
+
+            if send_credentials not in PROVIDERS:
+                raise ClusterSpecError(f"send_credentials: {send_credentials!r} is not True, False or one of "
+                                       f"{', '.join(PROVIDERS)}", "send_credentials")
         self._explicit = set(fields)
         self._control = control if control is not None else get_control()
         self._timeout = timeout
@@ -64,7 +71,7 @@ class Cluster(_DistributedCluster):
         self.security = None
         self._events_task: Optional[asyncio.Task] = None
         self._send_credentials_on_start = send_credentials
-        self._credentials_task: Optional[asyncio.Task] = None
+        self._credentials_tasks: dict[str, asyncio.Task] = {}  # provider -> its refresh loop
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         if not self.called_from_running_loop:
             self._loop_runner.start()
@@ -95,7 +102,8 @@ class Cluster(_DistributedCluster):
         self.scheduler_comm = rpc(conn["address"], connection_args=self.security.get_connection_args("client"))
         await super()._start()
         if self._send_credentials_on_start:
-            await self._send_credentials()
+            on_start = self._send_credentials_on_start
+            await self._send_credentials(on_start if isinstance(on_start, str) else None)
 
     def _check_attach(self, found: dict[str, Any]) -> None:
         """Attaching by name to a cluster with a different backend would surprise."""
@@ -143,19 +151,24 @@ class Cluster(_DistributedCluster):
         return set(names[:target]) | {f"planned-{i}" for i in range(len(names), target)}
 
     # -- the user's data credentials ------------------------------------------------------
-    def send_credentials(self) -> Any:
-        """Send this kernel's AWS credentials, as short-lived STS session credentials, to
-        every worker (and to workers that join later), and keep them fresh until the
-        cluster is closed. Never the Jupyter server's credentials: see coiled_lab.credentials."""
-        return self.sync(self._send_credentials)
+    def send_credentials(self, provider: Optional[str] = None) -> Any:
+        """Send this kernel's own short-lived data credentials to every worker (and to
+        workers that join later), and keep them fresh until the cluster is closed: AWS STS
+        session credentials, or a Google OAuth access token from the kernel's
+        application-default credentials. ``provider`` (``"aws"`` or ``"gcp"``) defaults to
+        the cluster's cloud (AWS for a local cluster). Never the Jupyter server's
+        credentials: see coiled_lab.credentials and coiled_lab.gcp_credentials."""
+        return self.sync(self._send_credentials, provider)
 
-    async def _send_credentials(self) -> None:
+    async def _send_credentials(self, provider: Optional[str] = None) -> None:
         from . import credentials
 
-        plugin = await credentials.send(self.scheduler_comm)
-        if self._credentials_task is not None:
-            self._credentials_task.cancel()
-        self._credentials_task = asyncio.ensure_future(credentials.keep_fresh(self.scheduler_comm, plugin))
+        provider = provider or (self._spec.backend if self._spec.backend in credentials.PROVIDERS else "aws")
+        plugin = await credentials.send(self.scheduler_comm, provider)
+        if provider in self._credentials_tasks:
+            self._credentials_tasks[provider].cancel()
+        self._credentials_tasks[provider] = asyncio.ensure_future(
+            credentials.keep_fresh(self.scheduler_comm, plugin, provider))
 
     # -- information -------------------------------------------------------------------
     def get_notifications(self) -> list[dict[str, Any]]:
@@ -217,8 +230,8 @@ class Cluster(_DistributedCluster):
 
     # -- closing -------------------------------------------------------------------
     async def _close(self) -> None:
-        if self._credentials_task is not None:
-            self._credentials_task.cancel()
+        for task in self._credentials_tasks.values():
+            task.cancel()
         if self._events_task is not None:
             self._events_task.cancel()
             with suppress(asyncio.CancelledError, Exception):

@@ -1,4 +1,6 @@
-"""The user's own AWS data credentials, sent from the kernel to a cluster's workers.
+"""The user's own data credentials, sent from the kernel to a cluster's workers: AWS here,
+Google Cloud in :mod:`coiled_lab.gcp_credentials`, both through :func:`send` and
+:func:`keep_fresh`.
 
 ``Cluster.send_credentials()`` (or ``Cluster(send_credentials=True)``) takes the KERNEL's
 credentials (boto3's default chain in this process; the Jupyter server removed its own
@@ -22,15 +24,17 @@ import datetime
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import config
 from .errors import ClusterError
+from .spec import ClusterSpecError
 
 logger = logging.getLogger("coiled_lab.credentials")
 
+PROVIDERS = ("aws", "gcp")
 PLUGIN_NAME = "coiled-lab-aws-credentials"
 ENV_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # botocore's environment provider reads this too: a long-lived boto3 session on a worker
@@ -106,7 +110,18 @@ def session_credentials() -> AWSCredentialsPlugin:
                                 reply["Expiration"].timestamp())
 
 
-def next_refresh(plugin: AWSCredentialsPlugin, now: Optional[float] = None) -> float:
+def _token_source(provider: str) -> Callable[[], Any]:
+    """What makes a fresh credentials plugin for ``provider`` (blocking)."""
+    if provider == "aws":
+        return session_credentials
+    if provider == "gcp":
+        from .gcp_credentials import access_token
+
+        return access_token
+    raise ClusterSpecError(f"provider: {provider!r} is not one of {', '.join(PROVIDERS)}", "provider")
+
+
+def next_refresh(plugin: Any, now: Optional[float] = None) -> float:
     """Seconds until the credentials are sent again: ``refresh-at`` of their lifetime left
     (of ``duration`` when their expiry is unknown), at least a second."""
     now = time.time() if now is None else now
@@ -114,29 +129,31 @@ def next_refresh(plugin: AWSCredentialsPlugin, now: Optional[float] = None) -> f
     return max(1.0, float(config.get("credentials.refresh-at")) * lifetime)
 
 
-async def send(scheduler_comm: Any) -> AWSCredentialsPlugin:
-    """Fetch session credentials and register them on the scheduler (all workers, now and later)."""
+async def send(scheduler_comm: Any, provider: str = "aws") -> Any:
+    """Fetch fresh credentials of ``provider`` (``aws`` or ``gcp``) and register them on
+    the scheduler (all workers, now and later)."""
     from distributed.protocol.pickle import dumps
 
-    plugin = await asyncio.get_running_loop().run_in_executor(None, session_credentials)
-    responses = await scheduler_comm.register_worker_plugin(plugin=dumps(plugin), name=PLUGIN_NAME, idempotent=False)
+    plugin = await asyncio.get_running_loop().run_in_executor(None, _token_source(provider))
+    responses = await scheduler_comm.register_worker_plugin(plugin=dumps(plugin), name=plugin.name, idempotent=False)
     failed = [addr for addr, r in responses.items() if r.get("status") == "error"]
     if failed:
-        raise ClusterError(f"could not set AWS credentials on {len(failed)} worker(s): {', '.join(failed[:3])}")
+        raise ClusterError(f"could not set {provider.upper()} credentials on {len(failed)} worker(s): "
+                           f"{', '.join(failed[:3])}")
     return plugin
 
 
-async def keep_fresh(scheduler_comm: Any, plugin: AWSCredentialsPlugin) -> None:
+async def keep_fresh(scheduler_comm: Any, plugin: Any, provider: str = "aws") -> None:
     """Re-send fresh credentials before the current ones expire, until cancelled."""
     delay = next_refresh(plugin)
     while True:
         await asyncio.sleep(delay)
         try:
-            plugin = await send(scheduler_comm)
+            plugin = await send(scheduler_comm, provider)
             delay = next_refresh(plugin)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the message names the failure, never a value
-            logger.warning("coiled-lab: could not refresh the workers' AWS credentials (%s); retrying",
-                           type(exc).__name__)
+            logger.warning("coiled-lab: could not refresh the workers' %s credentials (%s); retrying",
+                           provider.upper(), type(exc).__name__)
             delay = 5.0

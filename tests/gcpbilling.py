@@ -10,11 +10,9 @@ Requests without the expected bearer token are refused with 401, as Google does.
 
 from __future__ import annotations
 
-import json
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
-from .pricelist import PriceList
+from .localhttp import JSONHandler, LocalHTTP
 
 SERVICE = "6F81-5844-456A"
 TOKEN = "fake-gcp-access-token"
@@ -87,24 +85,13 @@ def _sku(i: int, description: str, family: str, group: str, usage: str, unit: st
 CATALOG = [_sku(i, *row) for i, row in enumerate(SKUS)]
 
 
-class BillingCatalog(PriceList):
-    """The fake API on 127.0.0.1 (started and closed as the AWS price list's fake is);
-    ``requests`` records each page asked for."""
+class BillingCatalog(LocalHTTP):
+    """The fake API on 127.0.0.1; ``requests`` records each page asked for."""
 
     def _handler(self):
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def _answer(self, status: int, body: dict) -> None:
-                out = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+        class Handler(JSONHandler):
 
             def do_GET(self) -> None:
                 url = urlparse(self.path)
@@ -112,15 +99,15 @@ class BillingCatalog(PriceList):
                 api.requests.append({"path": url.path, "params": params,
                                      "authorization": self.headers.get("Authorization")})
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    return self._answer(401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                    return self.answer(401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
                                                         "message": "Request is missing required authentication."}})
                 if url.path != f"/v1/services/{SERVICE}/skus" or params.get("currencyCode") != "USD":
-                    return self._answer(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                    return self.answer(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                                         "message": f"unexpected request {self.path}"}})
                 start = int(params.get("pageToken") or 0)
                 size = min(PAGE, int(params.get("pageSize") or 5000))
                 body: dict = {"skus": CATALOG[start:start + size]}
                 body["nextPageToken"] = str(start + size) if start + size < len(CATALOG) else ""
-                self._answer(200, body)
+                self.answer(200, body)
 
         return Handler

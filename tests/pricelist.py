@@ -4,8 +4,9 @@ the few products the tests ask about. moto does not implement that API."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .localhttp import LocalHTTP
 
 ON_DEMAND = {("us-east-1", "m6i.large"): 0.096, ("us-east-1", "m6i.xlarge"): 0.192,
              ("us-east-1", "g4dn.xlarge"): 0.526, ("eu-west-1", "m6i.xlarge"): 0.214}
@@ -23,18 +24,7 @@ def _product(attributes: dict, unit: str, usd: float) -> str:
     })
 
 
-class PriceList:
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        handler = self._handler()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
+class PriceList(LocalHTTP):
     def _handler(self):
         book = self
 
