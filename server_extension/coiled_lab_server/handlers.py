@@ -350,6 +350,12 @@ class DashboardProxyHandler(CoiledLabMixin, ProxyHandler):
         # Redirects from the dashboard are rewritten under this prefix.
         self.proxy_base = f"coiled-lab/clusters/{quote(record['id'], safe='')}/dashboard"
 
+    def check_xsrf_cookie(self) -> None:
+        """jupyter-server-proxy leaves XSRF to the proxied app, and a Dask dashboard checks
+        none: Jupyter's own check applies, so a page on another origin cannot make a
+        logged-in browser POST to a cluster's dashboard."""
+        JupyterHandler.check_xsrf_cookie(self)
+
     def proxy_request_headers(self) -> Any:
         """Jupyter's credentials stay here: the dashboard runs on the cluster's machines."""
         headers = super().proxy_request_headers()
