@@ -39,8 +39,11 @@ def google(monkeypatch, tmp_path):
         return endpoint
 
     started: list[TokenEndpoint] = []
-    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # nothing listens: never the machine's account
-    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # this machine is no GCE VM: google-auth must not ask
+    # After a refresh google-auth looks up a "regional access boundary" at
+    # iamcredentials.googleapis.com in the background; off, so no test reaches for the internet.
+    monkeypatch.setattr("google.oauth2.service_account.Credentials._is_regional_access_boundary_lookup_required",
+                        lambda self: False)
     for name in (TOKEN_ENV, EXPIRY_ENV, PROJECT_ENV, "GOOGLE_APPLICATION_CREDENTIALS"):
         monkeypatch.delenv(name, raising=False)
     yield start
