@@ -30,6 +30,7 @@ HOURS_PER_MONTH = 730
 PRICE_LIST_REGION = "us-east-1"  # where the Price List API answers
 BILLING_CATALOG = "Cloud Billing Catalog API"
 GCP_SNAPSHOT_REGION = "us-central1"  # what the snapshot prices a region it does not list as
+CATALOG_RETRY = 300  # seconds the snapshot answers after the billing catalog could not be read
 SNAPSHOT = Path(__file__).with_name("prices-snapshot.json")
 NOTES = {
     "egress": "data leaving the cloud (egress) is billed by the GB and is not included",
@@ -54,6 +55,8 @@ class PriceBook:
         self.store = store
         self.aws = aws
         self.gcp = gcp
+        # After a failed catalog read, the snapshot answers at once for a while (same credentials).
+        self._gcp_failed: tuple[Any, float] = (None, 0.0)
 
     async def aws_on_demand(self, region: str, vm_type: str) -> dict[str, Any]:
         filters = {"instanceType": vm_type, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
@@ -87,11 +90,14 @@ class PriceBook:
         cached = self.store.cached_price(key, PRICE_TTL) if self.store is not None else None
         if cached:
             return cached["table"], {"source": BILLING_CATALOG, "as_of": cached["as_of"], "snapshot": False}
+        failed_with, until = self._gcp_failed
+        if self.gcp is None or (failed_with is self.gcp and time.monotonic() < until):
+            return self._gcp_snapshot(region)
         try:
-            if self.gcp is None:
-                raise LookupError("no GCP credentials")
             tables = await asyncio.get_running_loop().run_in_executor(None, self._read_catalog)
-        except Exception:  # noqa: BLE001 - no credentials, no network, refused: use the snapshot
+        except Exception:  # noqa: BLE001 - no network, refused, throttled: use the snapshot
+            # One estimate asks for several quotes: wait for one timeout, not one each.
+            self._gcp_failed = (self.gcp, time.monotonic() + CATALOG_RETRY)
             return self._gcp_snapshot(region)
         now = time.time()
         if self.store is not None:

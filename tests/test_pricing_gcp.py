@@ -117,9 +117,14 @@ def test_without_credentials_or_network_the_dated_snapshot_answers(tmp_path, cat
     assert quote["price"] == pytest.approx(0.194236)
     assert catalog.requests == []  # nothing asked without credentials
 
-    refused = PriceBook(Store(tmp_path / "s.sqlite"), gcp=token_credentials("revoked-token"))
+    refused = PriceBook(Store(tmp_path / "refused.sqlite"), gcp=token_credentials("revoked-token"))
     assert run(refused.gcp_disk("us-central1", "pd-ssd"))["snapshot"]
     assert catalog.requests[-1]["authorization"] == "Bearer revoked-token"  # asked, got 401
+    asked = len(catalog.requests)
+    assert run(refused.gcp_machine("us-central1", N2_4, spot=True))["snapshot"]
+    assert len(catalog.requests) == asked  # not asked again at once: one failure per estimate, not one per quote
+    refused.gcp = token_credentials()  # new credentials are tried at once
+    assert not run(refused.gcp_machine("us-central1", N2_4, spot=True))["snapshot"]
 
     with dask.config.set({"coiled-lab.gcp.endpoints.billing": "http://127.0.0.1:9"}):  # nothing listens there
         offline = PriceBook(Store(tmp_path / "s.sqlite"), gcp=token_credentials())
