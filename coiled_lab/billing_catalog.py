@@ -29,31 +29,19 @@ GOOGLE_ENDPOINT = "https://cloudbilling.googleapis.com"
 PAGE_SIZE = 5000
 PROVISIONING = {"OnDemand": "on-demand", "Preemptible": "spot"}
 
-# The family part of a core or RAM SKU's description, once "Spot Preemptible " is removed.
-FAMILIES = {
-    "E2 Instance": "e2",
-    "N1 Predefined Instance": "n1",
-    "N2 Instance": "n2",
-    "N2D AMD Instance": "n2d",
-    "N4 Instance": "n4",
-    "C2 Instance": "c2",
-    "Compute optimized": "c2",  # the C2 SKUs' older name
-    "C2D AMD Instance": "c2d",
-    "C3 Instance": "c3",
-    "C3D Instance": "c3d",
-    "T2D AMD Instance": "t2d",
-    "T2A Arm Instance": "t2a",
-    "M1 Memory-optimized Instance": "m1",
-    "Memory-optimized Instance": "m1",
-    "A2 Instance": "a2",
-    "G2 Instance": "g2",
-}
-_PART = re.compile(r"^(?P<family>.+?) (?P<part>Core|Ram) running in ")
+# A core or RAM SKU names its machine family first ("N2D AMD Instance Core running in
+# EMEA", "C3 Instance Ram running in Americas"), once "Spot Preemptible " is removed; a few
+# families go by other names. Variants (custom, extended memory, sole tenancy, premiums,
+# durations in brackets) are priced differently and left out.
+_PART = re.compile(r"^(?P<family>.+?) (?P<part>Core|Ram) running in [^()]+$")
+_FAMILY = re.compile(r"^(?P<family>[A-Z]\d+[A-Z]?)\b")
+FAMILY_ALIASES = {"Compute optimized": "c2", "Memory-optimized Instance": "m1"}
 _GPU = re.compile(r"^Nvidia (?P<tesla>Tesla )?(?P<model>[A-Za-z0-9]+)(?: (?P<memory>\d+GB))? GPU "
-                  r"(?:running|attached to Spot Preemptible VMs running) in ")
+                  r"(?:running|attached to Spot Preemptible VMs running) in [^()]+$")
 # Shared-core machine types have SKUs of their own; E2's bill a share of an E2 vCPU.
 _FIXED = {"Micro Instance with burstable CPU": "f1-micro", "Small Instance with 1 VCPU": "g1-small"}
 E2_SHARED_CORE = {"e2-micro": 0.25, "e2-small": 0.5, "e2-medium": 1.0}
+_VARIANTS = ("Custom", "Sole Tenancy", "Extended", "Premium", "Regional")
 _KINDS = {"cores": "machine families", "ram": "machine families", "gpus": "GPU types",
           "fixed": "shared-core machine types"}
 _DISKS = {"Storage PD Capacity": "pd-standard", "Balanced PD Capacity": "pd-balanced",
@@ -99,7 +87,7 @@ def _classify(sku: dict[str, Any]) -> Optional[tuple[str, str, Optional[str]]]:
     category = sku.get("category", {})
     provisioning = PROVISIONING.get(category.get("usageType", ""))
     description = sku.get("description", "")
-    if provisioning is None or any(w in description for w in ("Custom", "Sole Tenancy", "Extended", "Regional")):
+    if provisioning is None or any(w in description for w in _VARIANTS):
         return None
     if category.get("resourceFamily") == "Storage":
         name = description.split(" in ")[0]
@@ -110,7 +98,9 @@ def _classify(sku: dict[str, Any]) -> Optional[tuple[str, str, Optional[str]]]:
     if match := _GPU.match(plain):
         return "gpus", _gpu_name(match), provisioning
     if match := _PART.match(plain):
-        family = FAMILIES.get(match["family"])
+        family = FAMILY_ALIASES.get(match["family"])
+        if family is None and (named := _FAMILY.match(match["family"])):
+            family = named["family"].lower()
         return ("cores" if match["part"] == "Core" else "ram", family, provisioning) if family else None
     for prefix, machine_type in _FIXED.items():
         if plain.startswith(prefix + " running in "):

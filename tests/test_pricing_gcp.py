@@ -87,6 +87,9 @@ def test_machine_prices_are_vcpus_and_memory_at_the_familys_rates(tmp_path, cata
     assert run(book.gcp_machine("us-central1", machine("e2-medium", 2, 4.0), spot=False))["price"] == \
         pytest.approx(E2_CORE + 4 * E2_RAM)
     assert run(book.gcp_machine("us-central1", machine("f1-micro", 1, 0.6), spot=False))["price"] == 0.0076
+    c3, c2 = machine("c3-standard-4", 4, 16.0), machine("c2-standard-4", 4, 16.0)  # C2 SKUs say "Compute optimized"
+    assert run(book.gcp_machine("us-central1", c3, spot=False))["price"] == pytest.approx(4 * 0.03398 + 16 * 0.00455)
+    assert run(book.gcp_machine("us-central1", c2, spot=False))["price"] == pytest.approx(4 * 0.03398 + 16 * 0.00455)
     assert run(book.gcp_machine("europe-west1", N2_4, spot=False))["price"] == \
         pytest.approx(4 * 0.034773 + 16 * 0.004661)
     # Disks: the zonal list price, not the regional disk's, past a zero first tier.
@@ -170,7 +173,7 @@ def test_what_has_no_price_is_a_clear_error(tmp_path, catalog):
     book = PriceBook(Store(tmp_path / "s.sqlite"), gcp=token_credentials())
     with pytest.raises(ClusterSpecError, match="z9-standard-4") as err:
         run(book.gcp_machine("us-central1", machine("z9-standard-4", 4, 16.0), spot=False))
-    assert err.value.field == "worker_vm_types" and "e2, n1, n2" in err.value.message  # the priced families
+    assert err.value.field == "worker_vm_types" and "c2, c3, e2, n1, n2" in err.value.message  # the priced families
     with pytest.raises(ClusterSpecError, match="GPU nvidia-h200 .* GPU types priced there: nvidia-tesla-t4"):
         run(book.gcp_machine("us-central1", machine("n1-standard-4", 4, 15.0, 1, "nvidia-h200"), spot=False))
     with pytest.raises(ClusterSpecError, match="no spot price is published for the N1 vCPUs of 'n1-standard-4'"):
