@@ -173,15 +173,28 @@ class Moto:
         pages = self.client("ec2", region).describe_instances(Filters=filters)["Reservations"]
         return [i for r in pages for i in r["Instances"]]
 
+    def all_instances(self, cluster_id: str, region: str = REGION) -> list[str]:
+        """Every instance ever launched with this cluster's tag, terminated ones included."""
+        tag = [{"Name": "tag:coiled-lab:cluster", "Values": [cluster_id]}]
+        pages = self.client("ec2", region).describe_instances(Filters=tag)["Reservations"]
+        return [i["InstanceId"] for r in pages for i in r["Instances"]]
+
     def tagged(self, cluster_id: str, region: str = REGION) -> dict[str, list[str]]:
-        """What still exists with this cluster's tag (terminated instances do not count)."""
+        """What still exists with this cluster's tag (terminated instances do not count), and
+        network interfaces still attached to any of its instances."""
         ec2 = self.client("ec2", region)
         tag = [{"Name": "tag:coiled-lab:cluster", "Values": [cluster_id]}]
-        instances = [i["InstanceId"] for r in ec2.describe_instances(Filters=tag)["Reservations"]
-                     for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
+        listed = [i for r in ec2.describe_instances(Filters=tag)["Reservations"] for i in r["Instances"]]
+        instances = [i["InstanceId"] for i in listed if i["State"]["Name"] not in ("terminated", "shutting-down")]
         templates = [t["LaunchTemplateId"] for t in ec2.describe_launch_templates(Filters=tag)["LaunchTemplates"]]
         volumes = [v["VolumeId"] for v in ec2.describe_volumes(Filters=tag)["Volumes"]]
-        found = {"instances": instances, "launch_templates": templates, "volumes": volumes}
+        enis = {n["NetworkInterfaceId"] for n in ec2.describe_network_interfaces(Filters=tag)["NetworkInterfaces"]}
+        if listed:
+            attached = [{"Name": "attachment.instance-id", "Values": [i["InstanceId"] for i in listed]}]
+            enis |= {n["NetworkInterfaceId"]
+                     for n in ec2.describe_network_interfaces(Filters=attached)["NetworkInterfaces"]}
+        found = {"instances": instances, "launch_templates": templates, "volumes": volumes,
+                 "network_interfaces": sorted(enis)}
         return {k: v for k, v in found.items() if v}
 
     def streams(self, prefix: str, region: str = REGION) -> list[str]:

@@ -137,6 +137,7 @@ class EC2Emulator:
         self.broken_images: set[str] = set()
         self.machines: dict[str, Machine] = {}
         self.booted = 0
+        self._reaped: set[str] = set()  # instances terminated before they were booted
         self._ec2 = boto3.client("ec2", region_name=region, endpoint_url=moto_url,
                                  aws_access_key_id="emulator", aws_secret_access_key="emulator")
         self._lock = threading.Lock()
@@ -185,9 +186,16 @@ class EC2Emulator:
             self._stop.wait(self.interval)
 
     def _step(self) -> None:
-        pages = self._ec2.get_paginator("describe_instances").paginate(
-            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
-        alive = {i["InstanceId"]: i for page in pages for r in page["Reservations"] for i in r["Instances"]}
+        pages = self._ec2.get_paginator("describe_instances").paginate()
+        listed = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        alive = {i["InstanceId"]: i for i in listed if i["State"]["Name"] in ("pending", "running")}
+        for item in listed:
+            # Terminated before it was ever booted here (between two looks): its root
+            # volume still goes, as EC2's DeleteOnTermination does.
+            gone = item["InstanceId"]
+            if item["State"]["Name"] == "terminated" and gone not in self.machines and gone not in self._reaped:
+                self._reaped.add(gone)
+                self._delete_volumes(gone)
         for instance_id, item in alive.items():
             if instance_id not in self.machines:
                 self._boot(item)
@@ -205,11 +213,14 @@ class EC2Emulator:
                 self._delete_volumes(machine.id)
 
     def _delete_volumes(self, instance_id: str) -> None:
-        """EC2 deletes a terminated instance's root volume (DeleteOnTermination); moto keeps it."""
-        volumes = self._ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])
-        for volume in volumes["Volumes"]:
+        """EC2 deletes a terminated instance's root volume and primary network interface
+        (DeleteOnTermination); moto keeps both."""
+        attached = [{"Name": "attachment.instance-id", "Values": [instance_id]}]
+        for volume in self._ec2.describe_volumes(Filters=attached)["Volumes"]:
             self._ec2.detach_volume(VolumeId=volume["VolumeId"], InstanceId=instance_id, Force=True)
             self._ec2.delete_volume(VolumeId=volume["VolumeId"])
+        for eni in self._ec2.describe_network_interfaces(Filters=attached)["NetworkInterfaces"]:
+            self._ec2.delete_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"])
 
     def _boot(self, item: dict) -> None:
         instance_id = item["InstanceId"]

@@ -1,17 +1,21 @@
 """An HTTP proxy in front of moto: the boundary where tests watch and inject AWS faults.
 
 boto3 (through ``AWS_ENDPOINT_URL``) talks to this proxy, which forwards each request to
-moto unchanged unless a *hook* answers it: throttling bursts, capacity errors, a GPU image
-parameter moto does not have, console output from the EC2 emulator. Nothing of
-coiled-lab is patched: what it sees is what AWS could have answered. Every request is
-recorded (service, action, parameters) for assertions.
+moto unchanged unless a *hook* answers it: throttling bursts, server errors, capacity
+errors, requests that time out or whose connection is reset (before or after moto did
+the work), a GPU image parameter moto does not have, console output from the EC2
+emulator. Nothing of coiled-lab is patched: what it sees is what AWS could have answered.
+Every request is recorded (service, action, parameters) for assertions.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
+import struct
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +41,13 @@ class Response:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+# A hook's answer that is no answer: the proxy resets the client's connection instead.
+RESET = Response(0, b"")
+
+# What :meth:`AWSProxy.fail` can do to a request, as AWS or the network could.
+FAULT_KINDS = ("throttle", "server-error", "timeout", "reset", "reset-after")
 
 
 # A hook gets the request and a function that forwards it (possibly changed) to moto.
@@ -91,26 +102,59 @@ class AWSProxy:
     # -- fault helpers -----------------------------------------------------------------------
     def throttle(self, action: str, times: int) -> list[int]:
         """Answer the next ``times`` requests of ``action`` with a throttling error."""
-        done = [0]
+        return self.fail(action, "throttle", times)
+
+    def fail(self, action: str, kind: str, times: int, skip: int = 0, hold: float = 0.0) -> list[int]:
+        """Let ``skip`` requests of ``action`` through, then fail the next ``times`` ones:
+
+        - ``throttle``: RequestLimitExceeded / ThrottlingException;
+        - ``server-error``: a 500 InternalError / InternalFailure;
+        - ``timeout``: no answer for ``hold`` seconds (longer than the client waits), then
+          the connection is reset; moto never sees the request;
+        - ``reset``: the connection is reset before moto sees the request;
+        - ``reset-after``: moto does the work, then the connection is reset, so the
+          client never learns that it succeeded (and its retry asks again).
+
+        Returns a one-item list counting the failures given so far.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind: {kind!r} is not allowed; allowed: {', '.join(FAULT_KINDS)}")
+        seen, done = [0], [0]
+        lock = threading.Lock()
 
         def hook(request: Request, forward) -> Optional[Response]:
-            if request.action != action or done[0] >= times:
+            if request.action != action:
                 return None
-            done[0] += 1
-            if request.json:
-                return json_error("ThrottlingException", "Rate exceeded")
-            return ec2_error("RequestLimitExceeded", "Request limit exceeded.", 503)
+            with lock:
+                seen[0] += 1
+                if seen[0] <= skip or done[0] >= times:
+                    return None
+                done[0] += 1
+            if kind == "throttle":
+                if request.json:
+                    return json_error("ThrottlingException", "Rate exceeded")
+                return ec2_error("RequestLimitExceeded", "Request limit exceeded.", 503)
+            if kind == "server-error":
+                if request.json:
+                    return json_error("InternalFailure", "The request processing has failed.", 500)
+                return ec2_error("InternalError", "An internal error has occurred.", 500)
+            if kind == "timeout":
+                time.sleep(hold)
+            elif kind == "reset-after":
+                forward(None)
+            return RESET
 
         self.add(hook)
         return done
 
-    def insufficient_capacity(self, subnets: set[str]) -> list[int]:
+    def insufficient_capacity(self, subnets: set[str], times: Optional[int] = None) -> list[int]:
         """EC2 has no capacity in these subnets (one zone's): a fleet request uses its
-        other pools, as EC2 does, and fails with an error per pool when none is left."""
+        other pools, as EC2 does, and fails with an error per pool when none is left.
+        With ``times``, capacity comes back after that many fleet requests met the shortage."""
         done = [0]
 
         def hook(request: Request, forward) -> Optional[Response]:
-            if request.action != "CreateFleet":
+            if request.action != "CreateFleet" or (times is not None and done[0] >= times):
                 return None
             overrides = _overrides(request.params)
             keep = [o for o in overrides if o.get("SubnetId") not in subnets]
@@ -201,6 +245,11 @@ class AWSProxy:
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 response = proxy._handle(_parse(self.path, dict(self.headers.items()), body))
+                if response is RESET:
+                    # SO_LINGER 0: closing sends a TCP RST, as a dropped connection would.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
                 self.send_response(response.status)
                 for key, value in response.headers.items():
                     self.send_header(key, value)

@@ -86,8 +86,8 @@ def test_launch_template_is_locked_down_and_carries_no_credentials(aws_control, 
         assert len(gzip.compress(script)) <= 16 * 1024
         for secret in ("AKIAFAKEFORTESTS0000", "fake-secret-for-tests", "AWS_SECRET", "AWS_ACCESS_KEY"):
             assert secret.encode() not in script
-    # Nothing but the instances is left between launches.
-    assert moto.tagged(cluster["id"]).keys() == {"instances", "volumes"}
+    # Nothing but the instances (their volumes and network interfaces) is left between launches.
+    assert moto.tagged(cluster["id"]).keys() == {"instances", "volumes", "network_interfaces"}
     aws_control.run(aws_control.stop(cluster["id"]))
     aws_control.run(aws_control.wait(cluster["id"], ("stopped",), 60))
     wait_for(lambda: not moto.tagged(cluster["id"]), timeout=30, what="nothing tagged")
