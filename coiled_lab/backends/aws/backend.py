@@ -9,8 +9,8 @@ in memory only saves calls, and is never needed for correctness after a restart:
   terminations — the manager asks every 0.1 s while a cluster starts;
 - the instances this process launched, until ``DescribeInstances`` shows them: EC2's
   API is eventually consistent, and a machine launched a second ago may not be listed yet;
-- which clusters this process saw from their first launch and left no launch template
-  for, so stopping them needs no search for leftovers.
+- which clusters this process saw from their first launch attempt and left no launch
+  template for, so stopping them needs no search for leftovers.
 """
 
 from __future__ import annotations
@@ -145,8 +145,10 @@ class AWSBackend(Backend):
         if zone != zones[0]:
             cluster.notify("capacity", f"no capacity for the scheduler ({scheduler_type.name}) in {zones[0]}; "
                                        f"the cluster runs in {zone}")
-        # Seen from its first launch, with no template left: stopping needs no search.
-        if launched.template_left is None:
+        # Seen from its very first launch attempt (the manager counts them in the store,
+        # so not after a crash or a failed attempt), with no template left: stopping
+        # needs no search for leftovers.
+        if launched.template_left is None and cluster.state.get("scheduler_attempts", 1) == 1:
             self._clean.add(cluster.id)
         return launched.instances[0]
 

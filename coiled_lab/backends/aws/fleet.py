@@ -120,6 +120,9 @@ async def _fleet(
     try:
         answer = await aws.call(
             "ec2", region, "create_fleet",
+            # botocore sends a request again, with this token, when its answer is lost;
+            # EC2 then returns the first request's fleet instead of launching another.
+            ClientToken=secrets.token_hex(16),
             Type="instant",
             TargetCapacitySpecification=target,
             LaunchTemplateConfigs=[{
