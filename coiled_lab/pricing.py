@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -57,6 +58,19 @@ class PriceBook:
         self.gcp = gcp
         # After a failed catalog read, the snapshot answers at once for a while (same credentials).
         self._gcp_failed: tuple[Any, float] = (None, 0.0)
+        self._adopted: weakref.WeakSet = weakref.WeakSet()  # backends whose credentials were taken or missed
+
+    async def adopt(self, cloud: str, backend: Any) -> None:
+        """Ask ``cloud``'s price API with ``backend``'s credentials, unless the book has
+        some: the estimate and the accrued cost then use the prices the cluster's own
+        account sees. A backend without credentials is asked once."""
+        if backend in self._adopted:
+            return
+        self._adopted.add(backend)
+        if cloud == "gcp" and self.gcp is None:
+            self.gcp = await asyncio.get_running_loop().run_in_executor(None, _credentials_of, backend)
+        elif cloud == "aws" and self.aws is None:
+            self.aws = getattr(backend, "aws", None)
 
     async def aws_on_demand(self, region: str, vm_type: str) -> dict[str, Any]:
         filters = {"instanceType": vm_type, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
@@ -190,11 +204,7 @@ async def estimate(spec: ClusterSpec, backend: Any = None, book: Optional[PriceB
         return _estimate_json(spec, 0.0, 0.0, 0.0, 0.0, "local processes on this machine cost nothing", time.time(), [])
     if backend is None or book is None:
         raise ClusterSpecError(f"backend: {spec.backend!r} has no price source here", "backend")
-    # As in instance_price: the backend's own credentials ask the cloud's price API.
-    if spec.backend == "gcp" and book.gcp is None:
-        book.gcp = await asyncio.get_running_loop().run_in_executor(None, _credentials_of, backend)
-    if spec.backend != "gcp" and book.aws is None:
-        book.aws = getattr(backend, "aws", None)
+    await book.adopt(spec.backend, backend)
     inputs = await backend.price_inputs(spec)
     quotes = await (_gcp_quotes if spec.backend == "gcp" else _aws_quotes)(spec, book, inputs)
     scheduler, worker, storage = quotes["scheduler"], quotes["worker"], quotes["storage"]

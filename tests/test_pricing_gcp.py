@@ -216,3 +216,28 @@ def test_the_manager_estimates_and_limits_gcp_clusters(tmp_path, catalog):
     assert refused.limit == "max-cost-per-hour" and recorded == []
     assert len(catalog.requests) == PAGES  # the refusal was priced from the cache
     assert credentials_after is None  # new credentials: the next catalog read uses them
+
+
+def test_the_book_takes_a_backends_credentials_once(tmp_path, catalog):
+    """What the estimate and the accrued cost (ClusterManager._update_cost) both do first."""
+
+    class NoCredentials:
+        asked = 0
+
+        @property
+        def credentials(self):  # as the GCP backend does when ADC finds none
+            import google.auth.exceptions
+
+            NoCredentials.asked += 1
+            raise google.auth.exceptions.DefaultCredentialsError("none")
+
+    book = PriceBook(Store(tmp_path / "s.sqlite"))
+    without = NoCredentials()
+    run(book.adopt("gcp", without))
+    run(book.adopt("gcp", without))
+    assert book.gcp is None and NoCredentials.asked == 1  # looked for once, then the snapshot answers
+    assert run(book.gcp_machine("us-central1", N2_4, spot=False))["snapshot"] and catalog.requests == []
+    backend = FakeGCPBackend(token_credentials())  # e.g. made again after new credentials were stored
+    run(book.adopt("gcp", backend))
+    assert book.gcp is backend.credentials
+    assert not run(book.gcp_machine("us-central1", N2_4, spot=False))["snapshot"]
