@@ -479,7 +479,20 @@ class ClusterManager:
             self.store.add_instances(rec.id, adopted)
             known.update({i.id: i for i in adopted})
 
-        scheduler = next((i for i in known.values() if i.role == "scheduler"), None)
+        schedulers = [i for i in known.values() if i.role == "scheduler"]
+        if len(schedulers) > 1:
+            # A launch request whose answer was lost and that was sent again (a retry, or
+            # a manager killed mid-launch) can start a second scheduler. Keep the one
+            # clients know (its address), else the first; the others would only cost.
+            host = (rec.state.get("address") or "").split("://")[-1].rsplit(":", 1)[0]
+            schedulers.sort(key=lambda i: (i.address != host, i.launched_at, i.id))
+            extra = schedulers[1:]
+            logger.warning("cluster %s: stopping duplicate scheduler(s) %s", rec.name, [i.id for i in extra])
+            await backend.stop_instances(ctx, extra)
+            self.store.mark_terminated(rec.id, [i.id for i in extra])
+            for i in extra:
+                known.pop(i.id)
+        scheduler = schedulers[0] if schedulers else None
         workers = [i for i in known.values() if i.role == "worker"]
 
         # -- scheduler -----------------------------------------------------------------
@@ -488,6 +501,10 @@ class ClusterManager:
                 await self._scheduler_gone(rec, ctx, workers)
                 return
             self._progress(rec, "scheduler")
+            # Counted before the request: a backend can tell a first launch from one after
+            # an attempt that may have left something behind (killed, or an answer lost).
+            rec = self._update(rec, state={**rec.state, "scheduler_attempts": rec.state.get("scheduler_attempts", 0) + 1})
+            ctx.state = dict(rec.state)
             scheduler = await backend.launch_scheduler(ctx)
             self.store.add_instances(rec.id, [scheduler])
             rec = self._update(rec, state={**rec.state, "scheduler_launched": time.time()})
