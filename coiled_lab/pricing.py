@@ -88,13 +88,13 @@ class PriceBook:
         """$/hour of a Compute Engine machine (``{"name", "vcpus", "memory_gib", "gpus",
         "gpu_type"}``), on-demand or Spot; a bad or unpriced type names ``field``."""
         table, source = await self._gcp_table(region)
-        price = billing_catalog.machine_price(table, machine, spot, f"{region} ({source['source']})", field)
+        price = billing_catalog.machine_price(table, machine, spot, _where(region, source), field)
         return {**source, "price": price}
 
     async def gcp_disk(self, region: str, disk_type: str) -> dict[str, Any]:
         """$/GiB-month of a persistent disk type (``pd-standard``, ``pd-balanced``, ``pd-ssd``)."""
         table, source = await self._gcp_table(region)
-        return {**source, "price": billing_catalog.disk_price(table, disk_type, f"{region} ({source['source']})")}
+        return {**source, "price": billing_catalog.disk_price(table, disk_type, _where(region, source))}
 
     async def _gcp_table(self, region: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The region's rate table and where it came from: the store's copy of the catalog
@@ -108,22 +108,19 @@ class PriceBook:
         if self.gcp is None or (failed_with is self.gcp and time.monotonic() < until):
             return self._gcp_snapshot(region)
         try:
-            tables = await asyncio.get_running_loop().run_in_executor(None, self._read_catalog)
+            tables, now = await asyncio.get_running_loop().run_in_executor(None, self._read_catalog)
         except Exception:  # noqa: BLE001 - no network, refused, throttled: use the snapshot
             # One estimate asks for several quotes: wait for one timeout, not one each.
             self._gcp_failed = (self.gcp, time.monotonic() + CATALOG_RETRY)
             return self._gcp_snapshot(region)
-        now = time.time()
-        if self.store is not None:
-            for name, table in tables.items():
-                self.store.cache_price(f"gcp:{name}", {"table": table, "as_of": now})
         if region not in tables:
             raise ClusterSpecError(f"region: Compute Engine publishes no prices for {region!r}; priced regions: "
                                    f"{', '.join(sorted(r for r in tables if r != 'global'))}", "region")
         return tables[region], {"source": BILLING_CATALOG, "as_of": now, "snapshot": False}
 
-    def _read_catalog(self) -> dict[str, dict[str, Any]]:
-        """All Compute Engine SKUs, page after page, as per-region tables (blocking)."""
+    def _read_catalog(self) -> tuple[dict[str, dict[str, Any]], float]:
+        """All Compute Engine SKUs, page after page, as per-region tables, each cached in
+        the store; and when they were read (blocking)."""
         from google.auth.transport.requests import AuthorizedSession
 
         endpoint = (config.get("gcp.endpoints.billing") or billing_catalog.GOOGLE_ENDPOINT).rstrip("/")
@@ -134,7 +131,12 @@ class PriceBook:
                 reply.raise_for_status()
                 return reply.json()
 
-            return billing_catalog.rate_tables(billing_catalog.skus(get_page))
+            tables = billing_catalog.rate_tables(billing_catalog.skus(get_page))
+        now = time.time()
+        if self.store is not None:
+            for name, table in tables.items():
+                self.store.cache_price(f"gcp:{name}", {"table": table, "as_of": now})
+        return tables, now
 
     @staticmethod
     def _gcp_snapshot(region: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -232,6 +234,11 @@ async def estimate(spec: ClusterSpec, backend: Any = None, book: Optional[PriceB
                          snapshot["as_of"] if snapshot else min(q["as_of"] for q in used), notes)
     est["worker_vm_type"], est["scheduler_vm_type"] = inputs["worker_type"], inputs["scheduler_type"]
     return est
+
+
+def _where(region: str, source: dict[str, Any]) -> str:
+    """A region and where its prices came from, for error messages."""
+    return f"{region} (snapshot of {source['as_of']})" if source["snapshot"] else f"{region} ({source['source']})"
 
 
 def _credentials_of(backend: Any) -> Any:
