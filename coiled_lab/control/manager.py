@@ -85,14 +85,18 @@ class ClusterManager:
         self._busy: Optional[ManagerBusy] = None
         self.started = False
         self.owner = False  # holds the store's lock, so it may change and reconcile clusters
+        self.on_owner: Optional[Callable[[], None]] = None  # called when this manager takes the store
 
     # == lifecycle ========================================================================
     async def start(self, readonly_ok: bool = False) -> "ClusterManager":
         """Take the store, then adopt or clean up every live cluster it records.
 
         When another process already manages the store, raise ManagerBusy, or with
-        ``readonly_ok`` start read-only: listing, status, logs and waiting work, changes
-        are refused with that ManagerBusy (go through the managing process instead).
+        ``readonly_ok`` start read-only: listing, status, logs, waiting and events work
+        (the managing process's events are read from the store), changes are refused with
+        that ManagerBusy (go through the managing process instead). A read-only manager
+        takes the store over by itself once the managing process is gone, however it
+        ended (the lock is the kernel's, released with the process).
         """
         if self.started:
             return self
@@ -103,12 +107,39 @@ class ClusterManager:
                 raise
             self._busy = exc
             self.started = True
+            self._watch_task = asyncio.create_task(self._follow())
             return self
-        self.started = self.owner = True
+        self.started = True
+        self._own()
+        return self
+
+    def _own(self) -> None:
+        """Manage the store (its lock is held): reconcile every live cluster, watch them."""
+        self.owner = True
+        self._busy = None
         for rec in self.store.list_clusters(live_only=True):
             self.request(rec.id)
         self._watch_task = asyncio.create_task(self._watch())
-        return self
+        if self.on_owner is not None:
+            self.on_owner()
+
+    async def _follow(self) -> None:
+        """Read-only: pass on the events the managing process stores, and take over as
+        soon as its lock is free."""
+        last = self.store.last_event()
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                self._take_lock()
+            except ManagerBusy:
+                while page := self.store.events(after=last):
+                    for e in page:
+                        self._publish(Event(e["cluster_id"], e["kind"], e["data"], e["time"], e["seq"]))
+                        last = e["seq"]
+                continue
+            logger.info("took over %s: the manager that held it is gone", self.state_dir)
+            self._own()
+            return
 
     async def close(self) -> None:
         """Stop managing; the clusters themselves keep running (and keep their timeouts)."""
@@ -650,6 +681,11 @@ class ClusterManager:
             await r.close_rpc()
 
     # == helpers ==========================================================================
+    @property
+    def busy(self) -> Optional[ManagerBusy]:
+        """Why this manager is read-only (another process manages the store), else None."""
+        return self._busy
+
     def _check_owner(self) -> None:
         if self._busy is not None:
             raise self._busy

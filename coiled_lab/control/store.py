@@ -336,6 +336,11 @@ class Store:
         )
         return int(cur.lastrowid)
 
+    def last_event(self) -> int:
+        """The newest event's sequence number (0 when there is none)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
     def add_event(self, cluster_id: str, kind: str, data: dict) -> int:
         with self.transaction() as db:
             return self._insert_event(db, cluster_id, kind, data)
