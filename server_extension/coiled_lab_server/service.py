@@ -1,9 +1,11 @@
 """What every handler shares: one ClusterManager, the kernel token, credentials, sockets.
 
 The manager runs in the Jupyter server's own event loop. It is started as soon as that
-loop runs, and again on the next request if that failed (another process held the state
-dir and has since let go), so a busy state dir is a 503, never a server that will not
-start. Closing it leaves every cluster running; each stops by its own timeouts.
+loop runs. When another process (a second Jupyter server) already manages the state dir,
+this one is read-only: it lists, shows, tails logs and streams events, refuses changes
+with a 503 naming that process, and takes the clusters over by itself once that process
+is gone (then, and only then, it tells kernels and CLIs where it is through the runtime
+file). Closing it leaves every cluster running; each stops by its own timeouts.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Service:
         self.sockets: set[Any] = set()  # open event sockets, closed when the server stops
         self.kernel_identity = User(username="coiled-lab-kernel", name="coiled-lab kernel token")
         self._manager = ClusterManager(self.state_dir, sessions=self._session)
+        self._manager.on_owner = self._managing
         self._start_lock: Optional[asyncio.Lock] = None
         self._closed = False
 
@@ -77,7 +80,8 @@ class Service:
 
     # -- the manager -------------------------------------------------------------------------
     async def manager(self) -> ClusterManager:
-        """The started manager; ManagerBusy (503) while another process holds the state dir."""
+        """The started manager, read-only while another process holds the state dir (its
+        changes raise ManagerBusy: 503)."""
         if self._manager.started:
             return self._manager
         if self._closed:
@@ -86,18 +90,20 @@ class Service:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
             if not self._manager.started:
-                await self._manager.start()
-                self.log.info("coiled-lab: managing clusters in %s", self.state_dir)
-                if self.api_url:
-                    write_runtime_file(self.state_dir, self.api_url, self.token)
+                await self._manager.start(readonly_ok=True)
+                if not self._manager.owner:
+                    self.log.warning("coiled-lab: read-only until it is gone: %s", self._manager.busy)
         return self._manager
 
+    def _managing(self) -> None:
+        """This server now manages the state dir: kernels and CLIs may find it."""
+        self.log.info("coiled-lab: managing clusters in %s", self.state_dir)
+        if self.api_url:
+            write_runtime_file(self.state_dir, self.api_url, self.token)
+
     async def start(self) -> None:
-        """Start the manager at server start; a busy state dir is logged, not fatal."""
-        try:
-            await self.manager()
-        except ManagerBusy as exc:
-            self.log.error("coiled-lab: %s", exc)
+        """Start the manager at server start."""
+        await self.manager()
 
     def dashboard_host_allowed(self, handler: Any, host: str) -> bool:
         """jupyter-server-proxy's allow-list: only hosts of live clusters' dashboards, as the
