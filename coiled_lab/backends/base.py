@@ -9,6 +9,8 @@ write that records it).
 
 from __future__ import annotations
 
+import hashlib
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,12 @@ from ..control.store import Instance
 from ..logs import LogRecord
 from ..spec import ClusterSpec, ClusterSpecError
 from ..tls import TLSMaterial
+
+
+def owner_id(state_dir: Path) -> str:
+    """A short stable id for one store: this host and its state directory."""
+    text = f"{socket.gethostname()}:{Path(state_dir).resolve()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

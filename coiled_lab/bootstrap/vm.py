@@ -1,26 +1,31 @@
 """The bootstrap of one cluster VM: ``python -m coiled_lab.bootstrap.vm config.json``.
 
-The VM's user-data (built by :mod:`coiled_lab.backends.aws.userdata`) unpacks this
-package next to a ``config.json`` and runs it; when it returns, for whatever reason, the
-user-data script shuts the machine down, and EC2 terminates it
-(``InstanceInitiatedShutdownBehavior=terminate``). In order, it:
+The VM's start-up data (EC2 user-data, built by :mod:`coiled_lab.backends.aws.userdata`;
+GCE ``startup-script`` metadata, built by :mod:`coiled_lab.backends.gcp.startup`) unpacks
+this package next to a ``config.json`` and runs it; when it returns, for whatever reason,
+the start-up script shuts the machine down (EC2 then terminates it,
+``InstanceInitiatedShutdownBehavior=terminate``; GCE stops it, and the backend deletes
+stopped machines of its clusters). ``config["cloud"]`` says which cloud. In order, it:
 
-1. asks the instance metadata service (IMDSv2, at ``AWS_EC2_METADATA_SERVICE_ENDPOINT``)
-   who it is: instance id, private address, region, purchase option;
+1. asks the instance metadata service (EC2: IMDSv2 at ``AWS_EC2_METADATA_SERVICE_ENDPOINT``;
+   GCE: the metadata server, :mod:`.gce`) who it is: instance id, private address,
+   region, purchase option;
 2. installs the packages ``package_sync`` recorded (only those not already there);
-3. starts shipping its own output and the dask process's to the CloudWatch stream
-   ``<cluster-id>/<role>-<instance-id>`` (every line also goes to stdout, which is the
-   console output EC2 keeps, so a boot that never reached CloudWatch can still be read);
+3. starts shipping its own output and the dask process's to the cloud's log service:
+   the CloudWatch stream ``<cluster-id>/<role>-<instance-id>``, or Cloud Logging entries
+   labelled with the cluster id (:mod:`.cloudlogging`). Every line also goes to stdout,
+   which is the console (serial port) output the cloud keeps, so a boot that never
+   reached the log service can still be read;
 4. starts ``dask scheduler`` (with the preloads that stop an idle or abandoned cluster and
    keep a history of its use) or, once the scheduler accepts connections, ``dask worker`` / ``dask cuda
-   worker`` named after the instance id, all over the cluster's TLS;
-5. on a worker, watches for a spot interruption notice and then retires the worker
+   worker`` named after the instance, all over the cluster's TLS;
+5. on a spot worker, watches for an interruption notice and then retires the worker
    through the scheduler, so its data moves to the others before the machine goes.
 
 A worker ends when its scheduler has been unreachable for ``death_timeout`` seconds,
 so no VM outlives its cluster even when nobody is left to terminate it. This module holds
-no credentials and is given none: boto3 takes the instance role's from the metadata
-service.
+no credentials and is given none: the VM's role (EC2) or service account (GCE) provides
+them through the metadata service.
 """
 
 from __future__ import annotations
@@ -188,13 +193,13 @@ def retire(config: dict[str, Any], workdir: Path, name: str) -> None:
 
 
 def watch_spot(
-    metadata: Metadata, config: dict[str, Any], workdir: Path, me: Identity,
+    notice_of: Callable[[], Optional[str]], config: dict[str, Any], workdir: Path, me: Identity,
     proc: subprocess.Popen, say: Callable[..., None],
 ) -> None:
-    """Poll for a spot interruption notice (EC2 gives two minutes); retire gracefully."""
+    """Poll for a spot interruption notice (EC2 gives two minutes, GCE 30 seconds); retire gracefully."""
     while proc.poll() is None:
         try:
-            notice = metadata.get("spot/instance-action")
+            notice = notice_of()
         except OSError:
             notice = None
         if notice:
@@ -216,26 +221,49 @@ def _logs_client(region: str):
     return boto3.client("logs", region_name=region, config=Config(retries={"mode": "standard", "max_attempts": 10}))
 
 
+def _on_gce(config: dict[str, Any]) -> tuple[Identity, LogShipper, Callable[[], Optional[str]]]:
+    """Who this GCE VM is, its Cloud Logging shipper, and its preemption notice."""
+    from . import cloudlogging, gce
+
+    metadata = gce.Metadata()
+    me = Identity(**metadata.identity())
+    project = config.get("project") or metadata.project()
+    shipper = cloudlogging.CloudLoggingShipper(
+        metadata.token, config.get("logging_endpoint") or cloudlogging.DEFAULT_ENDPOINT,
+        f"projects/{project}/logs/{config['log_name']}",
+        {"type": "gce_instance", "labels": {"project_id": project, "zone": me.zone,
+                                            "instance_id": metadata.get("instance/id") or me.instance_id}},
+        {cloudlogging.CLUSTER_LABEL: config["cluster_id"], cloudlogging.ROLE_LABEL: config["role"],
+         cloudlogging.INSTANCE_LABEL: me.instance_id},
+    )
+    return me, shipper, metadata.preempted
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config_path = Path(args[0] if args else "config.json").resolve()
     workdir = config_path.parent
     config = json.loads(config_path.read_text())
-    metadata = Metadata()
-    me = metadata.identity()
     role = config["role"]
-    shipper = LogShipper(lambda: _logs_client(me.region), config["log_group"],
-                         f"{config['cluster_id']}/{role}-{me.instance_id}")
+    if config.get("cloud") == "gcp":
+        me, shipper, notice_of = _on_gce(config)
+    else:
+        metadata = Metadata()
+        me = metadata.identity()
+        shipper = LogShipper(lambda: _logs_client(me.region), config["log_group"],
+                             f"{config['cluster_id']}/{role}-{me.instance_id}")
+        notice_of = lambda: metadata.get("spot/instance-action")  # noqa: E731
     out = Output(shipper)
     out.say(f"{role} {me.instance_id} ({me.instance_type}, {me.zone}, {'spot' if me.spot else 'on-demand'}) "
             f"of cluster {config['cluster_id']} at {me.private_ip}")
     for line in config["packages_skipped"]:
         out.say(f"package_sync cannot install {line}", "WARNING")
     packages.install(config["packages"], out, out.say, config.get("requirements"))
-    try:
-        import boto3  # noqa: F401 - the shipper needs it; an image without it gets it now
-    except ImportError:
-        packages.install([], out, out.say, requirements_text="boto3\n")
+    if config.get("cloud") != "gcp":
+        try:
+            import boto3  # noqa: F401 - the shipper needs it; an image without it gets it now
+        except ImportError:
+            packages.install([], out, out.say, requirements_text="boto3\n")
     shipper.start()
 
     for name, text in (("tls-cert.pem", config["tls"]["cert"]), ("tls-key.pem", config["tls"]["key"])):
@@ -262,7 +290,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     reader = threading.Thread(target=pump, name="coiled-lab-output", daemon=True)
     reader.start()
     if role == "worker" and me.spot:
-        threading.Thread(target=watch_spot, args=(metadata, config, workdir, me, proc, out.say),
+        threading.Thread(target=watch_spot, args=(notice_of, config, workdir, me, proc, out.say),
                          name="coiled-lab-spot", daemon=True).start()
     code = proc.wait()
     reader.join(10)

@@ -20,17 +20,17 @@ import time
 from typing import Any, Optional
 
 from ... import config
-from ...bootstrap import packages
 from ...control.store import Instance
 from ...logs import LogRecord
 from ...spec import ClusterSpec, ClusterSpecError
-from ..base import Backend, ClusterContext
+from .. import bootconfig
+from ..base import Backend, ClusterContext, owner_id
 from . import fleet, logs, network, sweep, userdata
 from .catalog import Catalog
 from .images import Images
 from .network import SCHEDULER_PORT
 from .session import AWSError, AWSSession, error_code
-from .tags import CLUSTER, OWNER, ROLE, as_dict, owner_id, tag_filter
+from .tags import CLUSTER, OWNER, ROLE, as_dict, tag_filter
 
 logger = logging.getLogger("coiled_lab.aws")
 
@@ -69,15 +69,7 @@ class AWSBackend(Backend):
         }
 
     def _packages(self, cluster: ClusterContext) -> tuple[list[str], list[str]]:
-        spec = cluster.spec
-        if not spec.package_sync or spec.software:
-            return [], []
-        pinned, skipped = packages.snapshot()
-        if skipped and cluster.id not in self._warned:
-            self._warned.add(cluster.id)
-            logger.warning("cluster %s: package_sync cannot install these on the VMs: %s",
-                           cluster.name, "; ".join(skipped))
-        return pinned, skipped
+        return bootconfig.synced_packages(cluster.spec, cluster.id, cluster.name, self._warned, logger)
 
     def _instance(self, item: dict[str, Any], region: str) -> Instance:
         tags = as_dict(item.get("Tags"))

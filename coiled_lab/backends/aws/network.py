@@ -10,17 +10,13 @@ unless someone writes ``0.0.0.0/0``.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Optional
-from urllib.parse import urlparse
 
+from .. import ingress
+from ..ingress import DASHBOARD_PORT, SCHEDULER_PORT
 from .session import AWSError, AWSSession, error_code
 from .tags import INGRESS, MANAGED, PURPOSE, as_dict, managed, tag_filter, tag_specs
-
-SCHEDULER_PORT = 8786
-DASHBOARD_PORT = 8787
 
 
 @dataclass
@@ -34,31 +30,9 @@ class Network:
         return {"vpc_id": self.vpc_id, "subnets": self.subnets, "cluster_group": self.cluster_group}
 
 
-def server_address(endpoint_url: str) -> str:
-    """This machine's IPv4 address on the route to ``endpoint_url``.
-
-    Connecting a UDP socket only asks the kernel for a route (no packet leaves), so this
-    works without internet access; it is the source address AWS would see from a server
-    in the VPC.
-    """
-    url = urlparse(endpoint_url)
-    try:
-        target = socket.getaddrinfo(url.hostname, url.port or 443, socket.AF_INET, socket.SOCK_DGRAM)[0][4]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.connect(target)
-            return sock.getsockname()[0]
-    except OSError as exc:
-        raise AWSError(
-            f"could not find this server's address on the route to {url.hostname} ({exc}); "
-            "give allow_ingress_from as a CIDR instead of 'me'"
-        ) from None
-
-
 def resolve_cidr(value: str, aws: AWSSession, region: str) -> str:
     """``allow_ingress_from`` as a CIDR: ``me`` becomes this server's address /32."""
-    if value == "me":
-        return f"{server_address(aws.endpoint('ec2', region))}/32"
-    return str(ipaddress.ip_network(value, strict=False))
+    return ingress.resolve_cidr(value, aws.endpoint("ec2", region), AWSError)
 
 
 def ingress_group_name(cidr: str) -> str:

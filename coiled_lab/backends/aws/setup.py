@@ -18,32 +18,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
 
 from ... import config
+from ..plan import Plan
 from . import iam
 from .network import create_ingress_group, ingress_group_name, resolve_cidr
 from .session import AWSError, AWSSession, error_code
 from .tags import INGRESS, MANAGED, PURPOSE, as_dict, managed, tag_filter, tag_list, tag_specs
 
 NAME = "coiled-lab"
-
-
-@dataclass
-class Change:
-    description: str
-    apply: Callable[[], Awaitable[None]]
-
-
-@dataclass
-class Plan:
-    region: str
-    changes: list[Change] = field(default_factory=list)
-    ids: dict[str, Any] = field(default_factory=dict)  # found or created: vpc, igw, route table, subnets...
-
-    def add(self, description: str, apply: Callable[[], Awaitable[None]]) -> None:
-        self.changes.append(Change(description, apply))
 
 
 async def plan(
@@ -88,16 +72,7 @@ async def run(
     """Plan, print, apply (unless ``dry_run``), then print the IAM policies to attach."""
     p = await plan(aws, region, vpc_id, vpc_cidr, allow_ingress_from)
     emit(f"coiled-lab setup aws: region {region}")
-    for change in p.changes:
-        emit(f"  {'would ' if dry_run else ''}{change.description}")
-        if not dry_run:
-            await change.apply()
-    if not p.changes:
-        emit(f"nothing to change: everything coiled-lab needs in {region} is in place")
-    elif dry_run:
-        emit(f"dry run: {len(p.changes)} change(s) listed above; nothing was changed")
-    else:
-        emit(f"done: {len(p.changes)} change(s) made")
+    await p.carry_out(emit, dry_run)
     role, group = config.get("aws.instance-profile"), config.get("aws.log-group")
     emit("\nIAM policy for running `coiled-lab setup aws` (detach it once setup is done):")
     emit(json.dumps(iam.setup_policy(role, group), indent=2))

@@ -1,17 +1,14 @@
 """Tags: how every AWS resource coiled-lab makes can be found again without the store.
 
 Per cluster: ``coiled-lab:cluster=<id>`` (instances, volumes, launch templates) and
-``coiled-lab:role``; ``coiled-lab:owner`` names the state directory (hashed) whose store
-made the cluster, so a cleanup never touches another installation's clusters in the same
-account. Shared infrastructure made by ``coiled-lab setup aws`` carries
+``coiled-lab:role``; ``coiled-lab:owner`` names the state directory (hashed, by
+:func:`coiled_lab.backends.base.owner_id`) whose store made the cluster, so a cleanup never
+touches another installation's clusters in the same account. Shared infrastructure made by ``coiled-lab setup aws`` carries
 ``coiled-lab:managed=true``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import socket
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
 CLUSTER = "coiled-lab:cluster"
@@ -20,12 +17,6 @@ OWNER = "coiled-lab:owner"
 MANAGED = "coiled-lab:managed"
 PURPOSE = "coiled-lab:purpose"  # of a shared resource: "cluster" or "ingress" security group, ...
 INGRESS = "coiled-lab:ingress"  # the CIDR an ingress security group opens the scheduler to
-
-
-def owner_id(state_dir: Path) -> str:
-    """A short stable id for one store: this host and its state directory."""
-    text = f"{socket.gethostname()}:{Path(state_dir).resolve()}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:

@@ -1,0 +1,128 @@
+"""What every cloud VM is given at boot, whatever the cloud: ``config.json`` and the
+bootstrap package (:mod:`coiled_lab.bootstrap`, its modules only, not the library).
+
+Each cloud wraps these in its own start-up mechanism (EC2 user-data:
+:mod:`coiled_lab.backends.aws.userdata`; GCE ``startup-script`` metadata:
+:mod:`coiled_lab.backends.gcp.startup`). Durations and switches are read from the cloud's
+own config section (``coiled-lab.<cloud>.nanny``, ``death-timeout``, ...). The TLS key is
+the cluster's own, made for it alone; no cloud credential is ever part of it.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import logging
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import config
+from ..spec import ClusterSpec, ClusterSpecError
+from ..tls import TLSMaterial
+from .ingress import DASHBOARD_PORT, SCHEDULER_PORT
+
+BOOTSTRAP_MODULES = ("__init__.py", "lifetime.py", "logship.py", "packages.py", "vm.py", "watchdog.py")
+# What only one cloud's VMs need (EC2's user-data has 16 KiB for everything).
+CLOUD_MODULES = {"aws": (), "gcp": ("cloudlogging.py", "gce.py")}
+_BOOTSTRAP_DIR = Path(__file__).resolve().parents[1] / "bootstrap"
+_STUB = '"""On a cluster VM: only coiled_lab.bootstrap is here, not the library."""\n'
+
+
+def bootstrap_config(
+    cloud: str,
+    cluster_id: str,
+    spec: ClusterSpec,
+    tls: TLSMaterial,
+    role: str,
+    scheduler_address: Optional[str] = None,
+    gpu: bool = False,
+    packages: Optional[tuple[list[str], list[str]]] = None,
+    **cloud_fields: Any,
+) -> dict[str, Any]:
+    """``config.json`` for one VM (see :func:`coiled_lab.bootstrap.vm.main`);
+    ``cloud_fields`` are what that cloud's log sink needs (a log group, a project...)."""
+    from ..bootstrap import lifetime, watchdog  # they import distributed: only when a VM is launched
+
+    environ = dict(spec.environ)
+    if role == "scheduler":
+        environ.update(lifetime.environment(cluster_id, spec))
+        environ.update(watchdog.environment(config.get("telemetry") or {}))
+    pinned, skipped = packages or ([], [])
+    return {
+        "cloud": cloud,
+        "cluster_id": cluster_id,
+        "role": role,
+        "scheduler_address": scheduler_address,
+        "scheduler_port": SCHEDULER_PORT,
+        "dashboard_port": DASHBOARD_PORT,
+        **cloud_fields,
+        "tls": {"cert": tls.cert_pem, "key": tls.key_pem},
+        "environ": environ,
+        "packages": pinned,
+        "packages_skipped": skipped,
+        "requirements": requirements_text(spec.software, cloud),
+        "gpu": gpu,
+        "nanny": bool(config.get(f"{cloud}.nanny")),
+        "death_timeout": float(config.get(f"{cloud}.death-timeout")),
+        "start_timeout": float(config.get(f"{cloud}.start-timeout")),
+        "spot_poll_interval": float(config.get(f"{cloud}.spot-poll-interval")),
+    }
+
+
+def synced_packages(spec: ClusterSpec, cluster_id: str, cluster_name: str, warned: set[str],
+                    log: logging.Logger) -> tuple[list[str], list[str]]:
+    """What ``package_sync`` pins on the VMs: (pinned, skipped). What it cannot install is
+    logged once per cluster (``warned`` holds the clusters told)."""
+    from ..bootstrap import packages
+
+    if not spec.package_sync or spec.software:
+        return [], []
+    pinned, skipped = packages.snapshot()
+    if skipped and cluster_id not in warned:
+        warned.add(cluster_id)
+        log.warning("cluster %s: package_sync cannot install these on the VMs: %s", cluster_name, "; ".join(skipped))
+    return pinned, skipped
+
+
+def requirements_text(software: Optional[str], cloud: str = "aws") -> Optional[str]:
+    """The content of ``software`` when it names a requirements file (read here, shipped)."""
+    if not software:
+        return None
+    path = Path(software).expanduser()
+    if path.suffix != ".txt" or not path.is_file():
+        raise ClusterSpecError(
+            f"software: {software!r} is not allowed: the {cloud} backend takes a requirements file "
+            "(an existing path ending in .txt); container images are not supported on it", "software")
+    return path.read_text()
+
+
+def archive(bootstrap: dict[str, Any]) -> bytes:
+    """An uncompressed tar: ``coiled_lab/bootstrap/*.py`` (without docstrings) and ``config.json``."""
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        def add(name: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, now
+            tar.addfile(info, io.BytesIO(data))
+
+        add("coiled_lab/__init__.py", _STUB.encode())
+        for module in (*BOOTSTRAP_MODULES, *CLOUD_MODULES[bootstrap["cloud"]]):
+            add(f"coiled_lab/bootstrap/{module}", without_docstrings((_BOOTSTRAP_DIR / module).read_text()))
+        add("config.json", json.dumps(bootstrap).encode(), mode=0o600)
+    return buf.getvalue()
+
+
+def without_docstrings(source: str) -> bytes:
+    """The module's code without docstrings and comments: a third less start-up data, the
+    same behaviour (line numbers in a VM's tracebacks differ from the source's)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return (ast.unparse(tree) + "\n").encode()
