@@ -57,7 +57,7 @@ def _dispatch(ns, console) -> int:
     from .control import get_control
 
     if ns.command == "setup":
-        return _setup_aws(ns, console)
+        return _setup_gcp(ns, console) if ns.cloud == "gcp" else _setup_aws(ns, console)
     control = get_control()
     handler = {
         "start": _start, "estimate": _estimate, "dashboard": _dashboard, "list": _list, "status": _status,
@@ -214,6 +214,7 @@ async def _cleanup(control, ns, console) -> int:
     for item in found:
         console.print(f"{verb} {len(item['instances'])} instance(s) of {item['name']} ({item['id']})")
     found += await _cleanup_aws(control, ns, console)
+    found += await _cleanup_gcp(control, ns, console)
     if not found:
         console.print("nothing to clean up")
     return 0
@@ -230,7 +231,7 @@ async def _cleanup_aws(control, ns, console) -> list:
         return []
     from .backends.aws.session import AWSSession
     from .backends.aws.sweep import sweep
-    from .backends.aws.tags import owner_id
+    from .backends.base import owner_id
 
     live = {c["id"] for c in clusters if c["status"] not in ("stopped", "error")}
     aws, found = AWSSession(), []
@@ -243,6 +244,52 @@ async def _cleanup_aws(control, ns, console) -> list:
                           f"in {region}")
             found.append(item)
     return found
+
+
+async def _cleanup_gcp(control, ns, console) -> list:
+    """GCE VMs labelled with this store's clusters that are not live, found by label."""
+    from . import config
+
+    clusters = await control.list(live_only=False)
+    regions = set(ns.gcp_region or ()) | {
+        c["spec"].get("region") or config.get("gcp.region") for c in clusters if c["backend"] == "gcp"}
+    if not regions:
+        return []
+    from .backends.base import owner_id
+    from .backends.gcp.session import GCPSession
+    from .backends.gcp.sweep import sweep
+
+    live = {c["id"] for c in clusters if c["status"] not in ("stopped", "error")}
+    gcp, found = GCPSession(), []
+    for region in sorted(regions):
+        for item in await sweep(gcp, region, owner_id(config.state_dir()), live, ns.dry_run):
+            console.print(f"{'would remove' if ns.dry_run else 'removed'} {len(item['instances'])} VM(s) of cluster "
+                          f"{item['id']} in {region}")
+            found.append(item)
+    return found
+
+
+def _setup_gcp(ns, console) -> int:
+    """``coiled-lab setup gcp``: runs here, with this shell's Google credentials (ADC)."""
+    import dask.config
+    import google.api_core.exceptions
+    import google.auth.exceptions
+
+    from . import config
+    from .backends.gcp import setup
+    from .backends.gcp.session import GCPError, GCPSession
+
+    region = ns.region or config.get("gcp.region")
+    try:
+        with dask.config.set({"coiled-lab.gcp.project": ns.project} if ns.project else {}):
+            asyncio.run(setup.run(GCPSession(), region, lambda line: console.print(line, markup=False),
+                                  subnet_cidr=ns.subnet_cidr, dry_run=ns.dry_run))
+    except (GCPError, google.auth.exceptions.GoogleAuthError, google.api_core.exceptions.GoogleAPIError) as exc:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {exc}", style="red", markup=False)
+        return EXIT_FAILED
+    return 0
 
 
 def _setup_aws(ns, console) -> int:

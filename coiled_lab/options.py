@@ -173,6 +173,9 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
         cleanup.add_argument("--aws-region", action="append", metavar="REGION",
                              help="also search this AWS region for what this store's clusters left "
                                   "(regions of AWS clusters the store knows are always searched)")
+        cleanup.add_argument("--gcp-region", action="append", metavar="REGION",
+                             help="also search this GCP region for VMs this store's clusters left "
+                                  "(regions of GCP clusters the store knows are always searched)")
 
         setup = sub.add_parser("setup", help="prepare a cloud account for coiled-lab (once per region)")
         clouds = setup.add_subparsers(dest="cloud", metavar="CLOUD", parser_class=_Parser)
@@ -182,4 +185,11 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
         aws.add_argument("--vpc-id", help="prepare this existing VPC instead of creating one")
         aws.add_argument("--vpc-cidr", help="address range of a VPC to create (default: coiled-lab.aws.vpc-cidr)")
         aws.add_argument("--dry-run", action="store_true", help="only show what would change")
+        gcp = clouds.add_parser("gcp", help="network, subnetwork, firewall rules and the VMs' service account on GCP")
+        gcp.add_argument("--project", help="project (default: config coiled-lab.gcp.project, else the one "
+                                           "Application Default Credentials name)")
+        gcp.add_argument("--region", help="region (default: config coiled-lab.gcp.region)")
+        gcp.add_argument("--subnet-cidr", help="address range of a subnetwork to create "
+                                               "(default: coiled-lab.gcp.subnet-cidr)")
+        gcp.add_argument("--dry-run", action="store_true", help="only show what would change")
     return parser

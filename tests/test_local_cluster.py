@@ -88,7 +88,7 @@ def test_attach_by_name_and_progress_events(control, state_dir):
 
 def test_bad_input_starts_nothing_and_writes_nothing(control, state_dir, monkeypatch):
     for bad in ({"n_workers": -1}, {"n_workers": 10**6}, {"backend": "azure"}, {"wat": 1},
-                {"n_workers": "two"}, {"backend": "gcp"}, {"worker_gpu": 1}, {"idle_timeout": "soon"}):
+                {"n_workers": "two"}, {"worker_gpu": 1}, {"idle_timeout": "soon"}):
         with pytest.raises(ClusterSpecError):
             control.run(control.create(bad))
     # A valid request for a cloud this process has no credentials for is refused at once.
@@ -100,6 +100,11 @@ def test_bad_input_starts_nothing_and_writes_nothing(control, state_dir, monkeyp
     monkeypatch.setenv("AWS_CONFIG_FILE", str(state_dir / "none"))
     with pytest.raises(NoCredentialsError):
         control.run(control.create({"backend": "aws", "n_workers": 1}))
+    from google.auth.exceptions import DefaultCredentialsError
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(state_dir / "none.json"))
+    with pytest.raises(DefaultCredentialsError):
+        control.run(control.create({"backend": "gcp", "n_workers": 1}))
     with pytest.raises(ClusterSpecError):
         Cluster(n_workers=-3, control=control)
     assert control.run(control.list()) == []

@@ -11,8 +11,8 @@ def get_backend(name: str, session: Any = None) -> Backend:
     """A new backend instance; imports its cloud SDK only when first asked for.
 
     ``session`` holds the credentials a cloud backend uses (for AWS a boto3 or botocore
-    session; the Jupyter server passes the one with its stored credentials); None means
-    the SDK's standard chain.
+    session, for GCP google.auth credentials; the Jupyter server passes the ones it
+    stores); None means the SDK's standard chain (for GCP: Application Default Credentials).
     """
     if name == "local":
         from .local import LocalBackend
@@ -22,9 +22,11 @@ def get_backend(name: str, session: Any = None) -> Backend:
         from .aws import AWSBackend
 
         return AWSBackend(session)
-    raise ValueError(
-        f"backend: {name!r} is not allowed: its backend is not installed in this version; available: 'local', 'aws'"
-    )
+    if name == "gcp":
+        from .gcp import GCPBackend
+
+        return GCPBackend(session)
+    raise ValueError(f"backend: {name!r} is not allowed; available: 'local', 'aws', 'gcp'")
 
 
 __all__ = ["Backend", "ClusterContext", "get_backend"]

@@ -77,6 +77,17 @@ class Credentials:
             )
         return session
 
+    def google_credentials(self):
+        """Credentials of the service account an admin stored, else None (then the GCP
+        backend uses Application Default Credentials, which the server's environment holds)."""
+        stored = self._stored().get("gcp")
+        if not stored:
+            return None
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(
+            stored["service_account"], scopes=["https://www.googleapis.com/auth/cloud-platform"])
+
     # -- status: what the API may show ------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Where each cloud's credentials come from; never a secret, never a network call."""

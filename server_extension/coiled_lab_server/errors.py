@@ -12,6 +12,7 @@ from typing import Any, Optional
 from tornado.web import HTTPError
 
 from coiled_lab.backends.aws.session import AWSError
+from coiled_lab.backends.gcp.session import GCPError
 from coiled_lab.control.limits import LimitExceeded
 from coiled_lab.errors import Conflict, ManagerBusy, NotFound
 from coiled_lab.spec import ClusterSpecError
@@ -37,6 +38,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (AWSError, 409),  # the cloud is not set up for this (e.g. no network: run `coiled-lab setup aws`)
+    (GCPError, 409),  # likewise on GCP (`coiled-lab setup gcp`), or no project named anywhere
     (ManagerBusy, 503),
 )
 
@@ -53,6 +55,8 @@ def http_status(exc: Optional[BaseException]) -> Optional[int]:
 def _cloud(exc: Optional[BaseException]) -> Optional[tuple[int, str]]:
     """A cloud that cannot be used (no credentials, unreachable: 503) or that refused
     (502), with what to do about it. Not bad input, and not a bug of this server."""
+    if exc is not None and type(exc).__module__.startswith(("google.", "requests.")):
+        return _google(exc)
     if exc is None or not type(exc).__module__.startswith("botocore"):
         return None
     import botocore.exceptions as bx
@@ -64,6 +68,23 @@ def _cloud(exc: Optional[BaseException]) -> Optional[tuple[int, str]]:
         return 503, f"AWS could not be reached from the server: {exc}"
     if isinstance(exc, bx.ClientError):
         return 502, f"AWS refused the request: {exc}"
+    return None
+
+
+def _google(exc: BaseException) -> Optional[tuple[int, str]]:
+    """The GCP side of :func:`_cloud`: google-auth, google-api-core and requests errors."""
+    import requests
+    from google.api_core import exceptions as gx
+    from google.auth import exceptions as ax
+
+    if isinstance(exc, (ax.DefaultCredentialsError, ax.RefreshError)):
+        return 503, (f"the server has no usable GCP credentials ({exc}); run `gcloud auth application-default "
+                     "login` or set GOOGLE_APPLICATION_CREDENTIALS for it, or PUT a service account key to "
+                     "/coiled-lab/api/credentials")
+    if isinstance(exc, (ax.TransportError, requests.ConnectionError, requests.Timeout, gx.ServiceUnavailable)):
+        return 503, f"Google Cloud could not be reached from the server: {exc}"
+    if isinstance(exc, gx.GoogleAPICallError):
+        return 502, f"Google Cloud refused the request: {exc}"
     return None
 
 

@@ -51,11 +51,13 @@ class Service:
         """The credentials a cloud backend of this server's manager uses: what an admin
         stored or what the server's environment held (kept out of kernels'), else the SDK's
         own chain (profile, SSO, instance role)."""
-        return self.credentials.botocore_session() if backend == "aws" else None
+        if backend == "aws":
+            return self.credentials.botocore_session()
+        return self.credentials.google_credentials() if backend == "gcp" else None
 
     def put_credentials(self, body: Any) -> dict[str, Any]:
         status = self.credentials.put(body)
-        self._manager.credentials_changed("aws")
+        self._manager.credentials_changed(body["provider"])  # put() accepted it: 'aws' or 'gcp'
         return status
 
     # -- kernels ---------------------------------------------------------------------------

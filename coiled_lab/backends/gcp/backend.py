@@ -1,0 +1,278 @@
+"""The GCP backend: clusters of Compute Engine VMs in the network ``coiled-lab setup gcp`` prepared.
+
+A straight line of cloud calls per :class:`~coiled_lab.backends.base.Backend` method; the
+manager does the ordering, retries, timeouts and replacement. What this class keeps in
+memory only saves calls, and is never needed for correctness after a restart: a *view* of
+each cluster's VMs (the last ``aggregatedList`` by label, kept for
+``coiled-lab.gcp.poll-interval`` seconds and updated by this process's own launches and
+deletions — the manager asks every 0.1 s while a cluster starts).
+
+A VM whose bootstrap ended powers itself off; GCE keeps it, stopped (``TERMINATED``), and
+stops billing its vCPUs and memory. Such VMs of a cluster are deleted (one batch request)
+the second time a listing shows them — the manager reads a failed boot's serial output in
+between — and by :meth:`cleanup`; ``coiled-lab cleanup`` removes them when no control
+plane is left to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional
+
+from ... import config
+from ...control.store import Instance
+from ...logs import LogRecord
+from ...spec import ClusterSpec
+from .. import bootconfig, ingress
+from ..base import Backend, ClusterContext, owner_id
+from . import instances, logs, network, startup, sweep
+from .catalog import Catalog, Images, MachineType
+from .labels import CLUSTER, NETWORK_TAG, ROLE, cluster_labels
+from .session import GCPError, GCPSession, is_not_found
+
+logger = logging.getLogger("coiled_lab.gcp")
+
+
+class GCPBackend(Backend):
+    name = "gcp"
+
+    def __init__(self, credentials: Any = None):
+        """``credentials``: google.auth credentials to use (the Jupyter server passes the
+        service account an admin stored); None: Application Default Credentials."""
+        self.gcp = GCPSession(credentials)
+        self.types = Catalog(self.gcp)
+        self.images = Images(self.gcp)
+        self._views: dict[str, tuple[float, dict[str, Instance]]] = {}
+        self._stopped: dict[str, dict[str, str]] = {}  # cluster -> powered-off VM -> zone, seen once
+        self._warned: set[str] = set()  # clusters told which packages package_sync cannot install
+
+    @property
+    def credentials(self) -> Any:
+        """The google.auth credentials in use (blocking: ADC may ask the metadata server);
+        DefaultCredentialsError when there are none. Pricing asks the billing catalog with them."""
+        return self.gcp.credentials
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def region(cluster: ClusterContext) -> str:
+        return cluster.state.get("region") or cluster.spec.region or config.get("gcp.region")
+
+    @staticmethod
+    def _labels(cluster: ClusterContext, role: str) -> dict[str, str]:
+        # ClusterContext.directory is <state dir>/clusters/<id>: the owner is that store.
+        return cluster_labels(cluster.spec.tags, cluster.id, role, owner_id(cluster.directory.parent.parent))
+
+    def _packages(self, cluster: ClusterContext) -> tuple[list[str], list[str]]:
+        return bootconfig.synced_packages(cluster.spec, cluster.id, cluster.name, self._warned, logger)
+
+    def _script(self, cluster: ClusterContext, role: str, machine: MachineType,
+                scheduler_address: Optional[str] = None) -> str:
+        bootstrap = bootconfig.bootstrap_config(
+            "gcp", cluster.id, cluster.spec, cluster.tls, role, scheduler_address, gpu=machine.kind == "gpu",
+            packages=self._packages(cluster), project=self.gcp.project, log_name=config.get("gcp.log-name"),
+            logging_endpoint=self.gcp.endpoint("logging"),
+        )
+        return startup.build(bootconfig.archive(bootstrap), bootstrap)
+
+    def _instance(self, item: Any, region: str) -> Instance:
+        interface = item.network_interfaces[0] if item.network_interfaces else None
+        private = interface.network_i_p if interface else None
+        public = interface.access_configs[0].nat_i_p if interface and interface.access_configs else None
+        vm_type = item.machine_type.rsplit("/", 1)[-1]
+        known = self.types.known(region, vm_type)
+        created = item.creation_timestamp
+        return Instance(
+            id=item.name,
+            role=item.labels.get(ROLE, "worker"),
+            address=(public if config.get("gcp.connect-via") == "public" else private) or None,
+            vm_type=vm_type,
+            zone=item.zone.rsplit("/", 1)[-1],
+            spot=item.scheduling.provisioning_model == "SPOT",
+            launched_at=_parse_time(created) if created else time.time(),
+            data={"private_ip": private, "public_ip": public, "region": region,
+                  **({"machine": known.machine()} if known else {})},
+        )
+
+    def _remember(self, cluster_id: str, launched: list[Instance]) -> None:
+        if cluster_id in self._views:
+            self._views[cluster_id][1].update({i.id: i for i in launched})
+
+    # -- Backend interface --------------------------------------------------------------------
+    async def check_access(self) -> None:
+        """Credentials resolve locally (the server's store, ADC: a key file, gcloud's
+        login); on GCE the metadata server is asked, which only answers there."""
+        await asyncio.to_thread(lambda: self.gcp.project)
+
+    async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
+        region = self.region(cluster)
+        net = await network.find(self.gcp, region)
+        if cluster.spec.zone:
+            zones = await self.types.zones(region)
+            if cluster.spec.zone not in zones:
+                from ...spec import ClusterSpecError
+
+                raise ClusterSpecError(f"zone: {cluster.spec.zone!r} is not allowed: {region} has zones "
+                                       f"{', '.join(zones)}", "zone")
+        cidr = ingress.resolve_cidr(cluster.spec.allow_ingress_from, self.gcp.endpoint("compute"), GCPError)
+        tag = await network.ensure_ingress(self.gcp, net, cidr)
+        return {**net.to_state(), "region": region, "ingress_tag": tag, "ingress_cidr": cidr}
+
+    async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
+        region, spec = self.region(cluster), cluster.spec
+        scheduler_type, worker_types = await self.types.choose(spec, region)
+        worker_zones = {z for t in worker_types for z in t.zones}
+        zones = [z for z in ([spec.zone] if spec.zone else await self.types.zones(region))
+                 if z in scheduler_type.zones and z in worker_zones]
+        if not zones:
+            raise GCPError(f"no zone of {region} offers both {scheduler_type.name} and any of "
+                           f"{', '.join(t.name for t in worker_types)}")
+        image = await self.images.image(scheduler_type.kind)
+        script = self._script(cluster, "scheduler", scheduler_type)
+        labels = self._labels(cluster, "scheduler")
+        name = f"coiled-lab-{cluster.id}-scheduler"
+        zone, refused = await instances.insert_scheduler(
+            self.gcp, name, zones,
+            lambda z: instances.properties(scheduler_type, z, image, cluster.state["subnetwork"], self.gcp.project,
+                                           script, labels, [NETWORK_TAG, cluster.state["ingress_tag"]], spot=False))
+        if refused:
+            cluster.notify("capacity", f"no capacity for the scheduler ({scheduler_type.name}) in "
+                                       f"{', '.join(r.split(':')[0] for r in refused)}; the cluster runs in {zone}")
+        launched = Instance(id=name, role="scheduler", vm_type=scheduler_type.name, zone=zone, spot=False,
+                            data={"region": region, "machine": scheduler_type.machine()})
+        self._remember(cluster.id, [launched])
+        return launched
+
+    async def scheduler_address(self, cluster: ClusterContext, scheduler: Instance) -> Optional[str]:
+        located = await self._located(cluster, scheduler)
+        return f"tls://{located.address}:{ingress.SCHEDULER_PORT}" if located.address else None
+
+    async def launch_workers(self, cluster: ClusterContext, count: int) -> list[Instance]:
+        region, spec = self.region(cluster), cluster.spec
+        _, worker_types = await self.types.choose(spec, region)
+        scheduler = next((i for i in await self.describe(cluster) if i.role == "scheduler"), None)
+        if scheduler is None:
+            raise GCPError("the cluster has no scheduler to attach workers to")
+        scheduler = await self._located(cluster, scheduler)
+        if not scheduler.data.get("private_ip"):
+            raise GCPError(f"the scheduler {scheduler.id} has no private address yet")
+        all_zones = await self.types.zones(region)
+        # One type per launch: the first choice offered where the workers may go.
+        allowed = [scheduler.zone] if not spec.allow_cross_zone else [
+            scheduler.zone, *(z for z in all_zones if z != scheduler.zone)]
+        machine = next((t for t in worker_types if set(allowed) & set(t.zones)), None)
+        if machine is None:
+            raise GCPError(f"none of {', '.join(t.name for t in worker_types)} is offered in {', '.join(allowed)}")
+        allowed = [z for z in allowed if z in machine.zones]
+        image = await self.images.image(machine.kind)
+        script = self._script(cluster, "worker", machine,
+                              f"tls://{scheduler.data['private_ip']}:{ingress.SCHEDULER_PORT}")
+        labels = self._labels(cluster, "worker")
+        launched = await instances.launch_workers(
+            self.gcp, region, allowed, all_zones, min(count, instances.MAX_BULK),
+            lambda spot: instances.properties(machine, None, image, cluster.state["subnetwork"], self.gcp.project,
+                                              script, labels, [NETWORK_TAG], spot),
+            f"coiled-lab-{cluster.id}-w", spec.spot_policy, machine, cluster.notify)
+        self._remember(cluster.id, launched)
+        return launched
+
+    async def stop_instances(self, cluster: ClusterContext, instances_: list[Instance]) -> None:
+        view = self._views.get(cluster.id, (0, {}))[1]
+        targets = []
+        for instance in instances_:
+            zone = instance.zone or (view.get(instance.id).zone if view.get(instance.id) else None)
+            if zone:
+                targets.append((zone, instance.id))
+        if len(targets) < len(instances_):  # launched across zones and never listed: look once
+            listed = {i.name: i.zone.rsplit("/", 1)[-1] for i in
+                      await sweep.listed(self.gcp, self.region(cluster), CLUSTER, cluster.id)}
+            targets += [(listed[i.id], i.id) for i in instances_ if i.id in listed and (listed[i.id], i.id)
+                        not in targets]
+        await instances.delete(self.gcp, targets)
+        for instance in instances_:
+            view.pop(instance.id, None)
+
+    async def describe(self, cluster: ClusterContext) -> list[Instance]:
+        view = self._views.get(cluster.id)
+        if view and time.monotonic() - view[0] < float(config.get("gcp.poll-interval")):
+            return list(view[1].values())
+        region = self.region(cluster)
+        listed = await sweep.listed(self.gcp, region, CLUSTER, cluster.id)
+        alive = {item.name: self._instance(item, region) for item in listed if item.status in instances.ALIVE}
+        # Powered off: their bootstrap ended. Deleted when seen a second time, so that the
+        # manager can read a failed boot's serial output in between.
+        stopped = {item.name: item.zone.rsplit("/", 1)[-1] for item in listed if item.status not in instances.ALIVE}
+        seen = self._stopped.get(cluster.id, {})
+        done = [(zone, name) for name, zone in stopped.items() if name in seen]
+        if done:
+            await instances.delete(self.gcp, done)
+        self._stopped[cluster.id] = {name: zone for name, zone in stopped.items() if name not in seen}
+        self._views[cluster.id] = (time.monotonic(), alive)
+        return list(alive.values())
+
+    async def logs(self, cluster: ClusterContext, since: Optional[float] = None) -> list[LogRecord]:
+        records = await logs.cluster_logs(self.gcp, config.get("gcp.log-name"), cluster.id, since)
+        if since is None:
+            reported = {r.instance for r in records}
+            silent = [i for i in cluster.instances if i.id not in reported]
+            if silent:
+                records = sorted(records + await logs.serial_logs(self.gcp, silent), key=lambda r: r.time)
+        return records
+
+    async def cleanup(self, cluster: ClusterContext) -> list[str]:
+        running = await self.describe(cluster)  # just updated by a stop, usually: no call
+        stopped = self._stopped.pop(cluster.id, {})
+        if running or stopped:
+            await instances.delete(self.gcp, [(i.zone, i.id) for i in running if i.zone] +
+                                   [(zone, name) for name, zone in stopped.items()])
+        self._views.pop(cluster.id, None)
+        return [f"{i.role} {i.id}" for i in running] + [f"stopped VM {name}" for name in stopped]
+
+    async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
+        return await self.types.describe_region(region or config.get("gcp.region"))
+
+    async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
+        region = spec.region or config.get("gcp.region")
+        scheduler_type, worker_types = await self.types.choose(spec, region)
+        worker = worker_types[0]
+        return {"region": region, "scheduler_type": scheduler_type.name, "worker_type": worker.name,
+                "scheduler_machine": scheduler_type.machine(), "worker_machine": worker.machine(),
+                "spot_price": None, "volume_gb": int(config.get("gcp.disk-size-gb")),
+                "volume_type": config.get("gcp.disk-type")}
+
+    async def instance_price(self, instance: Instance, book: Any) -> float:
+        region = instance.data.get("region") or config.get("gcp.region")
+        machine = instance.data.get("machine")
+        if machine is None:  # found by describe() before the catalog was read
+            (known,) = await self.types.named(region, [instance.vm_type or ""], "vm_type")
+            machine = known.machine()
+        return (await book.gcp_machine(region, machine, spot=instance.spot))["price"]
+
+    # -- more helpers ---------------------------------------------------------------------------
+    async def _located(self, cluster: ClusterContext, instance: Instance) -> Instance:
+        """``instance`` with its addresses, asking GCE if this process has not seen them."""
+        view = self._views.get(cluster.id, (0, {}))[1]
+        known = view.get(instance.id) or instance
+        if known.data.get("private_ip") and known.address:
+            return known
+        if not known.zone:
+            return known
+        try:
+            item = await self.gcp.call(self.gcp.compute("Instances").get, project=self.gcp.project, zone=known.zone,
+                                       instance=instance.id)
+        except Exception as exc:
+            if is_not_found(exc):
+                return known
+            raise
+        located = self._instance(item, self.region(cluster))
+        located.data = {**known.data, **located.data}
+        if located.id in view:
+            view[located.id] = located
+        return located
+
+
+def _parse_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()

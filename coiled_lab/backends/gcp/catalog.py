@@ -1,0 +1,188 @@
+"""Machine types: what a region's zones offer, and which types a cluster's workers may use.
+
+Sizes come from one ``machineTypes.aggregatedList`` (vCPUs, memory, built-in
+accelerators, shared-core or not, in which zones), cached per project for an hour.
+
+Workers use the types a spec names (``worker_vm_types``, in that order), or the smallest
+types that fit ``worker_cpu`` / ``worker_memory`` / ``worker_gpu``. Until prices are
+known here, the order among types of one size is a fixed family order (general purpose
+families, cheapest first as Google lists them). A GPU request takes machine types with
+built-in GPUs (``g2``, ``a2``...) or an N1 type with ``coiled-lab.gcp.gpu-type`` GPUs
+attached (``guest_accelerators``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ... import config
+from ...spec import ClusterSpec, ClusterSpecError
+from .session import GCPSession
+
+CACHE_SECONDS = 3600
+# Families by price per vCPU of their standard shapes, cheapest first (a stand-in for prices).
+FAMILY_ORDER = ("e2", "t2d", "n2d", "n2", "n4", "n1", "c3d", "c3", "c4", "g2", "a2", "a3")
+SHARED_CORE = ("e2-micro", "e2-small", "e2-medium", "f1-micro", "g1-small")
+# Families GPUs can be attached to (the others have theirs built in, or none).
+ATTACHABLE = ("n1",)
+
+
+@dataclass(frozen=True)
+class MachineType:
+    name: str
+    vcpus: int
+    memory_mib: int
+    gpus: int = 0
+    gpu_type: Optional[str] = None
+    attached: bool = False  # the GPUs are guest accelerators asked for at launch
+    shared_cpu: bool = False
+    zones: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        return self.name.split("-", 1)[0]
+
+    @property
+    def kind(self) -> str:
+        """What image it needs: "gpu" or "cpu"."""
+        return "gpu" if self.gpus else "cpu"
+
+    def machine(self) -> dict[str, Any]:
+        """The shape pricing works from (the contract with :mod:`coiled_lab.pricing`)."""
+        return {"name": self.name, "vcpus": self.vcpus, "memory_gib": round(self.memory_mib / 1024, 3),
+                "gpus": self.gpus, "gpu_type": self.gpu_type}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "vcpu": self.vcpus, "memory": self.memory_mib * 2**20, "gpu": self.gpus,
+                "gpu_maker": "NVIDIA" if self.gpus else None, "gpu_type": self.gpu_type, "arch": "x86_64",
+                "zones": list(self.zones)}
+
+
+def _rank(t: MachineType) -> tuple:
+    family = FAMILY_ORDER.index(t.family) if t.family in FAMILY_ORDER else len(FAMILY_ORDER)
+    return (t.vcpus, t.memory_mib, t.gpus, family, t.name)
+
+
+def matching(types: list[MachineType], cpu: Optional[int], memory: Optional[int], gpu: Optional[int],
+             gpu_type: str) -> list[MachineType]:
+    """Types with at least these sizes, not shared-core; GPUs only when asked for. The
+    smallest first, then by family."""
+    out = []
+    for t in types:
+        if t.shared_cpu or t.name in SHARED_CORE or t.vcpus < (cpu or 1) or t.memory_mib * 2**20 < (memory or 0):
+            continue
+        if not gpu:
+            if not t.gpus:
+                out.append(t)
+        elif t.gpus >= gpu:
+            out.append(t)
+        elif not t.gpus and t.family in ATTACHABLE:
+            out.append(dataclasses.replace(t, gpus=gpu, gpu_type=gpu_type, attached=True))
+    return sorted(out, key=_rank)
+
+
+class Catalog:
+    """Cached answers about one project's zones."""
+
+    def __init__(self, gcp: GCPSession):
+        self.gcp = gcp
+        self._types: Optional[tuple[float, dict[str, dict[str, MachineType]]]] = None  # region -> name -> type
+
+    async def types(self, region: str) -> dict[str, MachineType]:
+        """Every machine type of the region's zones, by name (zones merged)."""
+        if self._types is None or time.monotonic() - self._types[0] > CACHE_SECONDS:
+            self._types = (time.monotonic(), await self._list())
+        return self._types[1].get(region, {})
+
+    def known(self, region: str, name: Optional[str]) -> Optional[MachineType]:
+        """A type already listed (no call), for instances found by :meth:`describe`."""
+        return self._types[1].get(region, {}).get(name or "") if self._types else None
+
+    async def _list(self) -> dict[str, dict[str, MachineType]]:
+        client = self.gcp.compute("MachineTypes")
+
+        def collect() -> dict[str, dict[str, MachineType]]:
+            out: dict[str, dict[str, MachineType]] = {}
+            for scope, listed in client.aggregated_list(project=self.gcp.project):
+                zone = scope.rsplit("/", 1)[-1]
+                region = zone.rsplit("-", 1)[0]
+                for item in listed.machine_types:
+                    accelerators = list(item.accelerators)
+                    known = out.setdefault(region, {}).get(item.name)
+                    out[region][item.name] = MachineType(
+                        name=item.name, vcpus=item.guest_cpus, memory_mib=item.memory_mb,
+                        gpus=sum(a.guest_accelerator_count for a in accelerators),
+                        gpu_type=accelerators[0].guest_accelerator_type if accelerators else None,
+                        shared_cpu=bool(item.is_shared_cpu),
+                        zones=tuple(sorted({*(known.zones if known else ()), zone})),
+                    )
+            return out
+
+        return await self.gcp.call(collect)
+
+    async def zones(self, region: str) -> list[str]:
+        """The region's zones that offer any machine type, in name order."""
+        return sorted({z for t in (await self.types(region)).values() for z in t.zones})
+
+    async def named(self, region: str, names: list[str], field: str) -> list[MachineType]:
+        types = await self.types(region)
+        missing = [n for n in names if n not in types]
+        if missing:
+            raise ClusterSpecError(f"{field}: {missing[0]!r} is not allowed: no zone of {region} offers it", field)
+        return [types[n] for n in names]
+
+    async def choose(self, spec: ClusterSpec, region: str) -> tuple[MachineType, list[MachineType]]:
+        """The scheduler's type, and the workers' types in order of preference, all of one kind."""
+        scheduler_name = spec.scheduler_vm_type or config.get("gcp.scheduler-vm-type")
+        if spec.worker_vm_types or not (spec.worker_cpu or spec.worker_memory or spec.worker_gpu):
+            names = spec.worker_vm_types or list(config.get("gcp.worker-vm-types"))
+            workers = await self.named(region, names, "worker_vm_types")
+            kinds = sorted({t.kind for t in workers})
+            if len(kinds) > 1:
+                raise ClusterSpecError(f"worker_vm_types: {names!r} is not allowed: it mixes {' and '.join(kinds)} "
+                                       "machines, which need different images; give types of one kind",
+                                       "worker_vm_types")
+        else:
+            fits = matching(list((await self.types(region)).values()), spec.worker_cpu, spec.worker_memory,
+                            spec.worker_gpu, config.get("gcp.gpu-type"))
+            if not fits:
+                field = "worker_gpu" if spec.worker_gpu else "worker_cpu" if spec.worker_cpu else "worker_memory"
+                raise ClusterSpecError(
+                    f"{field}: no machine type in {region} has {spec.worker_cpu or 1} vCPUs, "
+                    f"{spec.worker_memory or 0} bytes of memory and {spec.worker_gpu or 0} GPUs", field)
+            workers = fits[: int(config.get("gcp.max-vm-types"))]
+        (scheduler,) = await self.named(region, [scheduler_name], "scheduler_vm_type")
+        return scheduler, workers
+
+    async def describe_region(self, region: str) -> dict[str, Any]:
+        types = await self.types(region)
+        return {
+            "backend": "gcp",
+            "regions": [{"name": region, "zones": await self.zones(region)}],
+            "instance_types": [t.to_json() for t in sorted(types.values(), key=lambda t: (t.gpus, *_rank(t)))],
+        }
+
+
+class Images:
+    """The boot image of each kind of machine: the newest of its family (``images.getFromFamily``)."""
+
+    def __init__(self, gcp: GCPSession):
+        self.gcp = gcp
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    async def image(self, kind: str) -> str:
+        """A self link, e.g. ``.../projects/debian-cloud/global/images/debian-12-bookworm-v2026...``."""
+        hit = self._cache.get(kind)
+        if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        path = config.get(f"gcp.images.{kind}")  # projects/<p>/global/images/family/<family>
+        parts = path.split("/")
+        if len(parts) != 6 or parts[0] != "projects" or parts[4] != "family":
+            raise ClusterSpecError(f"coiled-lab.gcp.images.{kind}: {path!r} is not allowed: expected "
+                                   "projects/<project>/global/images/family/<family>", "software")
+        image = await self.gcp.call(self.gcp.compute("Images").get_from_family, project=parts[1], family=parts[5])
+        self._cache[kind] = (time.monotonic(), image.self_link)
+        return image.self_link

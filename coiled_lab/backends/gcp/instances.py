@@ -1,0 +1,174 @@
+"""Launching and deleting VMs: one ``instances.insert`` for a scheduler, one regional
+``instances.bulkInsert`` for any number of workers, one batch request to delete up to 1000.
+
+A launch waits for its operation (``zoneOperations.wait`` / ``regionOperations.wait``: one
+request that returns when the operation is done), because GCE reports a lack of capacity
+there (``ZONE_RESOURCE_POOL_EXHAUSTED``), not in the answer to the insert. The scheduler
+then moves on to the next zone; workers are asked for in one ``bulkInsert`` whose
+location policy allows the scheduler's zone (and, with ``allow_cross_zone``, the others),
+named ``<prefix>-0001``... by its name pattern. With ``spot_with_fallback``, Spot
+capacity refused means one more ``bulkInsert`` on demand.
+
+Deletion uses Compute's batch endpoint: up to 1000 ``instances.delete`` calls in one HTTP
+request (``multipart/mixed``), so stopping a cluster costs a request or two at any size.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any, Callable, Optional
+
+from ... import config
+from ...control.store import Instance
+from .catalog import MachineType
+from .session import GCPError, GCPSession
+
+EXHAUSTED = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS")
+SPOT_REFUSED = (*EXHAUSTED, "QUOTA_EXCEEDED")  # no Spot capacity, or no Spot (preemptible) quota
+ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "REPAIRING")
+MAX_BULK = 1000  # instances per bulkInsert, and calls per batch request
+LOG_SCOPE = "https://www.googleapis.com/auth/logging.write"
+
+
+def operation_error(operation: Any) -> Optional[tuple[str, str]]:
+    """(code, message) of a finished operation that failed, else None."""
+    errors = list(operation.error.errors) if operation.error else []
+    if not errors:
+        return None
+    return errors[0].code, "; ".join(f"{e.code}: {e.message}" for e in errors)
+
+
+def service_account(project: str) -> str:
+    return f"{config.get('gcp.service-account')}@{project}.iam.gserviceaccount.com"
+
+
+def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork: str, project: str,
+               script: str, labels: dict[str, str], tags: list[str], spot: bool) -> dict[str, Any]:
+    """An instance (``zone`` given: for ``insert``) or a bulk launch's instance properties
+    (no zone: names instead of zonal URLs)."""
+    def zonal(kind: str, name: str) -> str:
+        return f"zones/{zone}/{kind}/{name}" if zone else name
+
+    scheduling: dict[str, Any] = {
+        # GPUs cannot move to another host: such VMs stop for maintenance.
+        "on_host_maintenance": "TERMINATE" if machine.gpus or spot else "MIGRATE",
+        "automatic_restart": not spot,
+        "provisioning_model": "SPOT" if spot else "STANDARD",
+    }
+    if spot:
+        scheduling["instance_termination_action"] = "DELETE"
+    out: dict[str, Any] = {
+        "machine_type": zonal("machineTypes", machine.name),
+        "disks": [{
+            "boot": True, "auto_delete": True,
+            "initialize_params": {"source_image": image, "disk_size_gb": int(config.get("gcp.disk-size-gb")),
+                                  "disk_type": zonal("diskTypes", config.get("gcp.disk-type")), "labels": labels},
+        }],
+        "network_interfaces": [{"subnetwork": subnetwork,
+                                "access_configs": [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}]}],
+        "service_accounts": [{"email": service_account(project), "scopes": [LOG_SCOPE]}],
+        "metadata": {"items": [{"key": "startup-script", "value": script}]},
+        "labels": labels,
+        "tags": {"items": tags},
+        "scheduling": scheduling,
+    }
+    if machine.attached:
+        out["guest_accelerators"] = [{"accelerator_type": zonal("acceleratorTypes", machine.gpu_type or ""),
+                                      "accelerator_count": machine.gpus}]
+    return out
+
+
+async def insert_scheduler(
+    gcp: GCPSession, name: str, zones: list[str], make: Callable[[str], dict[str, Any]],
+) -> tuple[str, list[str]]:
+    """Insert the scheduler in the first of ``zones`` with capacity; (its zone, why the
+    zones before it refused)."""
+    client, refused = gcp.compute("Instances"), []
+    for zone in zones:
+        operation = await gcp.call(client.insert_unary, project=gcp.project, zone=zone,
+                                   instance_resource={"name": name, **make(zone)})
+        if operation.status != operation.Status.DONE:
+            operation = await gcp.call(gcp.compute("ZoneOperations").wait, project=gcp.project, zone=zone,
+                                       operation=operation.name)
+        error = operation_error(operation)
+        if error is None:
+            return zone, refused
+        if error[0] not in EXHAUSTED:
+            raise GCPError(f"GCE did not create the scheduler in {zone}: {error[1]}")
+        refused.append(f"{zone}: {error[0]}")
+    raise GCPError(f"GCE has no capacity for the scheduler in any zone ({'; '.join(refused)})")
+
+
+async def bulk_insert(
+    gcp: GCPSession, region: str, allowed: list[str], all_zones: list[str], count: int,
+    props: dict[str, Any], prefix: str,
+) -> tuple[list[tuple[str, Optional[str]]], Optional[tuple[str, str]]]:
+    """One ``bulkInsert`` of ``count`` VMs into the allowed zones (all or none, as GCE does
+    by default); ((name, zone) of each, error code and message when none were made)."""
+    pattern = f"{prefix}-{secrets.token_hex(2)}-####"
+    locations = {f"zones/{z}": {"preference": "ALLOW" if z in allowed else "DENY"} for z in all_zones}
+    operation = await gcp.call(
+        gcp.compute("RegionInstances").bulk_insert_unary, project=gcp.project, region=region,
+        bulk_insert_instance_resource_resource={
+            "count": count, "name_pattern": pattern, "instance_properties": props,
+            "location_policy": {"locations": locations},
+        })
+    if operation.status != operation.Status.DONE:
+        operation = await gcp.call(gcp.compute("RegionOperations").wait, project=gcp.project, region=region,
+                                   operation=operation.name)
+    error = operation_error(operation)
+    if error:
+        return [], error
+    status = operation.instances_bulk_insert_operation_metadata.per_location_status
+    made = {key.rsplit("/", 1)[-1]: s.created_vm_count for key, s in status.items() if s.created_vm_count}
+    zone = next(iter(made)) if len(made) == 1 else None  # spread over zones: describe() tells where
+    return [(pattern.replace("####", f"{i:04d}"), zone) for i in range(1, count + 1)], None
+
+
+async def launch_workers(
+    gcp: GCPSession, region: str, allowed: list[str], all_zones: list[str], count: int,
+    make: Callable[[bool], dict[str, Any]], prefix: str, spot_policy: str, machine: MachineType,
+    notify: Callable[[str, str], None],
+) -> list[Instance]:
+    """``count`` workers in one request (two with a Spot fallback); GCPError when none were made."""
+    spot = spot_policy != "on-demand"
+    made, error = await bulk_insert(gcp, region, allowed, all_zones, count, make(spot), prefix)
+    if error and spot_policy == "spot_with_fallback" and error[0] in SPOT_REFUSED:
+        notify("spot", f"no Spot capacity for {count} workers ({error[1]}); launching them on demand instead")
+        spot = False
+        made, error = await bulk_insert(gcp, region, allowed, all_zones, count, make(False), prefix)
+    if error:
+        where = ", ".join(allowed)
+        raise GCPError(f"GCE launched no worker in {where} ({error[1]})")
+    now = time.time()
+    return [Instance(id=name, role="worker", vm_type=machine.name, zone=zone, spot=spot, launched_at=now,
+                     data={"region": region, "machine": machine.machine()}) for name, zone in made]
+
+
+async def delete(gcp: GCPSession, instances: list[tuple[str, str]]) -> None:
+    """Delete these (zone, name) VMs through the batch endpoint; already gone is fine."""
+    for start in range(0, len(instances), MAX_BULK):
+        chunk = instances[start:start + MAX_BULK]
+        boundary = f"coiled-lab-{secrets.token_hex(8)}"
+        parts = [
+            f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <{i}>\r\n\r\n"
+            f"DELETE /compute/v1/projects/{gcp.project}/zones/{zone}/instances/{name} HTTP/1.1\r\n\r\n"
+            for i, (zone, name) in enumerate(chunk)
+        ]
+        body = "".join(parts) + f"--{boundary}--\r\n"
+
+        def send() -> str:
+            from google.api_core import exceptions
+
+            response = gcp.http().post(f"{gcp.endpoint('compute')}/batch/compute/v1", data=body.encode(),
+                                       headers={"Content-Type": f"multipart/mixed; boundary={boundary}"}, timeout=120)
+            if response.status_code >= 400:
+                raise exceptions.from_http_response(response)
+            return response.text
+
+        answer = await gcp.call(send)
+        failed = [int(code) for code in re.findall(r"HTTP/1\.1 (\d{3})", answer) if int(code) >= 400 and int(code) != 404]
+        if failed:
+            raise GCPError(f"GCE refused to delete {len(failed)} of {len(chunk)} VMs (HTTP {failed[0]})")
