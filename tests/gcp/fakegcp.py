@@ -1,0 +1,577 @@
+"""A fake of the Google Cloud REST APIs coiled-lab uses, on 127.0.0.1: no emulator speaks them.
+
+It answers in the JSON shapes of the real services, so the real clients
+(``google-cloud-compute`` with the REST transport, ``google-cloud-logging`` over HTTP,
+google-auth's ``AuthorizedSession``) are pointed at :attr:`FakeGCP.url` and send real
+requests:
+
+- **Compute Engine** (``/compute/v1/...``): zones, machineTypes (per zone and
+  aggregated), instances insert / get / list / aggregatedList (``labels.<k> = "<v>"``
+  filters) / delete / getSerialPortOutput, regionInstances.bulkInsert (count, name pattern,
+  location policy), zone/region/global operations get and wait, networks, subnetworks,
+  firewalls, images.getFromFamily, and the batch endpoint (``/batch/compute/v1``,
+  ``multipart/mixed``). Operations come back ``RUNNING`` and are ``DONE`` once waited for
+  or read; a lack of capacity is an error *of the operation*, as GCE reports it.
+- **Cloud Logging** (``/v2/entries:write``, ``/v2/entries:list`` with ``logName``,
+  ``labels."k"`` and ``timestamp`` filters, ``orderBy``, page tokens).
+- **IAM** service accounts (``/v1/projects/<p>/serviceAccounts``) and **Resource
+  Manager** ``getIamPolicy`` / ``setIamPolicy`` (etag checked).
+- **OAuth** ``/token``: google-auth's service-account flow gets an access token here.
+  Every other request must carry a bearer token (401 otherwise).
+
+Faults: :meth:`FakeGCP.exhaust` (``ZONE_RESOURCE_POOL_EXHAUSTED`` in a zone),
+:attr:`FakeGCP.spot_stockout` (no Spot capacity anywhere), :meth:`FakeGCP.fail` (the next
+``times`` requests of one method answer 429 or 5xx). Every request is logged with its
+method id (``compute.regionInstances.bulkInsert``, ``logging.entries.list``...):
+:meth:`FakeGCP.calls`, :meth:`FakeGCP.count`; :attr:`FakeGCP.http_requests` counts API requests
+over HTTP (a batch is one, however many calls it carries), :attr:`FakeGCP.token_requests`
+the token endpoint's.
+
+Other fakes can be mounted on the same server: ``fake.route(method, path_regex, handler)``
+registers a handler for requests whose path (without the query string) fully matches
+``path_regex``; it is called with a :class:`Request` (method, path, query, JSON body,
+headers, regex groups) and returns ``(status, json_body)``. Routes registered later are
+tried first, so a test can also override a built-in route. Example, a Cloud Billing
+Catalog answer::
+
+    fake.route("GET", r"/v1/services/(?P<service>[^/]+)/skus", lambda r: (200, {"skus": []}))
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import itertools
+import json
+import re
+import secrets
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, unquote, urlparse
+
+from ..localhttp import LocalHTTP
+
+PROJECT = "coiled-lab-test"
+ZONES = {"us-central1": ["us-central1-a", "us-central1-b", "us-central1-c"], "europe-west1": ["europe-west1-b"]}
+# name: (vCPUs, memory MiB, built-in accelerators (type, count), shared core)
+MACHINE_TYPES: dict[str, tuple[int, int, Optional[tuple[str, int]], bool]] = {
+    "e2-medium": (2, 4096, None, True),
+    "e2-standard-2": (2, 8192, None, False),
+    "e2-standard-4": (4, 16384, None, False),
+    "e2-standard-8": (8, 32768, None, False),
+    "n2-standard-2": (2, 8192, None, False),
+    "n2-standard-4": (4, 16384, None, False),
+    "n2-standard-8": (8, 32768, None, False),
+    "n2d-standard-4": (4, 16384, None, False),
+    "n1-standard-4": (4, 15360, None, False),
+    "n1-standard-8": (8, 30720, None, False),
+    "g2-standard-4": (4, 16384, ("nvidia-l4", 1), False),
+}
+IMAGES = {("debian-cloud", "debian-12"): "debian-12-bookworm-v20261110",
+          ("deeplearning-platform-release", "common-cu123-debian-11-py310"): "common-cu123-v20261101-debian-11-py310"}
+EXHAUSTED = "ZONE_RESOURCE_POOL_EXHAUSTED"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    headers: dict[str, str]
+    groups: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Call:
+    """One API call as the fake saw it (a batch's calls each count here)."""
+
+    id: str  # e.g. "compute.instances.insert"
+    method: str
+    path: str
+    body: Any
+    token: Optional[str]
+
+
+Handler = Callable[[Request], tuple[int, Any]]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _time(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def google_error(status: int, message: str, reason: str = "error") -> tuple[int, Any]:
+    names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+             409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+    return status, {"error": {"code": status, "message": message, "status": names.get(status, "UNKNOWN"),
+                              "errors": [{"reason": reason, "message": message, "domain": "global"}]}}
+
+
+class FakeGCP(LocalHTTP):
+    def __init__(self, project: str = PROJECT) -> None:
+        self.project = project
+        self.lock = threading.RLock()
+        self.calls_log: list[Call] = []
+        self.http_requests = 0  # API requests received over HTTP (a batch is one)
+        self.token_requests = 0  # access tokens asked for (google-auth: once an hour per credentials)
+        self.tokens: set[str] = set()  # access tokens handed out by /token (the admin's)
+        self.instances: dict[tuple[str, str], dict] = {}  # (zone, name) -> instance JSON
+        self.operations: dict[str, dict] = {}
+        self.networks: dict[str, dict] = {}
+        self.subnetworks: dict[tuple[str, str], dict] = {}
+        self.firewalls: dict[str, dict] = {}
+        self.service_accounts: dict[str, dict] = {}
+        self.policy: dict[str, Any] = {"bindings": [], "etag": "BwAAAA==", "version": 1}
+        self.entries: list[dict] = []
+        self.page_size = 1000  # entries.list pages at most this many entries
+        self.exhausted: set[str] = set()
+        self.spot_stockout = False
+        self.serial_output: Callable[[str, str], Optional[str]] = lambda zone, name: None
+        self._faults: dict[str, list[int]] = {}
+        self._faults_done: dict[str, list[int]] = {}
+        self._ids = itertools.count(4_000_000_000_000_000_000)
+        self._addresses: dict[tuple[str, str], Any] = {}  # subnetwork -> address iterator
+        self._routes: list[tuple[str, re.Pattern, str, Handler]] = []
+        self._builtin_routes()
+        super().__init__()
+
+    # -- the API tests use --------------------------------------------------------------------
+    def route(self, method: str, path_regex: str, handler: Handler, method_id: Optional[str] = None) -> None:
+        """Answer ``method`` requests whose path fully matches ``path_regex`` with ``handler``;
+        they are logged as ``method_id`` (default: method and regex)."""
+        self._routes.insert(0, (method.upper(), re.compile(path_regex), method_id or f"{method} {path_regex}",
+                                handler))
+
+    def calls(self, method_id: Optional[str] = None) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls_log if method_id is None or c.id == method_id]
+
+    def count(self, method_id: Optional[str] = None) -> int:
+        return len(self.calls(method_id))
+
+    def counts(self) -> Counter:
+        with self.lock:
+            return Counter(c.id for c in self.calls_log)
+
+    def fail(self, method_id: str, status: int = 429, times: int = 1) -> list[int]:
+        """The next ``times`` calls of ``method_id`` answer ``status``; returns a one-item
+        list counting those that did."""
+        done = [0]
+        with self.lock:
+            self._faults.setdefault(method_id, []).extend([status] * times)
+            self._faults_done[method_id] = done
+        return done
+
+    def exhaust(self, *zones: str) -> None:
+        """No capacity in these zones from now on (until :meth:`reset`)."""
+        self.exhausted.update(zones)
+
+    def reset(self) -> None:
+        """Forget injected faults (state stays)."""
+        with self.lock:
+            self.exhausted.clear()
+            self.spot_stockout = False
+            self._faults.clear()
+
+    def labelled(self, key: str, value: str) -> list[dict]:
+        """Instances (any state) carrying this label."""
+        with self.lock:
+            return [dict(i) for i in self.instances.values() if i.get("labels", {}).get(key) == value]
+
+    def set_status(self, zone: str, name: str, status: str) -> None:
+        with self.lock:
+            if (zone, name) in self.instances:
+                self.instances[(zone, name)]["status"] = status
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                url = urlparse(self.path)
+                with fake.lock:
+                    if url.path == "/token":
+                        fake.token_requests += 1
+                    else:
+                        fake.http_requests += 1
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if url.path == "/batch/compute/v1" and self.command == "POST":
+                    status, body, ctype = fake._batch(raw, headers)
+                    return self._send(status, body.encode(), ctype)
+                try:
+                    parsed = json.loads(raw) if raw and "json" in headers.get("content-type", "json") else raw
+                except ValueError:
+                    parsed = raw
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                if url.path == "/token" and self.command == "POST":
+                    token = f"ya29.fake-{secrets.token_hex(8)}"
+                    fake.tokens.add(token)
+                    return self._json(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+                status, answer = fake.dispatch(self.command, unquote(url.path), query, parsed, headers)
+                self._json(status, answer)
+
+            def _json(self, status: int, body: Any) -> None:
+                self._send(status, json.dumps(body).encode(), "application/json")
+
+            def _send(self, status: int, data: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _serve
+
+        return Handler
+
+    def dispatch(self, method: str, path: str, query: dict[str, str], body: Any,
+                 headers: dict[str, str]) -> tuple[int, Any]:
+        auth = headers.get("authorization", "")
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+        for route_method, pattern, method_id, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if route_method != method or not match:
+                continue
+            with self.lock:
+                self.calls_log.append(Call(method_id, method, path, body, token))
+                pending = self._faults.get(method_id)
+                status = pending.pop(0) if pending else None
+                if status is not None:
+                    self._faults_done[method_id][0] += 1
+            if token is None:
+                return google_error(401, "Request is missing required authentication credential.", "required")
+            if status is not None:
+                return google_error(status, f"injected fault for {method_id}",
+                                    "rateLimitExceeded" if status == 429 else "backendError")
+            try:
+                with self.lock:
+                    return handler(Request(method, path, query, body, headers, match.groupdict()))
+            except KeyError as exc:
+                return google_error(404, f"The resource {exc} was not found", "notFound")
+        return google_error(404, f"no such method: {method} {path}", "notFound")
+
+    def _batch(self, raw: bytes, headers: dict[str, str]) -> tuple[int, str, str]:
+        """Compute's batch endpoint: each part an HTTP request, answered in order."""
+        match = re.search(r"boundary=\"?([^\";]+)\"?", headers.get("content-type", ""))
+        if not match:
+            return 400, json.dumps(google_error(400, "batch: no boundary")[1]), "application/json"
+        parts = [p for p in raw.decode().split(f"--{match.group(1)}") if p.strip() and p.strip() != "--"]
+        out_boundary = f"batch_{secrets.token_hex(6)}"
+        answers = []
+        for i, part in enumerate(parts):
+            request = re.search(r"^(GET|POST|DELETE|PATCH) (\S+) HTTP/1\.1", part, re.M)
+            if not request:
+                status, answer = google_error(400, "batch part without a request line")
+            else:
+                url = urlparse(request.group(2))
+                status, answer = self.dispatch(request.group(1), unquote(url.path), {}, None, headers)
+            answers.append(f"--{out_boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{i}>\r\n\r\n"
+                           f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\n"
+                           f"Content-Type: application/json; charset=UTF-8\r\n\r\n{json.dumps(answer)}\r\n")
+        return 200, "".join(answers) + f"--{out_boundary}--\r\n", f"multipart/mixed; boundary={out_boundary}"
+
+    # -- routes ----------------------------------------------------------------------------------
+    def _add(self, method: str, method_id: str, regex: str, handler: Handler) -> None:
+        self._routes.append((method, re.compile(regex), method_id, handler))
+
+    def _builtin_routes(self) -> None:
+        p = r"/compute/v1/projects/(?P<project>[^/]+)"
+        z = p + r"/zones/(?P<zone>[^/]+)"
+        r = p + r"/regions/(?P<region>[^/]+)"
+        add = self._add
+        add("GET", "compute.zones.list", p + "/zones", self._zones)
+        add("GET", "compute.machineTypes.aggregatedList", p + "/aggregated/machineTypes", self._machine_types_agg)
+        add("GET", "compute.machineTypes.list", z + "/machineTypes", self._machine_types)
+        add("POST", "compute.instances.insert", z + "/instances", self._insert)
+        add("GET", "compute.instances.list", z + "/instances", self._list)
+        add("GET", "compute.instances.get", z + r"/instances/(?P<name>[^/]+)", self._get)
+        add("DELETE", "compute.instances.delete", z + r"/instances/(?P<name>[^/]+)", self._delete)
+        add("GET", "compute.instances.getSerialPortOutput", z + r"/instances/(?P<name>[^/]+)/serialPort",
+            self._serial)
+        add("GET", "compute.instances.aggregatedList", p + "/aggregated/instances", self._aggregated)
+        add("POST", "compute.regionInstances.bulkInsert", r + "/instances/bulkInsert", self._bulk_insert)
+        for scope, base in (("zone", z), ("region", r), ("global", p + "/global")):
+            add("GET", f"compute.{scope}Operations.get", base + r"/operations/(?P<op>[^/]+)", self._operation)
+            add("POST", f"compute.{scope}Operations.wait", base + r"/operations/(?P<op>[^/]+)/wait", self._operation)
+        add("GET", "compute.networks.get", p + r"/global/networks/(?P<name>[^/]+)",
+            lambda q: (200, self.networks[q.groups["name"]]))
+        add("POST", "compute.networks.insert", p + "/global/networks", self._network_insert)
+        add("GET", "compute.subnetworks.get", r + r"/subnetworks/(?P<name>[^/]+)",
+            lambda q: (200, self.subnetworks[(q.groups["region"], q.groups["name"])]))
+        add("POST", "compute.subnetworks.insert", r + "/subnetworks", self._subnetwork_insert)
+        add("GET", "compute.firewalls.get", p + r"/global/firewalls/(?P<name>[^/]+)",
+            lambda q: (200, self.firewalls[q.groups["name"]]))
+        add("GET", "compute.firewalls.list", p + "/global/firewalls",
+            lambda q: (200, {"items": list(self.firewalls.values())}))
+        add("POST", "compute.firewalls.insert", p + "/global/firewalls", self._firewall_insert)
+        add("GET", "compute.images.getFromFamily", p + r"/global/images/family/(?P<family>[^/]+)", self._image)
+        add("POST", "logging.entries.write", "/v2/entries:write", self._write_entries)
+        add("POST", "logging.entries.list", "/v2/entries:list", self._list_entries)
+        add("GET", "iam.serviceAccounts.get", r"/v1/projects/(?P<project>[^/]+)/serviceAccounts/(?P<email>[^/]+)",
+            lambda q: (200, self.service_accounts[q.groups["email"]]))
+        add("POST", "iam.serviceAccounts.create", r"/v1/projects/(?P<project>[^/]+)/serviceAccounts",
+            self._create_account)
+        add("POST", "cloudresourcemanager.projects.getIamPolicy", r"/v1/projects/(?P<project>[^/:]+):getIamPolicy",
+            lambda q: (200, json.loads(json.dumps(self.policy))))
+        add("POST", "cloudresourcemanager.projects.setIamPolicy", r"/v1/projects/(?P<project>[^/:]+):setIamPolicy",
+            self._set_policy)
+
+    # -- compute ---------------------------------------------------------------------------------
+    def _link(self, path: str) -> str:
+        return f"{self.url}/compute/v1/projects/{self.project}/{path}"
+
+    def _zones(self, q: Request) -> tuple[int, Any]:
+        return 200, {"items": [{"name": zone, "region": self._link(f"regions/{region}"), "status": "UP"}
+                               for region, zones in ZONES.items() for zone in zones]}
+
+    def _machine_type(self, zone: str, name: str) -> dict:
+        vcpus, memory, accelerators, shared = MACHINE_TYPES[name]
+        out = {"name": name, "guestCpus": vcpus, "memoryMb": memory, "zone": zone, "isSharedCpu": shared,
+               "selfLink": self._link(f"zones/{zone}/machineTypes/{name}")}
+        if accelerators:
+            out["accelerators"] = [{"guestAcceleratorType": accelerators[0], "guestAcceleratorCount": accelerators[1]}]
+        return out
+
+    def _machine_types_agg(self, q: Request) -> tuple[int, Any]:
+        return 200, {"items": {f"zones/{zone}": {"machineTypes": [self._machine_type(zone, n) for n in MACHINE_TYPES]}
+                               for zones in ZONES.values() for zone in zones}}
+
+    def _machine_types(self, q: Request) -> tuple[int, Any]:
+        return 200, {"items": [self._machine_type(q.groups["zone"], n) for n in MACHINE_TYPES]}
+
+    def _operation_of(self, kind: str, scope: str, target: str, error: Optional[tuple[str, str]] = None,
+                      **extra: Any) -> dict:
+        name = f"operation-{secrets.token_hex(8)}"
+        op = {"kind": "compute#operation", "id": str(next(self._ids)), "name": name, "operationType": kind,
+              "status": "RUNNING", "targetLink": target, "insertTime": _now(),
+              "selfLink": self._link(f"{scope}/operations/{name}"), **extra}
+        if scope.startswith("zones/"):
+            op["zone"] = self._link(scope)
+        elif scope.startswith("regions/"):
+            op["region"] = self._link(scope)
+        if error:
+            op["error"] = {"errors": [{"code": error[0], "message": error[1]}]}
+            op["httpErrorStatusCode"] = 503
+        self.operations[name] = op
+        return op
+
+    def _operation(self, q: Request) -> tuple[int, Any]:
+        op = self.operations[q.groups["op"]]
+        op["status"] = "DONE"  # nothing here takes time: done once anyone looks
+        op.setdefault("endTime", _now())
+        return 200, op
+
+    def _refused(self, zone: str, spot: bool) -> Optional[tuple[str, str]]:
+        if zone in self.exhausted:
+            return EXHAUSTED, f"The zone 'projects/{self.project}/zones/{zone}' does not have enough resources " \
+                              "available to fulfill the request. Try a different zone, or try again later."
+        if spot and self.spot_stockout:
+            return EXHAUSTED, f"The zone 'projects/{self.project}/zones/{zone}' does not have enough resources " \
+                              "available to fulfill the request (Spot VMs)."
+        return None
+
+    def _address(self, subnetwork: str) -> str:
+        key = subnetwork.split("/regions/", 1)[-1].split("/subnetworks/")
+        subnet = self.subnetworks.get((key[0], key[1])) if len(key) == 2 else None
+        if subnet is None:
+            raise KeyError(subnetwork)
+        if (key[0], key[1]) not in self._addresses:
+            self._addresses[(key[0], key[1])] = ipaddress.ip_network(subnet["ipCidrRange"]).hosts()
+            next(self._addresses[(key[0], key[1])])  # .1 is the gateway
+        return str(next(self._addresses[(key[0], key[1])]))
+
+    def _create(self, zone: str, name: str, props: dict) -> dict:
+        if (zone, name) in self.instances:
+            raise ValueError(f"The resource '{name}' already exists")
+        machine = props["machineType"].rsplit("/", 1)[-1]
+        if machine not in MACHINE_TYPES:
+            raise ValueError(f"Invalid value for field 'machineType': '{props['machineType']}'")
+        interfaces = []
+        for interface in props.get("networkInterfaces", []):
+            interfaces.append({**interface, "networkIP": self._address(interface["subnetwork"]),
+                               "accessConfigs": [{**a, "natIP": f"203.0.113.{len(self.instances) % 250 + 1}"}
+                                                 for a in interface.get("accessConfigs", [])]})
+        instance = {
+            **props, "kind": "compute#instance", "id": str(next(self._ids)), "name": name,
+            "zone": self._link(f"zones/{zone}"), "machineType": self._link(f"zones/{zone}/machineTypes/{machine}"),
+            "status": "RUNNING", "creationTimestamp": _now(), "networkInterfaces": interfaces,
+            "selfLink": self._link(f"zones/{zone}/instances/{name}"),
+        }
+        self.instances[(zone, name)] = instance
+        return instance
+
+    def _insert(self, q: Request) -> tuple[int, Any]:
+        zone, props = q.groups["zone"], q.body
+        spot = props.get("scheduling", {}).get("provisioningModel") == "SPOT"
+        error = self._refused(zone, spot)
+        try:
+            if error is None:
+                self._create(zone, props["name"], props)
+        except ValueError as exc:
+            return google_error(409 if "exists" in str(exc) else 400, str(exc), "invalid")
+        return 200, self._operation_of("insert", f"zones/{zone}", self._link(f"zones/{zone}/instances/{props['name']}"),
+                                       error)
+
+    def _bulk_insert(self, q: Request) -> tuple[int, Any]:
+        region, body = q.groups["region"], q.body
+        count, pattern, props = int(body["count"]), body["namePattern"], body["instanceProperties"]
+        spot = props.get("scheduling", {}).get("provisioningModel") == "SPOT"
+        locations = body.get("locationPolicy", {}).get("locations", {})
+        allowed = [z for z in ZONES[region] if locations.get(f"zones/{z}", {}).get("preference", "ALLOW") == "ALLOW"]
+        errors = [self._refused(z, spot) for z in allowed]
+        zone = next((z for z, e in zip(allowed, errors) if e is None), None)
+        target = self._link(f"regions/{region}/instances")
+        if zone is None:
+            return 200, self._operation_of("bulkInsert", f"regions/{region}", target,
+                                           next((e for e in errors if e), (EXHAUSTED, "no zone allowed")))
+        if "#" not in pattern:
+            return google_error(400, "Invalid value for field 'namePattern'", "invalid")
+        digits = pattern.count("#")
+        try:
+            for i in range(1, count + 1):
+                self._create(zone, pattern.replace("#" * digits, f"{i:0{digits}d}"), props)
+        except ValueError as exc:
+            return google_error(400, str(exc), "invalid")
+        return 200, self._operation_of("bulkInsert", f"regions/{region}", target, None,
+                                       instancesBulkInsertOperationMetadata={"perLocationStatus": {
+                                           f"zones/{zone}": {"status": "FULFILLED", "createdVmCount": count}}})
+
+    def _get(self, q: Request) -> tuple[int, Any]:
+        return 200, self.instances[(q.groups["zone"], q.groups["name"])]
+
+    def _list(self, q: Request) -> tuple[int, Any]:
+        return 200, {"items": [i for (zone, _), i in self.instances.items() if zone == q.groups["zone"]
+                               and _matches(i, q.query.get("filter"))]}
+
+    def _aggregated(self, q: Request) -> tuple[int, Any]:
+        items: dict[str, dict] = {}
+        for (zone, _), instance in sorted(self.instances.items()):
+            if _matches(instance, q.query.get("filter")):
+                items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(instance)
+        return 200, {"items": items}
+
+    def _delete(self, q: Request) -> tuple[int, Any]:
+        zone, name = q.groups["zone"], q.groups["name"]
+        del self.instances[(zone, name)]
+        return 200, self._operation_of("delete", f"zones/{zone}", self._link(f"zones/{zone}/instances/{name}"))
+
+    def _serial(self, q: Request) -> tuple[int, Any]:
+        zone, name = q.groups["zone"], q.groups["name"]
+        self.instances[(zone, name)]
+        text = self.serial_output(zone, name) or ""
+        return 200, {"kind": "compute#serialPortOutput", "contents": text, "start": "0", "next": str(len(text))}
+
+    def _network_insert(self, q: Request) -> tuple[int, Any]:
+        name = q.body["name"]
+        if name in self.networks:
+            return google_error(409, f"The resource '{name}' already exists", "alreadyExists")
+        self.networks[name] = {**q.body, "selfLink": self._link(f"global/networks/{name}")}
+        return 200, self._operation_of("insert", "global", self.networks[name]["selfLink"])
+
+    def _subnetwork_insert(self, q: Request) -> tuple[int, Any]:
+        region, name = q.groups["region"], q.body["name"]
+        network = q.body["network"].rsplit("/", 1)[-1]
+        if network not in self.networks:
+            return google_error(400, f"The resource network '{network}' was not found", "invalid")
+        if (region, name) in self.subnetworks:
+            return google_error(409, f"The resource '{name}' already exists", "alreadyExists")
+        self.subnetworks[(region, name)] = {**q.body, "network": self.networks[network]["selfLink"],
+                                            "region": self._link(f"regions/{region}"),
+                                            "selfLink": self._link(f"regions/{region}/subnetworks/{name}")}
+        return 200, self._operation_of("insert", f"regions/{region}", self.subnetworks[(region, name)]["selfLink"])
+
+    def _firewall_insert(self, q: Request) -> tuple[int, Any]:
+        name = q.body["name"]
+        if name in self.firewalls:
+            return google_error(409, f"The resource '{name}' already exists", "alreadyExists")
+        self.firewalls[name] = {**q.body, "selfLink": self._link(f"global/firewalls/{name}")}
+        return 200, self._operation_of("insert", "global", self.firewalls[name]["selfLink"])
+
+    def _image(self, q: Request) -> tuple[int, Any]:
+        name = IMAGES[(q.groups["project"], q.groups["family"])]
+        return 200, {"name": name, "family": q.groups["family"], "status": "READY",
+                     "selfLink": f"{self.url}/compute/v1/projects/{q.groups['project']}/global/images/{name}"}
+
+    # -- logging -----------------------------------------------------------------------------------
+    def _write_entries(self, q: Request) -> tuple[int, Any]:
+        body = q.body
+        for entry in body.get("entries", []):
+            self.entries.append({
+                "logName": entry.get("logName") or body["logName"],
+                "resource": entry.get("resource") or body.get("resource") or {"type": "global"},
+                "labels": {**body.get("labels", {}), **entry.get("labels", {})},
+                "timestamp": entry.get("timestamp") or _now(), "receiveTimestamp": _now(),
+                "insertId": secrets.token_hex(8), "textPayload": entry.get("textPayload", ""),
+                "_token": q.headers.get("authorization", "")[len("Bearer "):],
+            })
+        return 200, {}
+
+    def _list_entries(self, q: Request) -> tuple[int, Any]:
+        body = q.body or {}
+        entries = [e for e in self.entries if _log_match(e, body.get("filter", ""))]
+        entries.sort(key=lambda e: _time(e["timestamp"]), reverse="desc" in body.get("orderBy", ""))
+        start = int(body.get("pageToken") or 0)
+        size = min(int(body.get("pageSize") or self.page_size), self.page_size)
+        page = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries[start:start + size]]
+        answer: dict[str, Any] = {"entries": page}
+        if start + size < len(entries):
+            answer["nextPageToken"] = str(start + size)
+        return 200, answer
+
+    # -- IAM ---------------------------------------------------------------------------------------
+    def _create_account(self, q: Request) -> tuple[int, Any]:
+        account_id = q.body["accountId"]
+        email = f"{account_id}@{q.groups['project']}.iam.gserviceaccount.com"
+        if email in self.service_accounts:
+            return google_error(409, f"Service account {account_id} already exists", "alreadyExists")
+        self.service_accounts[email] = {"name": f"projects/{q.groups['project']}/serviceAccounts/{email}",
+                                        "email": email, "projectId": q.groups["project"],
+                                        **q.body.get("serviceAccount", {})}
+        return 200, self.service_accounts[email]
+
+    def _set_policy(self, q: Request) -> tuple[int, Any]:
+        policy = q.body["policy"]
+        if policy.get("etag") != self.policy["etag"]:
+            return 409, {"error": {"code": 409, "message": "etag mismatch", "status": "ABORTED"}}
+        self.policy = {**policy, "etag": f"Bw{secrets.token_hex(4)}=="}
+        return 200, self.policy
+
+
+def _matches(instance: dict, text: Optional[str]) -> bool:
+    """Compute's list filter, the part coiled-lab uses: ``labels.<k> = "<v>"`` terms."""
+    for key, value in re.findall(r'labels\.([\w-]+)\s*=\s*"([^"]*)"', text or ""):
+        if instance.get("labels", {}).get(key) != value:
+            return False
+    return True
+
+
+def _log_match(entry: dict, text: str) -> bool:
+    """Cloud Logging's filter, the part coiled-lab uses: ``logName="..."``,
+    ``labels."<k>"="<v>"`` and ``timestamp>=``/``>`` terms joined by AND."""
+    for field_name, op, value in re.findall(r'(logName|timestamp|labels\.(?:"[^"]+"|[\w-]+))\s*(>=|<=|=|>|<)\s*"([^"]*)"',
+                                            text):
+        if field_name == "logName":
+            if entry["logName"] != value:
+                return False
+        elif field_name == "timestamp":
+            have, want = _time(entry["timestamp"]), _time(value)
+            if not {">=": have >= want, ">": have > want, "<=": have <= want, "<": have < want, "=": have == want}[op]:
+                return False
+        elif entry["labels"].get(field_name.split(".", 1)[1].strip('"')) != value:
+            return False
+    return True
