@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 import weakref
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -264,7 +265,8 @@ async def _gcp_quotes(spec: ClusterSpec, book: PriceBook, inputs: dict[str, Any]
     region = inputs["region"]
     spot = None
     if spec.spot_policy != "on-demand":
-        spot = (await book.gcp_machine(region, inputs["worker_machine"], spot=True))["price"]
+        with suppress(ClusterSpecError):  # no Spot rate published: priced on-demand, no saving shown
+            spot = (await book.gcp_machine(region, inputs["worker_machine"], spot=True))["price"]
     return {"scheduler": await book.gcp_machine(region, inputs["scheduler_machine"], spot=False,
                                                 field="scheduler_vm_type"),
             "worker": await book.gcp_machine(region, inputs["worker_machine"], spot=False),

@@ -167,6 +167,9 @@ def test_estimate_is_scheduler_plus_workers_plus_disks_and_spot_saves(tmp_path, 
     gpus = FakeGCPBackend(token_credentials(), machine("n1-standard-8", 8, 30.0, gpus=2, gpu_type="nvidia-tesla-t4"))
     est = run(estimate(parse_spec(backend="gcp", n_workers=3, region="us-central1"), gpus, book))
     assert est["worker_each"] == pytest.approx(8 * 0.031611 + 30 * 0.004237 + 2 * 0.35)
+    # The fake catalog has no Spot N1 rate: a Spot estimate shows the on-demand price and no saving.
+    est = run(estimate(parse_spec(backend="gcp", n_workers=3, region="us-central1", spot_policy="spot"), gpus, book))
+    assert est["worker_each"] == pytest.approx(8 * 0.031611 + 30 * 0.004237 + 2 * 0.35) and est["spot_savings"] == 0
 
 
 def test_what_has_no_price_is_a_clear_error(tmp_path, catalog):
