@@ -68,7 +68,7 @@ def _money(usd: float) -> dict:
     return {"currencyCode": "USD", "units": str(units), "nanos": round((usd - units) * 1e9)}
 
 
-def _sku(i: int, description: str, family: str, group: str, usage: str, unit: str, regions: list[str],
+def sku_json(i: int, description: str, family: str, group: str, usage: str, unit: str, regions: list[str],
          usd: float) -> dict:
     sku_id = f"{0xA000 + i:04X}-{0xB000 + i:04X}-{0xC000 + i:04X}"
     tiers = [{"startUsageAmount": 0, "unitPrice": _money(usd)}]
@@ -90,11 +90,16 @@ def _sku(i: int, description: str, family: str, group: str, usage: str, unit: st
     }
 
 
-CATALOG = [_sku(i, *row) for i, row in enumerate(SKUS)]
+CATALOG = [sku_json(i, *row) for i, row in enumerate(SKUS)]
 
 
 class BillingCatalog(LocalHTTP):
-    """The fake API on 127.0.0.1; ``requests`` records each page asked for."""
+    """The fake API on 127.0.0.1, serving ``catalog`` (default: :data:`CATALOG`) ``page``
+    SKUs at a time; ``requests`` records each page asked for."""
+
+    def __init__(self, catalog: list[dict] = CATALOG, page: int = PAGE) -> None:
+        self.catalog, self.page = catalog, page
+        super().__init__()
 
     def _handler(self):
         api = self
@@ -113,9 +118,9 @@ class BillingCatalog(LocalHTTP):
                     return self.answer(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                                         "message": f"unexpected request {self.path}"}})
                 start = int(params.get("pageToken") or 0)
-                size = min(PAGE, int(params.get("pageSize") or 5000))
-                body: dict = {"skus": CATALOG[start:start + size]}
-                body["nextPageToken"] = str(start + size) if start + size < len(CATALOG) else ""
+                size = min(api.page, int(params.get("pageSize") or 5000))
+                body: dict = {"skus": api.catalog[start:start + size]}
+                body["nextPageToken"] = str(start + size) if start + size < len(api.catalog) else ""
                 self.answer(200, body)
 
         return Handler
