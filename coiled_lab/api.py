@@ -130,7 +130,7 @@ class APIClient:
 
         self.url = url.rstrip("/") + "/"
         self._token = token
-        self._connected = False  # an events socket opened once: a refusal later means a restart
+        self._accepted = False  # the server took our token once: a refusal later means it restarted
         self.request_timeout = request_timeout
         self.reconnect_for = reconnect_for  # how long a lost events socket keeps retrying
         self.thread = LoopThread(name="coiled-lab-api")
@@ -261,9 +261,12 @@ class APIClient:
 
     def _new_token(self) -> bool:
         """A restarted server makes a new kernel token: take it from the runtime file the
-        server keeps in the state dir, if that names this server's URL. True if it changed."""
+        server keeps in the state dir, if that names this server's URL and the old token
+        was once accepted (a token that never worked stays refused). True if it changed."""
         from . import config
 
+        if not self._accepted:
+            return False
         server = read_runtime_file(config.state_dir())
         if server is None or server["url"].rstrip("/") + "/" != self.url or server["token"] == self._token:
             return False
@@ -291,6 +294,7 @@ class APIClient:
             if response.code == 403 and self._new_token():  # the server restarted
                 request.headers.update(self._headers())
                 response = await self._http.fetch(request, raise_error=False)
+            self._accepted = self._accepted or response.code != 403
         except (HTTPClientError, OSError) as exc:
             raise APIError(599, f"the coiled-lab server at {self.url} is unreachable: {exc}") from None
         try:
@@ -327,12 +331,12 @@ class APIClient:
         while True:
             try:
                 socket = await self._open_events(cluster, after)
-                self._connected = True
+                self._accepted = True
                 return socket
             except APIError as exc:
                 # A restarted server refuses the old token until its runtime file names the
                 # new one (written once its manager runs): keep trying with the file's.
-                restarted = exc.status == 403 and self._connected
+                restarted = exc.status == 403 and self._accepted
                 if (exc.status < 500 and not restarted) or time.monotonic() > give_up:
                     raise
                 if restarted and self._new_token():

@@ -57,18 +57,17 @@ def restart(lab: JupyterLab) -> None:
 class Listener:
     """A kernel-side events consumer (``APIClient.events``) in a thread of its own."""
 
-    def __init__(self, client: APIClient, cluster_id: str):
+    def __init__(self, client: APIClient):
         self.events: list[Any] = []
         self._client = client
-        self._cluster_id = cluster_id
         threading.Thread(target=client.run, args=(self._listen(),), daemon=True).start()
 
     async def _listen(self) -> None:
-        async for event in self._client.events(self._cluster_id):
+        async for event in self._client.events():
             self.events.append(event)
 
-    def states(self) -> list[str]:
-        return [e.data["status"] for e in self.events if e.kind == "state"]
+    def states(self, cluster_id: str) -> list[str]:
+        return [e.data["status"] for e in self.events if e.kind == "state" and e.cluster_id == cluster_id]
 
 
 def test_server_killed_while_running_provisioning_and_stopping(lab):
@@ -81,15 +80,17 @@ def test_server_killed_while_running_provisioning_and_stopping(lab):
     store = Store(lab.state_dir / "coiled-lab.sqlite")
     try:
         # -- killed while a cluster runs: adopted, same processes ---------------------------
+        # Listening from before the start: it has seen stored events, so after the restart
+        # it resumes after the last one (none missed while the server was away).
+        listener = Listener(kernel)
         a = kernel.run(kernel.create({"backend": "local", "name": "adopt-me", "n_workers": 2}))
         assert kernel.run(kernel.wait(a["id"], timeout=120))["status"] == "running"
         before = processes(lab, a["id"])
         assert sorted(before.values()) == ["scheduler", "worker", "worker"]
-        listener = Listener(kernel, a["id"])
         cluster = Cluster(name="adopt-me", shutdown_on_close=False, control=kernel)
         dask_client = Client(cluster)
         assert dask_client.submit(sum, [1, 2]).result(timeout=60) == 3
-        wait_for(lambda: listener.events, timeout=30, what="the events socket to be open")
+        wait_for(lambda: "running" in listener.states(a["id"]), timeout=30, what="the start's events")
 
         restart(lab)
         assert kernel.run(kernel.wait(a["id"], timeout=60))["status"] == "running"
@@ -98,7 +99,7 @@ def test_server_killed_while_running_provisioning_and_stopping(lab):
         # The kernel's client is refused its old token, takes the new one from the runtime
         # file, and the events socket reconnects and resumes on its own.
         cluster.scale(1)
-        wait_for(lambda: listener.states()[-1:] == ["running"] and "scaling" in listener.states(),
+        wait_for(lambda: listener.states(a["id"])[-2:] == ["scaling", "running"],
                  timeout=60, what="scaling then running over the reconnected events socket")
         wait_for(lambda: len(processes(lab, a["id"])) == 2, timeout=60, what="one worker retired")
         dask_client.close()
