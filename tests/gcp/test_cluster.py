@@ -75,3 +75,32 @@ def test_cluster_on_gce(gcp_control, emulator, fake, gcp_env):
     bulks = fake.calls("compute.regionInstances.bulkInsert")[bulk_before:]
     assert [int(c.body["count"]) for c in bulks] == [2, 1]
     assert fake.count("compute.instances.insert") >= 1
+
+
+def test_spot_preemption_retires_the_worker_and_it_is_replaced(gcp_control, emulator, fake):
+    cluster = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 2, "spot_policy": "spot"}))
+    assert gcp_control.run(gcp_control.wait(cluster["id"], timeout=120))["status"] == "running"
+    workers = labelled(fake, cluster["id"], "worker")
+    assert {w["scheduling"]["provisioningModel"] for w in workers} == {"SPOT"}
+    victim = workers[0]["name"]
+    with Cluster(name=cluster["name"], control=gcp_control, shutdown_on_close=False) as attached, \
+            Client(attached) as client:
+        addresses = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+        data = client.submit(lambda: list(range(1000)), workers=[addresses[victim]], pure=False)
+        assert len(data.result()) == 1000
+
+        emulator.preempt(victim)
+        # Retired gracefully: its data moved to the other worker before it left.
+        wait_for(lambda: victim not in {w["name"] for w in client.scheduler_info()["workers"].values()},
+                 timeout=60, what="the preempted worker to leave")
+        assert len(data.result()) == 1000
+        assert data.key in {k for keys in client.has_what().values() for k in keys}
+        client.wait_for_workers(2, timeout=90)  # the manager replaces it
+    # The powered-off VM is deleted, not left stopped.
+    wait_for(lambda: victim not in {v["name"] for v in labelled(fake, cluster["id"], alive=False)}, timeout=30,
+             what="the preempted VM deleted")
+    records = gcp_control.run(gcp_control.logs(cluster["id"], instance=victim, limit=None))
+    assert any("spot interruption notice preempted" in r["message"] for r in records)
+    gcp_control.run(gcp_control.stop(cluster["id"]))
+    gcp_control.run(gcp_control.wait(cluster["id"], ("stopped",), 60))
+    wait_for(lambda: not labelled(fake, cluster["id"], alive=False), timeout=30, what="no VM labelled")
