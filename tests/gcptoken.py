@@ -7,6 +7,8 @@ kernel run unchanged and cross HTTP.
   is answered with a fresh random ``ya29.`` access token lasting ``lifetime`` seconds.
 - ``GET /v1/whoami``: what a Google API does with a bearer token; 200 naming the account
   for a token issued here and not expired, 401 otherwise.
+- A bucket in Cloud Storage's JSON API shape (list, object metadata, ``alt=media``
+  download), behind the same check, for gcsfs (``GCSFileSystem(endpoint_url=url)``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .localhttp import JSONHandler, LocalHTTP
 
 ACCOUNT = "kernel-user@kernel-project.iam.gserviceaccount.com"
 PROJECT = "kernel-project"
+BUCKET, OBJECT, CONTENT = "user-data", "hello.txt", b"hello from GCS\n"
 GOOGLE_AUDIENCE = "https://oauth2.googleapis.com/token"  # what google-auth signs grants for, whatever token_uri
 
 
@@ -69,10 +72,26 @@ class TokenEndpoint(LocalHTTP):
 
             def do_GET(self) -> None:
                 bearer = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-                endpoint.requests.append({"path": self.path, "token": bearer})
+                path = self.path.split("?")[0]
+                endpoint.requests.append({"path": path, "token": bearer})
                 found = [t for t in endpoint.issued if t["token"] == bearer and t["expires"] > time.time()]
-                if self.path != "/v1/whoami" or not found:
-                    return self.answer(401, {"error": {"code": 401, "status": "UNAUTHENTICATED"}})
-                self.answer(200, {"account": found[0]["account"]})
+                if not found:
+                    return self.answer(401, {"error": {"code": 401, "message": "Invalid Credentials"}})
+                objects = f"/storage/v1/b/{BUCKET}/o"
+                metadata = {"kind": "storage#object", "bucket": BUCKET, "name": OBJECT, "size": str(len(CONTENT)),
+                            "contentType": "text/plain", "generation": "1", "updated": "2026-11-23T00:00:00.000Z"}
+                if path == "/v1/whoami":
+                    return self.answer(200, {"account": found[0]["account"]})
+                if path == objects:
+                    return self.answer(200, {"kind": "storage#objects", "items": [metadata], "prefixes": []})
+                if path == f"{objects}/{OBJECT}":
+                    return self.answer(200, metadata)
+                if path == f"/download{objects}/{OBJECT}":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(CONTENT)))
+                    self.end_headers()
+                    return self.wfile.write(CONTENT)
+                self.answer(404, {"error": {"code": 404, "message": f"no such object {path}"}})
 
         return Handler

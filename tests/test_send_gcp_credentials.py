@@ -22,7 +22,7 @@ from coiled_lab.errors import ClusterError
 from coiled_lab.gcp_credentials import EXPIRY_ENV, PROJECT_ENV, TOKEN_ENV, GCPTokenPlugin, access_token
 
 from .conftest import wait_for
-from .gcptoken import ACCOUNT, PROJECT, TokenEndpoint
+from .gcptoken import ACCOUNT, BUCKET, CONTENT, OBJECT, PROJECT, TokenEndpoint
 from .test_send_credentials import assert_no_secret_leaked
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
@@ -76,6 +76,16 @@ def call_google(url: str, keep: bool = False) -> dict:
             "credentials": type(session.credentials).__name__}
 
 
+def read_with_gcsfs(url: str) -> dict:
+    """gcsfs on a worker, credentials left to it (``google.auth.default()``)."""
+    # Its experimental bucket-type probe speaks gRPC, which the fake does not: off.
+    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(endpoint_url=url, skip_instance_cache=True)
+    return {"listed": fs.ls(BUCKET), "content": fs.cat(f"{BUCKET}/{OBJECT}"), "project": fs.project}
+
+
 @pytest.mark.slow
 def test_workers_get_the_kernels_access_token_and_so_do_workers_added_later(control, state_dir, google):
     endpoint = google()
@@ -91,6 +101,9 @@ def test_workers_get_the_kernels_access_token_and_so_do_workers_added_later(cont
         answer = client.submit(call_google, endpoint.url, pure=False).result()
         assert answer == {"status": 200, "body": {"account": ACCOUNT}, "project": PROJECT, "credentials": "SentToken"}
         assert endpoint.requests[-1] == {"path": "/v1/whoami", "token": sent["token"]}
+        read = client.submit(read_with_gcsfs, endpoint.url, pure=False).result()
+        assert read == {"listed": [f"{BUCKET}/{OBJECT}"], "content": CONTENT, "project": PROJECT}
+        assert endpoint.requests[-1] == {"path": f"/download/storage/v1/b/{BUCKET}/o/{OBJECT}", "token": sent["token"]}
         assert len(endpoint.issued) == 1  # the worker used the sent token; it could mint none itself
 
         cluster.scale(2)
