@@ -19,6 +19,7 @@ picks up the next token by itself. Nothing is written to files or logs.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import time
 from typing import Any, Optional
@@ -67,8 +68,9 @@ def _expiry() -> Optional[datetime.datetime]:
     return datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc).replace(tzinfo=None) if value else None
 
 
-def _sent_token_class():
-    """:class:`SentToken`, made on first use so that importing this module (as every
+@functools.lru_cache(maxsize=None)
+def _sent_token_class() -> type:
+    """:class:`SentToken`, made once on first use so that importing this module (as every
     worker does to unpickle the plugin) does not import google-auth."""
     from google.auth import credentials, exceptions
 
