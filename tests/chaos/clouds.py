@@ -3,10 +3,12 @@ leftovers are counted.
 
 - :class:`EmulatedAWS`: moto behind the fault proxy (tests/aws/proxy.py), instances booted
   by the EC2 emulator (tests/aws/emulator.py);
-- GCE: a teammate's ``tests/gcp/`` (fakegcp.py, emulator.py) is the place for a second
-  class with the same four members (``spec``, ``arm``, ``disarm``, ``leaked``): faults at
-  its HTTP boundary, leftovers = instances, instance templates, disks labelled with the
-  cluster id. Until it exists the chaos tests run on AWS alone.
+- :class:`EmulatedGCE`: the fake Google Cloud REST server (tests/gcp/fakegcp.py), VMs
+  booted by the GCE emulator (tests/gcp/emulator.py). The fake can throttle (429) and fail
+  (500/503) any method; it has no timeouts or resets at the socket level, and its zone
+  exhaustion lasts until reset, so those kinds are AWS-only here.
+
+A cloud has four members: ``spec``, ``arm``, ``disarm``, ``leaked``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,49 @@ class EmulatedAWS:
         found = self.moto.tagged(cluster_id)
         ids = set(self.moto.all_instances(cluster_id))
         processes = [i for i in self.emulator.running() if i in ids]
+        if processes:
+            found["processes"] = processes
+        return found
+
+
+# The Google Cloud methods a cluster's life calls (as the fake logs them), where faults land.
+GCE_METHODS = (
+    "compute.regionInstances.bulkInsert", "compute.instances.insert", "compute.instances.delete",
+    "compute.instances.aggregatedList", "compute.instances.list", "compute.instances.get",
+    "compute.regionOperations.get", "compute.regionOperations.wait", "compute.zoneOperations.get",
+    "compute.zoneOperations.wait", "compute.subnetworks.get", "compute.firewalls.list",
+    "compute.images.getFromFamily", "logging.entries.list",
+)
+
+
+class EmulatedGCE:
+    name = "gcp (fake Compute + GCE emulator)"
+
+    def __init__(self, fake: Any, emulator: Any):
+        self.fake = fake
+        self.emulator = emulator
+
+    def spec(self, name: str, n_workers: int) -> dict[str, Any]:
+        return {"backend": "gcp", "name": name, "n_workers": n_workers}
+
+    def arm(self, rng: random.Random) -> list:
+        from .harness import Fault
+
+        faults = []
+        for method in rng.sample(GCE_METHODS, rng.randint(1, 3)):  # one fault per method: the fake counts so
+            kind = rng.choice(("throttle", "server-error"))
+            fault = Fault(kind, method, rng.randint(1, 3))
+            fault.fired = self.fake.fail(method, 429 if kind == "throttle" else rng.choice((500, 503)), fault.times)
+            faults.append(fault)
+        return faults
+
+    def disarm(self) -> None:
+        self.fake.reset()
+
+    def leaked(self, cluster_id: str) -> dict[str, list[str]]:
+        vms = [v["name"] for v in self.fake.labelled("coiled-lab-cluster", cluster_id)]  # any status: disks
+        found = {"instances": vms} if vms else {}
+        processes = [n for n in self.emulator.running() if n in vms]
         if processes:
             found["processes"] = processes
         return found

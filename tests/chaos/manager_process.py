@@ -47,5 +47,11 @@ async def serve(state_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("COILED_LAB_TEST_GOOGLE_OFFLINE"):
+        # As tests/gcp/conftest.py does in its process: google-auth's background lookup
+        # of a "regional access boundary" would reach for the internet.
+        from google.oauth2 import service_account
+
+        service_account.Credentials._is_regional_access_boundary_lookup_required = lambda self: False
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(serve(Path(sys.argv[1])))
