@@ -129,13 +129,13 @@ class ClusterManager:
         last = self.store.last_event()
         while True:
             await asyncio.sleep(self.check_interval)
+            while page := self.store.events(after=last):
+                for e in page:
+                    self._publish(Event(e["cluster_id"], e["kind"], e["data"], e["time"], e["seq"]))
+                    last = e["seq"]
             try:
                 self._take_lock()
             except ManagerBusy:
-                while page := self.store.events(after=last):
-                    for e in page:
-                        self._publish(Event(e["cluster_id"], e["kind"], e["data"], e["time"], e["seq"]))
-                        last = e["seq"]
                 continue
             logger.info("took over %s: the manager that held it is gone", self.state_dir)
             self._own()
