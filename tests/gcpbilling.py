@@ -91,6 +91,18 @@ def sku_json(i: int, description: str, family: str, group: str, usage: str, unit
 
 
 CATALOG = [sku_json(i, *row) for i, row in enumerate(SKUS)]
+SKUS_PATH = f"/v1/services/{SERVICE}/skus"
+
+
+def skus_page(params: dict[str, str], catalog: list[dict] = CATALOG, page: int = PAGE) -> tuple[int, dict]:
+    """The answer to ``GET /v1/services/{service}/skus?params`` (status, JSON): also mounted
+    on the tests' fake Google Cloud server (tests/gcp/fakegcp.py), behind its own tokens."""
+    if params.get("currencyCode") != "USD":
+        return 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "currencyCode: expected USD"}}
+    start = int(params.get("pageToken") or 0)
+    size = min(page, int(params.get("pageSize") or 5000))
+    return 200, {"skus": catalog[start:start + size],
+                 "nextPageToken": str(start + size) if start + size < len(catalog) else ""}
 
 
 class BillingCatalog(LocalHTTP):
@@ -114,13 +126,9 @@ class BillingCatalog(LocalHTTP):
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self.answer(401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
                                                         "message": "Request is missing required authentication."}})
-                if url.path != f"/v1/services/{SERVICE}/skus" or params.get("currencyCode") != "USD":
-                    return self.answer(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                if url.path != SKUS_PATH:
+                    return self.answer(404, {"error": {"code": 404, "status": "NOT_FOUND",
                                                         "message": f"unexpected request {self.path}"}})
-                start = int(params.get("pageToken") or 0)
-                size = min(api.page, int(params.get("pageSize") or 5000))
-                body: dict = {"skus": api.catalog[start:start + size]}
-                body["nextPageToken"] = str(start + size) if start + size < len(api.catalog) else ""
-                self.answer(200, body)
+                self.answer(*skus_page(params, api.catalog, api.page))
 
         return Handler
