@@ -21,7 +21,9 @@ requests:
 
 Faults: :meth:`FakeGCP.exhaust` (``ZONE_RESOURCE_POOL_EXHAUSTED`` in a zone),
 :attr:`FakeGCP.spot_stockout` (no Spot capacity anywhere), :meth:`FakeGCP.fail` (the next
-``times`` requests of one method answer 429 or 5xx). Every request is logged with its
+``times`` requests of one method answer 429 or 5xx, before or after doing the work).
+Inserts honour ``requestId`` as GCE does: a request repeated with the same id answers with
+the first one's operation and makes nothing twice. Every request is logged with its
 method id (``compute.regionInstances.bulkInsert``, ``logging.entries.list``...):
 :meth:`FakeGCP.calls`, :meth:`FakeGCP.count`; :attr:`FakeGCP.http_requests` counts API requests
 over HTTP (a batch is one, however many calls it carries), :attr:`FakeGCP.token_requests`
@@ -92,6 +94,7 @@ class Call:
     id: str  # e.g. "compute.instances.insert"
     method: str
     path: str
+    query: dict[str, str]
     body: Any
     token: Optional[str]
 
@@ -134,7 +137,8 @@ class FakeGCP(LocalHTTP):
         self.exhausted: set[str] = set()
         self.spot_stockout = False
         self.serial_output: Callable[[str, str], Optional[str]] = lambda zone, name: None
-        self._faults: dict[str, list[int]] = {}
+        self._faults: dict[str, list[tuple[int, bool]]] = {}
+        self._by_request_id: dict[str, dict] = {}  # requestId -> the operation it started
         self._faults_done: dict[str, list[int]] = {}
         self._ids = itertools.count(4_000_000_000_000_000_000)
         self._addresses: dict[tuple[str, str], Any] = {}  # subnetwork -> address iterator
@@ -160,12 +164,13 @@ class FakeGCP(LocalHTTP):
         with self.lock:
             return Counter(c.id for c in self.calls_log)
 
-    def fail(self, method_id: str, status: int = 429, times: int = 1) -> list[int]:
-        """The next ``times`` calls of ``method_id`` answer ``status``; returns a one-item
-        list counting those that did."""
+    def fail(self, method_id: str, status: int = 429, times: int = 1, after: bool = False) -> list[int]:
+        """The next ``times`` calls of ``method_id`` answer ``status`` — having done the
+        work first when ``after`` (an answer lost on its way back); returns a one-item list
+        counting those that did."""
         done = [0]
         with self.lock:
-            self._faults.setdefault(method_id, []).extend([status] * times)
+            self._faults.setdefault(method_id, []).extend([(status, after)] * times)
             self._faults_done[method_id] = done
         return done
 
@@ -248,22 +253,27 @@ class FakeGCP(LocalHTTP):
             if route_method != method or not match:
                 continue
             with self.lock:
-                self.calls_log.append(Call(method_id, method, path, body, token))
+                self.calls_log.append(Call(method_id, method, path, query, body, token))
                 pending = self._faults.get(method_id)
-                status = pending.pop(0) if pending else None
+                status, after = pending.pop(0) if pending else (None, False)
                 if status is not None:
                     self._faults_done[method_id][0] += 1
             if token is None:
                 return google_error(401, "Request is missing required authentication credential.", "required")
-            if status is not None:
-                return google_error(status, f"injected fault for {method_id}",
-                                    "rateLimitExceeded" if status == 429 else "backendError")
+            if status is not None and not after:
+                return self._fault(method_id, status)
             try:
                 with self.lock:
-                    return handler(Request(method, path, query, body, headers, match.groupdict()))
+                    answer = handler(Request(method, path, query, body, headers, match.groupdict()))
             except KeyError as exc:
-                return google_error(404, f"The resource {exc} was not found", "notFound")
+                answer = google_error(404, f"The resource {exc} was not found", "notFound")
+            return self._fault(method_id, status) if status is not None else answer
         return google_error(404, f"no such method: {method} {path}", "notFound")
+
+    @staticmethod
+    def _fault(method_id: str, status: int) -> tuple[int, Any]:
+        return google_error(status, f"injected fault for {method_id}",
+                            "rateLimitExceeded" if status == 429 else "backendError")
 
     def _batch(self, raw: bytes, headers: dict[str, str]) -> tuple[int, str, str]:
         """Compute's batch endpoint: each part an HTTP request, answered in order."""
@@ -415,7 +425,19 @@ class FakeGCP(LocalHTTP):
         self.instances[(zone, name)] = instance
         return instance
 
+    def _repeated(self, q: Request) -> Optional[dict]:
+        """The operation an earlier request with this ``requestId`` started (GCE keeps them
+        for an hour), so a retried insert makes nothing twice."""
+        return self._by_request_id.get(q.query.get("requestId", ""))
+
+    def _started(self, q: Request, op: dict) -> tuple[int, Any]:
+        if q.query.get("requestId"):
+            self._by_request_id[q.query["requestId"]] = op
+        return 200, op
+
     def _insert(self, q: Request) -> tuple[int, Any]:
+        if self._repeated(q):
+            return 200, self._repeated(q)
         zone, props = q.groups["zone"], q.body
         spot = props.get("scheduling", {}).get("provisioningModel") == "SPOT"
         error = self._refused(zone, spot)
@@ -424,10 +446,12 @@ class FakeGCP(LocalHTTP):
                 self._create(zone, props["name"], props)
         except ValueError as exc:
             return google_error(409 if "exists" in str(exc) else 400, str(exc), "invalid")
-        return 200, self._operation_of("insert", f"zones/{zone}", self._link(f"zones/{zone}/instances/{props['name']}"),
-                                       error)
+        return self._started(q, self._operation_of(
+            "insert", f"zones/{zone}", self._link(f"zones/{zone}/instances/{props['name']}"), error))
 
     def _bulk_insert(self, q: Request) -> tuple[int, Any]:
+        if self._repeated(q):
+            return 200, self._repeated(q)
         region, body = q.groups["region"], q.body
         count, pattern, props = int(body["count"]), body["namePattern"], body["instanceProperties"]
         spot = props.get("scheduling", {}).get("provisioningModel") == "SPOT"
@@ -437,19 +461,22 @@ class FakeGCP(LocalHTTP):
         zone = next((z for z, e in zip(allowed, errors) if e is None), None)
         target = self._link(f"regions/{region}/instances")
         if zone is None:
-            return 200, self._operation_of("bulkInsert", f"regions/{region}", target,
-                                           next((e for e in errors if e), (EXHAUSTED, "no zone allowed")))
+            return self._started(q, self._operation_of("bulkInsert", f"regions/{region}", target,
+                                                       next((e for e in errors if e), (EXHAUSTED, "no zone allowed"))))
         if "#" not in pattern:
             return google_error(400, "Invalid value for field 'namePattern'", "invalid")
         digits = pattern.count("#")
+        taken = {name for _, name in self.instances}
+        # GCE skips the numbers the pattern already has.
+        free = (n for n in itertools.count(1) if pattern.replace("#" * digits, f"{n:0{digits}d}") not in taken)
         try:
-            for i in range(1, count + 1):
+            for i in itertools.islice(free, count):
                 self._create(zone, pattern.replace("#" * digits, f"{i:0{digits}d}"), props)
         except ValueError as exc:
             return google_error(400, str(exc), "invalid")
-        return 200, self._operation_of("bulkInsert", f"regions/{region}", target, None,
-                                       instancesBulkInsertOperationMetadata={"perLocationStatus": {
-                                           f"zones/{zone}": {"status": "FULFILLED", "createdVmCount": count}}})
+        return self._started(q, self._operation_of(
+            "bulkInsert", f"regions/{region}", target, None, instancesBulkInsertOperationMetadata={
+                "perLocationStatus": {f"zones/{zone}": {"status": "FULFILLED", "createdVmCount": count}}}))
 
     def _get(self, q: Request) -> tuple[int, Any]:
         return 200, self.instances[(q.groups["zone"], q.groups["name"])]

@@ -44,6 +44,23 @@ def test_throttling_and_server_errors_are_retried(gcp_control, emulator, fake):
         ["pending", "provisioning", "running", "stopping", "stopped"]
 
 
+def test_answers_lost_after_the_work_make_no_vm_twice(gcp_control, emulator, fake):
+    # GCE made the VMs, but its answer never came back: the retry (same request id) must
+    # not make the scheduler again nor two more workers.
+    lost = {method: fake.fail(method, 503, 1, after=True)
+            for method in ("compute.instances.insert", "compute.regionInstances.bulkInsert")}
+    cluster = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 2}))
+    assert gcp_control.run(gcp_control.wait(cluster["id"], timeout=120))["status"] == "running"
+    assert {m: done[0] for m, done in lost.items()} == {m: 1 for m in lost}
+    assert len(labelled(fake, cluster["id"], "scheduler")) == 1
+    assert len(labelled(fake, cluster["id"], "worker")) == 2
+    for method in lost:
+        tries = [c.query["requestId"] for c in fake.calls(method)
+                 if (c.body.get("instanceProperties") or c.body)["labels"]["coiled-lab-cluster"] == cluster["id"]]
+        assert len(tries) == 2 and tries[0] == tries[1], (method, tries)
+    stop(gcp_control, cluster["id"], fake)
+
+
 def test_no_capacity_in_a_zone_moves_the_cluster_to_the_next_zone(gcp_control, emulator, fake):
     fake.exhaust("us-central1-a")
     cluster = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 2}))

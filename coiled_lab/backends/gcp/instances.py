@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 import secrets
 import time
+import uuid
 from typing import Any, Callable, Optional
 
 from ... import config
 from ...control.store import Instance
 from .catalog import MachineType
-from .session import GCPError, GCPSession
+from .session import GCPError, GCPSession, is_conflict
 
 EXHAUSTED = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS")
 SPOT_REFUSED = (*EXHAUSTED, "QUOTA_EXCEEDED")  # no Spot capacity, or no Spot (preemptible) quota
@@ -87,8 +88,15 @@ async def insert_scheduler(
     zones before it refused)."""
     client, refused = gcp.compute("Instances"), []
     for zone in zones:
-        operation = await gcp.call(client.insert_unary, project=gcp.project, zone=zone,
-                                   instance_resource={"name": name, **make(zone)})
+        try:
+            # A retry (same request id) of a request GCE carried out answers with its operation.
+            operation = await gcp.call(client.insert_unary, request={
+                "project": gcp.project, "zone": zone, "instance_resource": {"name": name, **make(zone)},
+                "request_id": str(uuid.uuid4())})
+        except Exception as exc:
+            if is_conflict(exc):  # made by an earlier attempt whose answer was lost: the name is the cluster's
+                return zone, refused
+            raise
         if operation.status != operation.Status.DONE:
             operation = await gcp.call(gcp.compute("ZoneOperations").wait, project=gcp.project, zone=zone,
                                        operation=operation.name)
@@ -109,12 +117,14 @@ async def bulk_insert(
     by default); ((name, zone) of each, error code and message when none were made)."""
     pattern = f"{prefix}-{secrets.token_hex(2)}-####"
     locations = {f"zones/{z}": {"preference": "ALLOW" if z in allowed else "DENY"} for z in all_zones}
-    operation = await gcp.call(
-        gcp.compute("RegionInstances").bulk_insert_unary, project=gcp.project, region=region,
-        bulk_insert_instance_resource_resource={
+    # The request id makes a retry of a request GCE already carried out answer with the same
+    # operation, instead of making ``count`` more VMs under the pattern's next numbers.
+    operation = await gcp.call(gcp.compute("RegionInstances").bulk_insert_unary, request={
+        "project": gcp.project, "region": region, "request_id": str(uuid.uuid4()),
+        "bulk_insert_instance_resource_resource": {
             "count": count, "name_pattern": pattern, "instance_properties": props,
             "location_policy": {"locations": locations},
-        })
+        }})
     if operation.status != operation.Status.DONE:
         operation = await gcp.call(gcp.compute("RegionOperations").wait, project=gcp.project, region=region,
                                    operation=operation.name)

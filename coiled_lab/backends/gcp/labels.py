@@ -16,7 +16,6 @@ import re
 CLUSTER = "coiled-lab-cluster"
 ROLE = "coiled-lab-role"
 OWNER = "coiled-lab-owner"
-MANAGED = "coiled-lab-managed"
 NETWORK_TAG = "coiled-lab"
 
 

@@ -34,15 +34,6 @@ class GCPError(RuntimeError):
     """A Google Cloud request that failed in a way the user must act on; the message says how."""
 
 
-def error_reason(exc: BaseException) -> Optional[str]:
-    """The reason of a Google API error (``"notFound"``, ``"alreadyExists"``), else None."""
-    errors = getattr(exc, "errors", None) or []
-    for error in errors:
-        if isinstance(error, dict) and error.get("reason"):
-            return error["reason"]
-    return None
-
-
 def is_not_found(exc: BaseException) -> bool:
     return getattr(exc, "code", None) == 404
 

@@ -22,7 +22,6 @@ from .. import ingress
 from ..plan import Plan
 from . import network
 from .instances import service_account
-from .labels import MANAGED
 from .session import GCPError, GCPSession, is_not_found
 
 VM_ROLE = "roles/logging.logWriter"
@@ -64,7 +63,7 @@ async def plan(gcp: GCPSession, region: str, subnet_cidr: Optional[str] = None,
             await network.wait_global(gcp, await gcp.call(compute("Networks").insert_unary, project=project,
                                                           network_resource={
                                                               "name": name, "auto_create_subnetworks": False,
-                                                              "description": f"coiled-lab ({MANAGED})"}))
+                                                              "description": "coiled-lab: made by `coiled-lab setup gcp`"}))
 
         p.add(f"create VPC network {name}", create_network)
 
