@@ -333,3 +333,14 @@ def run(cloud: Cloud, state_dir: Path, seed: int, cycles: int, echo=print) -> Su
             echo(f"{result.plan} -> {result.status} ({result.seconds:.1f}s, {len(result.kills)} kills)"
                  + (f" PROBLEMS: {result.problems}" if result.problems else ""))
     return Summary(seed, cloud.name, results)
+
+
+def check(summary: Summary) -> None:
+    """What a chaos test asserts: every cycle kept the promise (ended stopped/error with a
+    message, nothing left), and the cycles did meet trouble (faults given, managers killed)."""
+    for line in summary.lines():
+        print(line)
+    assert not summary.failed, "\n".join(f"{r.plan}: {r.problems}" for r in summary.failed)
+    assert sum(sum(r.faults.values()) for r in summary.results) > 0
+    assert sum(len(r.kills) for r in summary.results) > 0
+    assert all(r.status in ("stopped", "error") for r in summary.results)
