@@ -263,21 +263,26 @@ class EC2Emulator:
             self.booted += 1
 
     def _kill(self, machine: Machine) -> None:
-        """Termination: the machine's processes get SIGTERM, then SIGKILL."""
+        """Termination: the machine's processes end (see :func:`end_group`)."""
         machine.terminated = True
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(machine.process.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _group_alive(machine.process.pid):
-                machine.process.poll()
-                time.sleep(0.05)
-            if not _group_alive(machine.process.pid):
-                break
-        machine.process.poll()
+        end_group(machine.process)
         machine.metadata.close()
+
+
+def end_group(process: subprocess.Popen) -> None:
+    """A machine's end: its process group gets SIGTERM, then SIGKILL (shared with the GCE emulator)."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(process.pid):
+            process.poll()
+            time.sleep(0.05)
+        if not _group_alive(process.pid):
+            break
+    process.poll()
 
 
 def _group_alive(pgid: int) -> bool:

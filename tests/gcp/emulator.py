@@ -16,17 +16,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
-from ..aws.emulator import BROKEN_PYTHON, _group_alive, _script
+from ..aws.emulator import BROKEN_PYTHON, _script, end_group
 from .fakegcp import FakeGCP
 
 class MetadataServer:
@@ -202,18 +200,7 @@ class GCEEmulator:
         self.booted += 1
 
     def _kill(self, machine: Machine) -> None:
-        """Deletion: the machine's processes get SIGTERM, then SIGKILL."""
+        """Deletion: the machine's processes end (SIGTERM, then SIGKILL)."""
         machine.ended = True
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(machine.process.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _group_alive(machine.process.pid):
-                machine.process.poll()
-                time.sleep(0.05)
-            if not _group_alive(machine.process.pid):
-                break
-        machine.process.poll()
+        end_group(machine.process)
         machine.metadata.close()
