@@ -137,9 +137,8 @@ class FakeGCP(LocalHTTP):
         self.exhausted: set[str] = set()
         self.spot_stockout = False
         self.serial_output: Callable[[str, str], Optional[str]] = lambda zone, name: None
-        self._faults: dict[str, list[tuple[int, bool]]] = {}
+        self._faults: dict[str, list[tuple[int, bool, list[int]]]] = {}
         self._by_request_id: dict[str, dict] = {}  # requestId -> the operation it started
-        self._faults_done: dict[str, list[int]] = {}
         self._ids = itertools.count(4_000_000_000_000_000_000)
         self._addresses: dict[tuple[str, str], Any] = {}  # subnetwork -> address iterator
         self._routes: list[tuple[str, re.Pattern, str, Handler]] = []
@@ -170,8 +169,7 @@ class FakeGCP(LocalHTTP):
         counting those that did."""
         done = [0]
         with self.lock:
-            self._faults.setdefault(method_id, []).extend([(status, after)] * times)
-            self._faults_done[method_id] = done
+            self._faults.setdefault(method_id, []).extend([(status, after, done)] * times)
         return done
 
     def exhaust(self, *zones: str) -> None:
@@ -255,9 +253,8 @@ class FakeGCP(LocalHTTP):
             with self.lock:
                 self.calls_log.append(Call(method_id, method, path, query, body, token))
                 pending = self._faults.get(method_id)
-                status, after = pending.pop(0) if pending else (None, False)
-                if status is not None:
-                    self._faults_done[method_id][0] += 1
+                status, after, done = pending.pop(0) if pending else (None, False, [0])
+                done[0] += 1
             if token is None:
                 return google_error(401, "Request is missing required authentication credential.", "required")
             if status is not None and not after:
