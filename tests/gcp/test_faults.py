@@ -76,6 +76,28 @@ def test_no_capacity_in_a_zone_moves_the_cluster_to_the_next_zone(gcp_control, e
     stop(gcp_control, cluster["id"], fake)
 
 
+def test_workers_leave_a_full_zone_only_when_allowed(gcp_control, emulator, fake):
+    spread = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 0, "allow_cross_zone": True}))
+    single = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 0}))
+    for cluster in (spread, single):
+        gcp_control.run(gcp_control.wait(cluster["id"], timeout=120))
+        assert {v["zone"].rsplit("/", 1)[-1] for v in labelled(fake, cluster["id"])} == {"us-central1-a"}
+
+    fake.exhaust("us-central1-a")
+    gcp_control.run(gcp_control.scale(spread["id"], 1))
+    assert gcp_control.run(gcp_control.wait(spread["id"], timeout=120))["status"] == "running"
+    assert {v["zone"].rsplit("/", 1)[-1] for v in labelled(fake, spread["id"], "worker")} == {"us-central1-b"}
+    assert any("run in us-central1-b, not in the scheduler's zone us-central1-a" in m
+               for m in notifications(gcp_control, spread["id"]))
+
+    gcp_control.run(gcp_control.scale(single["id"], 1))
+    failed = gcp_control.run(gcp_control.wait(single["id"], ("stopped",), timeout=120))
+    assert failed["status"] == "error"
+    assert "ZONE_RESOURCE_POOL_EXHAUSTED" in failed["message"] and "us-central1-a" in failed["message"]
+    wait_for(lambda: not labelled(fake, single["id"], alive=False), timeout=30, what="the failed cluster's VMs gone")
+    stop(gcp_control, spread["id"], fake)
+
+
 def test_no_spot_capacity_falls_back_to_on_demand_when_allowed(gcp_control, emulator, fake):
     fake.spot_stockout = True
     fallback = gcp_control.run(gcp_control.create(

@@ -174,6 +174,10 @@ class GCPBackend(Backend):
             lambda spot: instances.properties(machine, None, image, cluster.state["subnetwork"], self.gcp.project,
                                               script, labels, [NETWORK_TAG], spot),
             f"coiled-lab-{cluster.id}-w", spec.spot_policy, machine, cluster.notify)
+        elsewhere = sorted({i.zone or "other zones" for i in launched} - {scheduler.zone})
+        if elsewhere:
+            cluster.notify("capacity", f"{len(launched)} workers ({machine.name}) run in {', '.join(elsewhere)}, "
+                                       f"not in the scheduler's zone {scheduler.zone} (allow_cross_zone)")
         self._remember(cluster.id, launched)
         return launched
 
