@@ -24,7 +24,7 @@ from typing import Any, Optional
 from ... import config
 from ...control.store import Instance
 from ...logs import LogRecord
-from ...spec import ClusterSpec
+from ...spec import ClusterSpec, ClusterSpecError
 from .. import bootconfig, ingress
 from ..base import Backend, ClusterContext, owner_id
 from . import instances, logs, network, startup, sweep
@@ -111,8 +111,6 @@ class GCPBackend(Backend):
         if cluster.spec.zone:
             zones = await self.types.zones(region)
             if cluster.spec.zone not in zones:
-                from ...spec import ClusterSpecError
-
                 raise ClusterSpecError(f"zone: {cluster.spec.zone!r} is not allowed: {region} has zones "
                                        f"{', '.join(zones)}", "zone")
         cidr = ingress.resolve_cidr(cluster.spec.allow_ingress_from, self.gcp.endpoint("compute"), GCPError)
