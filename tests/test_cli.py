@@ -52,7 +52,7 @@ def test_start_list_logs_scale_stop(state_dir):
 
 
 def test_follow_logs_until_the_cluster_stops_itself_and_reads_while_busy(state_dir):
-    assert cli("start", "1", "--name", "followed", "--idle-timeout", "6s").returncode == 0
+    assert cli("start", "1", "--name", "followed", "--idle-timeout", "15s").returncode == 0
     follower = subprocess.Popen([sys.executable, "-m", "coiled_lab.cli", "logs", "followed", "--follow"],
                                 stdout=subprocess.PIPE, text=True)
     try:
