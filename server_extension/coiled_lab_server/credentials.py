@@ -36,6 +36,9 @@ SECRET_ENV = (
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
     "CLOUDSDK_AUTH_ACCESS_TOKEN",
     "GOOGLE_OAUTH_ACCESS_TOKEN",
+    # A path, not a secret, but to the server's key: a kernel's Application Default
+    # Credentials (and so Cluster.send_credentials) must be the user's, not this.
+    "GOOGLE_APPLICATION_CREDENTIALS",
 )
 FILE_NAME = "credentials.json"
 
@@ -78,10 +81,19 @@ class Credentials:
         return session
 
     def google_credentials(self):
-        """Credentials of the service account an admin stored, else None (then the GCP
-        backend uses Application Default Credentials, which the server's environment holds)."""
+        """Credentials of the service account an admin stored, else of the key file the
+        server was started with (GOOGLE_APPLICATION_CREDENTIALS, kept out of kernels'
+        environment), else None: the GCP backend then uses Application Default Credentials
+        (gcloud's file, the metadata server)."""
         stored = self._stored().get("gcp")
         if not stored:
+            key_file = self._env.get("GOOGLE_APPLICATION_CREDENTIALS")
+            if key_file:  # what ADC would have read had the environment kept it
+                import google.auth
+
+                credentials, _ = google.auth.load_credentials_from_file(
+                    key_file, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+                return credentials
             return None
         from google.oauth2 import service_account
 
@@ -141,7 +153,7 @@ class Credentials:
             return _gcp("stored", info, project, stored.get("region"))
         region = os.environ.get("CLOUDSDK_COMPUTE_REGION")
         for source, path in (
-            ("environment", os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")),
+            ("environment", self._env.get("GOOGLE_APPLICATION_CREDENTIALS") or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")),
             ("gcloud", _cloud_sdk.get_application_default_credentials_path()),
         ):
             if path and os.path.isfile(path):

@@ -163,3 +163,15 @@ def test_gcp_sources(tmp_path, monkeypatch):
         "region": "europe-west4", "key_id_last4": "cafe", "type": "service_account", "project": "lab-project",
     }
     assert key["private_key"] not in json.dumps(creds.status())
+
+
+def test_the_servers_google_key_file_leaves_the_kernels_environment(tmp_path):
+    key_file = tmp_path / "server-key.json"
+    key_file.write_text(json.dumps(service_account_key("server-project")))
+    environ = {"GOOGLE_APPLICATION_CREDENTIALS": str(key_file), "GOOGLE_CLOUD_PROJECT": "server-project"}
+    creds = Credentials(tmp_path, environ)
+    # A kernel's Application Default Credentials (what send_credentials sends to workers)
+    # can no longer be the server's key; the server itself still uses it.
+    assert environ == {"GOOGLE_CLOUD_PROJECT": "server-project"}
+    assert creds.google_credentials().service_account_email == "lab@server-project.iam.gserviceaccount.com"
+    assert creds.status()["gcp"]["source"] == "environment"
