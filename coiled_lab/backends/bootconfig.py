@@ -14,10 +14,12 @@ import ast
 import io
 import logging
 import json
+import os
+import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .. import config
 from ..spec import ClusterSpec, ClusterSpecError
@@ -80,11 +82,32 @@ def synced_packages(spec: ClusterSpec, cluster_id: str, cluster_name: str, warne
 
     if not spec.package_sync or spec.software:
         return [], []
-    pinned, skipped = packages.snapshot()
+    pinned, skipped = _snapshot(packages.snapshot)
     if skipped and cluster_id not in warned:
         warned.add(cluster_id)
         log.warning("cluster %s: package_sync cannot install these on the VMs: %s", cluster_name, "; ".join(skipped))
     return pinned, skipped
+
+
+_SNAPSHOT: dict[str, Any] = {}
+
+
+def _snapshot(take: Callable[[], tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+    """This environment's packages, read again only when a directory on ``sys.path``
+    changed (an install or removal touches its site-packages). Reading every installed
+    distribution's metadata takes a few hundred ms of CPU, and launches run on the
+    server's event loop: 20 clusters starting at once would stall every request."""
+    key = tuple(_mtime(p) for p in sys.path)
+    if _SNAPSHOT.get("key") != key:
+        _SNAPSHOT.update(key=key, value=take())
+    return _SNAPSHOT["value"]
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path or ".").st_mtime_ns
+    except OSError:
+        return 0
 
 
 def requirements_text(software: Optional[str], cloud: str = "aws") -> Optional[str]:

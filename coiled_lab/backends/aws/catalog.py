@@ -15,6 +15,7 @@ the kind of the first choice.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from dataclasses import dataclass
@@ -95,15 +96,26 @@ class Catalog:
     def __init__(self, aws: AWSSession):
         self.aws = aws
         self._cache: dict[tuple, tuple[float, Any]] = {}
+        self._filling: dict[tuple, asyncio.Future] = {}  # key -> the one fill under way
         self._types: dict[str, dict[str, tuple[float, InstanceType]]] = {}  # region -> name -> (when, type)
 
     async def _cached(self, key: tuple, make: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached answer, or one fill shared by every caller that asks meanwhile: a
+        form opened by many users at once would otherwise send each its own paginated
+        DescribeInstanceTypes, filling the server's thread pool with the same request."""
         hit = self._cache.get(key)
         if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
             return hit[1]
-        value = await make()
-        self._cache[key] = (time.monotonic(), value)
-        return value
+        filling = self._filling.get(key)
+        if filling is None:
+            filling = self._filling[key] = asyncio.ensure_future(make())
+            filling.add_done_callback(lambda done: self._store(key, done))
+        return await asyncio.shield(filling)
+
+    def _store(self, key: tuple, done: asyncio.Future) -> None:
+        self._filling.pop(key, None)
+        if not done.cancelled() and done.exception() is None:
+            self._cache[key] = (time.monotonic(), done.result())
 
     async def _describe(self, region: str, **params: Any) -> dict[str, InstanceType]:
         items = await self.aws.pages("ec2", region, "describe_instance_types", "InstanceTypes", **params)
@@ -204,7 +216,11 @@ class Catalog:
         return scheduler_type, [t for t in workers if t.kind == workers[0].kind]
 
     async def describe_region(self, region: str) -> dict[str, Any]:
-        """The catalog as the API shows it: zones, and each type's sizes, zones and spot price."""
+        """The catalog as the API shows it: zones, and each type's sizes, zones and spot
+        price. Built once per cache period (hundreds of types: too much to rebuild per request)."""
+        return await self._cached(("view", region), lambda: self._view(region))
+
+    async def _view(self, region: str) -> dict[str, Any]:
         types = await self.types(region)
         zones = await self.zones(region)
         prices = await self.spot_prices(region)
