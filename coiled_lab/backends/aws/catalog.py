@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from ... import config
 from ...spec import ClusterSpec, ClusterSpecError
+from .. import sizing
 from .session import AWSSession, error_code
 
 CACHE_SECONDS = 3600
@@ -77,17 +78,11 @@ def _parse(item: dict[str, Any]) -> Optional[InstanceType]:
 
 def matching(types: Iterable[InstanceType], cpu: Optional[int], memory: Optional[int], gpu: Optional[int],
              prices: Optional[dict[str, float]] = None) -> list[InstanceType]:
-    """Types with at least these sizes (NVIDIA GPUs only when asked for, none otherwise),
-    not burstable; the smallest first, then the cheapest of a size."""
-    prices = prices or {}
-
-    def fits(t: InstanceType) -> bool:
-        if t.burstable or t.vcpu < (cpu or 1) or t.memory < (memory or 0):
-            return False
-        return t.gpu >= gpu and t.kind == "gpu" if gpu else not t.accelerated
-
-    return sorted(filter(fits, types), key=lambda t: (t.vcpu, t.memory, t.gpu, prices.get(t.name, float("inf")),
-                                                      t.name))
+    """Types with at least these sizes, the smallest first, then the cheapest of a size
+    (:mod:`..sizing`, the rule every cloud shares); never burstable, and no accelerator
+    dask would not use: NVIDIA GPUs on x86_64 when GPUs are asked for, none otherwise."""
+    usable = [t for t in types if not t.burstable and (t.kind == "gpu" if gpu else not t.accelerated)]
+    return sizing.smallest_then_cheapest(usable, cpu, memory, gpu, prices)
 
 
 class Catalog:
