@@ -79,28 +79,38 @@ def test_numbered_lines_survive_throttling_and_a_network_cut(aws_env, proxy, mot
         group, stream, max_lines=LINES, interval=0.05, max_backoff=1.0,
     ).start()
     written = [0]
+    bursts_done, restored = threading.Event(), threading.Event()
 
-    def writer() -> None:  # a chatty dask process: lines in chunks, as its output comes
+    def writer() -> None:
+        """A chatty dask process: lines in chunks, as its output comes. Past a third it
+        only trickles until both bursts happened, past two thirds until the link is back,
+        so every phase of the test happens while lines are still being written."""
         for i in range(LINES):
             shipper.write(f"seq {i:06d}")
             written[0] = i + 1
             if i % 50 == 49:
                 time.sleep(0.01)
+            if (i >= LINES // 3 and not bursts_done.is_set()) or (i >= 2 * LINES // 3 and not restored.is_set()):
+                time.sleep(0.005)
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        wait_for(lambda: throttled[0] >= 8, timeout=60, what="two throttling bursts")
-        wait_for(lambda: written[0] >= LINES // 3, what="a third written")
+        wait_for(lambda: throttled[0] >= 8, timeout=90, what="two throttling bursts")
+        bursts_done.set()
+        wait_for(lambda: written[0] >= LINES // 2, timeout=60, what="half written")
         puts_before_cut = len(proxy.calls("PutLogEvents"))
         link.cut()
         failures = shipper.failures
         wait_for(lambda: shipper.failures >= failures + 2, timeout=60, what="the shipper to fail twice on the cut")
         assert len(proxy.calls("PutLogEvents")) - puts_before_cut <= 1  # at most one already on its way
         link.restore()
+        restored.set()
         thread.join(60)
         wait_for(lambda: shipper.sent >= LINES, timeout=90, what=f"{LINES} lines sent")
     finally:
+        bursts_done.set()
+        restored.set()
         shipper.close(timeout=30)
         link.close()
         thread.join(5)
