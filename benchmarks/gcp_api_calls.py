@@ -10,6 +10,8 @@ Compute's batch endpoint (up to 1000 ``instances.delete`` per HTTP request), so 
 "calls" column (what the fake served, a batch's deletions each counted) grows with N while
 requests do not. Requests for access tokens (google-auth's, once an hour per set of
 credentials, not per cluster) are counted apart. No VM boots: only API requests are measured.
+A last row launches N = 10 with the first worker machine type out of stock in every zone
+(the fake's stockout): the workers fall back to the next type, one more bulkInsert.
 
 Usage: python benchmarks/gcp_api_calls.py [--sizes 1 10 50 1000]
 """
@@ -102,16 +104,21 @@ def main() -> None:
             sys.stdout = stdout
 
     print(f"{'N':>5} {'launch':>7} {'stop':>5} {'(calls)':>11} {'seconds':>8}   launch requests by method")
-    for n in args.sizes:
+    first_type = dask.config.get("coiled-lab.gcp.worker-vm-types")[0]
+    for n, out_of_stock in [*((n, None) for n in args.sizes), (10, first_type)]:
+        if out_of_stock:
+            fake.exhaust(out_of_stock)
         start = time.perf_counter()
         launch, stop, launch_calls, stop_calls, by_method = asyncio.run(coiled_lab_requests(n, work / "state", fake))
         elapsed = time.perf_counter() - start
+        fake.reset()
         methods = ", ".join(f"{m.split('.', 1)[1]} {c}" for m, c in sorted(by_method.items()))
-        print(f"{n:>5} {launch:>7} {stop:>5} {f'{launch_calls}/{stop_calls}':>11} {elapsed:>8.1f}   {methods}",
+        label = f"{n}*" if out_of_stock else str(n)
+        print(f"{label:>5} {launch:>7} {stop:>5} {f'{launch_calls}/{stop_calls}':>11} {elapsed:>8.1f}   {methods}",
               flush=True)
     print("launch/stop: API requests that reached the endpoint over HTTP (a batch is one); calls: API calls "
           f"served (each batched delete counted); plus {fake.token_requests} access token request(s) in all. "
-          "Target: launch <= 15, stop <= 3 at any N.")
+          f"Target: launch <= 15, stop <= 3 at any N. *: {first_type} out of stock in every zone.")
     fake.close()
 
 

@@ -92,6 +92,20 @@ class PriceBook:
         price = billing_catalog.machine_price(table, machine, spot, _where(region, source), field)
         return {**source, "price": price}
 
+    async def gcp_machines(self, region: str, machines: Iterable[dict[str, Any]],
+                           spot: bool) -> dict[str, Optional[float]]:
+        """$/hour of each machine (shapes as for :meth:`gcp_machine`) by name, None for one
+        whose rates are not published, from one read of the region's table: ordering the
+        types that fit a size by price asks about many at once."""
+        table, source = await self._gcp_table(region)
+        out: dict[str, Optional[float]] = {}
+        for machine in machines:
+            try:
+                out[machine["name"]] = billing_catalog.machine_price(table, machine, spot, _where(region, source))
+            except ClusterSpecError:
+                out[machine["name"]] = None
+        return out
+
     async def gcp_disk(self, region: str, disk_type: str) -> dict[str, Any]:
         """$/GiB-month of a persistent disk type (``pd-standard``, ``pd-balanced``, ``pd-ssd``)."""
         table, source = await self._gcp_table(region)

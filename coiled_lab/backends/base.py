@@ -49,6 +49,10 @@ class Backend(ABC):
     # Seconds after launch during which an instance missing from describe() is not yet
     # taken for lost (cloud APIs are eventually consistent; local processes are not).
     describe_grace: ClassVar[float] = 0.0
+    # The manager's price book (:class:`~coiled_lab.pricing.PriceBook`), given to every
+    # backend it uses so that prices a backend needs to choose machine types come from the
+    # same day-long cache as its estimates and costs. None until the manager gives it.
+    prices: Any = None
 
     async def check_access(self) -> None:
         """Raise if this backend cannot work at all (e.g. no cloud credentials), so that a

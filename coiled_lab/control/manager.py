@@ -196,7 +196,10 @@ class ClusterManager:
         if name not in self._backends:
             session = self._sessions(name) if self._sessions and name != "local" else None
             self._backends[name] = get_backend(name, session)
-        return self._backends[name]
+        backend = self._backends[name]
+        if getattr(backend, "prices", None) is None:
+            backend.prices = self.prices  # one price cache, the store's, for choices, estimates and costs
+        return backend
 
     def credentials_changed(self, name: str) -> None:
         """New credentials for a cloud: its backend is made again with them on next use, and

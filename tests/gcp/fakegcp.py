@@ -19,7 +19,9 @@ requests:
 - **OAuth** ``/token``: google-auth's service-account flow gets an access token here.
   Every other request must carry a bearer token (401 otherwise).
 
-Faults: :meth:`FakeGCP.exhaust` (``ZONE_RESOURCE_POOL_EXHAUSTED`` in a zone),
+Faults: :meth:`FakeGCP.exhaust` (``ZONE_RESOURCE_POOL_EXHAUSTED`` in a zone, or for some
+machine types in every zone: a stockout of the type, as GCE reports it
+``ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS``),
 :attr:`FakeGCP.spot_stockout` (no Spot capacity anywhere), :meth:`FakeGCP.fail` (the next
 ``times`` requests of one method answer 429 or 5xx, before or after doing the work).
 Inserts honour ``requestId`` as GCE does: a request repeated with the same id answers with
@@ -75,6 +77,7 @@ MACHINE_TYPES: dict[str, tuple[int, int, Optional[tuple[str, int]], bool]] = {
 IMAGES = {("debian-cloud", "debian-12"): "debian-12-bookworm-v20261110",
           ("deeplearning-platform-release", "common-cu123-debian-11-py310"): "common-cu123-v20261101-debian-11-py310"}
 EXHAUSTED = "ZONE_RESOURCE_POOL_EXHAUSTED"
+STOCKOUT = "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"
 
 
 @dataclass
@@ -134,7 +137,7 @@ class FakeGCP(LocalHTTP):
         self.policy: dict[str, Any] = {"bindings": [], "etag": "BwAAAA==", "version": 1}
         self.entries: list[dict] = []
         self.page_size = 1000  # entries.list pages at most this many entries
-        self.exhausted: set[str] = set()
+        self.exhausted: set[str] = set()  # zones, and machine types out of stock everywhere
         self.spot_stockout = False
         self.serial_output: Callable[[str, str], Optional[str]] = lambda zone, name: None
         self._faults: dict[str, list[tuple[int, bool, list[int]]]] = {}
@@ -172,9 +175,10 @@ class FakeGCP(LocalHTTP):
             self._faults.setdefault(method_id, []).extend([(status, after, done)] * times)
         return done
 
-    def exhaust(self, *zones: str) -> None:
-        """No capacity in these zones from now on (until :meth:`reset`)."""
-        self.exhausted.update(zones)
+    def exhaust(self, *where: str) -> None:
+        """No capacity from now on (until :meth:`reset`) in these zones, or for these
+        machine types (names from :data:`MACHINE_TYPES`) in any zone."""
+        self.exhausted.update(where)
 
     def reset(self) -> None:
         """Forget injected faults (state stays)."""
@@ -383,7 +387,10 @@ class FakeGCP(LocalHTTP):
         op.setdefault("endTime", _now())
         return 200, op
 
-    def _refused(self, zone: str, spot: bool) -> Optional[tuple[str, str]]:
+    def _refused(self, zone: str, spot: bool, machine: str) -> Optional[tuple[str, str]]:
+        if machine in self.exhausted:
+            return STOCKOUT, f"The zone 'projects/{self.project}/zones/{zone}' does not have enough resources " \
+                             f"available to fulfill the request. '(resource type:compute)' ({machine})."
         if zone in self.exhausted:
             return EXHAUSTED, f"The zone 'projects/{self.project}/zones/{zone}' does not have enough resources " \
                               "available to fulfill the request. Try a different zone, or try again later."
@@ -437,7 +444,7 @@ class FakeGCP(LocalHTTP):
             return 200, self._repeated(q)
         zone, props = q.groups["zone"], q.body
         spot = props.get("scheduling", {}).get("provisioningModel") == "SPOT"
-        error = self._refused(zone, spot)
+        error = self._refused(zone, spot, props.get("machineType", "").rsplit("/", 1)[-1])
         try:
             if error is None:
                 self._create(zone, props["name"], props)
@@ -454,7 +461,7 @@ class FakeGCP(LocalHTTP):
         spot = props.get("scheduling", {}).get("provisioningModel") == "SPOT"
         locations = body.get("locationPolicy", {}).get("locations", {})
         allowed = [z for z in ZONES[region] if locations.get(f"zones/{z}", {}).get("preference", "ALLOW") == "ALLOW"]
-        errors = [self._refused(z, spot) for z in allowed]
+        errors = [self._refused(z, spot, props.get("machineType", "").rsplit("/", 1)[-1]) for z in allowed]
         zone = next((z for z, e in zip(allowed, errors) if e is None), None)
         target = self._link(f"regions/{region}/instances")
         if zone is None:

@@ -106,7 +106,7 @@ def test_price_inputs_follow_the_pricing_contract(network, gcp_env):
         "spot_price": None, "volume_gb": 50, "volume_type": "pd-balanced",
     }
     sized = asyncio.run(backend.price_inputs(parse_spec({"backend": "gcp", "worker_cpu": 8, "worker_memory": "31GiB"})))
-    assert sized["worker_type"] == "e2-standard-8"  # 8 vCPUs, 32 GiB: the smallest fit, cheapest family first
+    assert sized["worker_type"] == "e2-standard-8"  # 8 vCPUs, 32 GiB: the smallest fit, cheaper than n2-standard-8 (snapshot prices)
     with pytest.raises(ClusterSpecError) as info:
         asyncio.run(backend.price_inputs(parse_spec({"backend": "gcp", "worker_vm_types": ["m6i.xlarge"]})))
     assert info.value.field == "worker_vm_types" and "m6i.xlarge" in str(info.value)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from ... import config
 from ...control.store import Instance
 from ...logs import LogRecord
+from ...pricing import PriceBook
 from ...spec import ClusterSpec, ClusterSpecError
 from .. import bootconfig, ingress
 from ..base import Backend, ClusterContext, owner_id
@@ -42,7 +43,7 @@ class GCPBackend(Backend):
         """``credentials``: google.auth credentials to use (the Jupyter server passes the
         service account an admin stored); None: Application Default Credentials."""
         self.gcp = GCPSession(credentials)
-        self.types = Catalog(self.gcp)
+        self.types = Catalog(self.gcp, self._prices)
         self.images = Images(self.gcp)
         self._views: dict[str, tuple[float, dict[str, Instance]]] = {}
         self._stopped: dict[str, dict[str, str]] = {}  # cluster -> powered-off VM -> zone, seen once
@@ -94,6 +95,18 @@ class GCPBackend(Backend):
             data={"private_ip": private, "public_ip": public, "region": region,
                   **({"machine": known.machine()} if known else {})},
         )
+
+    async def _prices(self, region: str, machines: list[MachineType], spot: bool) -> Mapping[str, Optional[float]]:
+        """$/hour of these machine types, for choosing among them: from the manager's price
+        book (the Cloud Billing Catalog asked with this backend's credentials, cached in
+        the store for a day, as estimates and costs are); a backend used without a manager
+        (a script, a benchmark) orders them by the bundled snapshot, asking no one."""
+        book = self.prices
+        if book is None:
+            book = PriceBook()
+        else:
+            await book.adopt("gcp", self)
+        return await book.gcp_machines(region, [m.machine() for m in machines], spot)
 
     def _remember(self, cluster_id: str, launched: list[Instance]) -> None:
         if cluster_id in self._views:
@@ -156,22 +169,37 @@ class GCPBackend(Backend):
         if not scheduler.data.get("private_ip"):
             raise GCPError(f"the scheduler {scheduler.id} has no private address yet")
         all_zones = await self.types.zones(region)
-        # One type per launch: the first choice offered where the workers may go.
         allowed = [scheduler.zone] if not spec.allow_cross_zone else [
             scheduler.zone, *(z for z in all_zones if z != scheduler.zone)]
-        machine = next((t for t in worker_types if set(allowed) & set(t.zones)), None)
-        if machine is None:
+        offered = [t for t in worker_types if set(allowed) & set(t.zones)]
+        if not offered:
             raise GCPError(f"none of {', '.join(t.name for t in worker_types)} is offered in {', '.join(allowed)}")
-        allowed = [z for z in allowed if z in machine.zones]
-        image = await self.images.image(machine.kind)
-        script = self._script(cluster, "worker", machine,
+        # The types are of one kind: one image and one startup script serve them all.
+        image = await self.images.image(offered[0].kind)
+        script = self._script(cluster, "worker", offered[0],
                               f"tls://{scheduler.data['private_ip']}:{ingress.SCHEDULER_PORT}")
         labels = self._labels(cluster, "worker")
-        launched = await instances.launch_workers(
-            self.gcp, region, allowed, all_zones, min(count, instances.MAX_BULK),
-            lambda spot: instances.properties(machine, None, image, cluster.state["subnetwork"], self.gcp.project,
-                                              script, labels, [NETWORK_TAG], spot),
-            f"coiled-lab-{cluster.id}-w", spec.spot_policy, machine, cluster.notify)
+        # One type per bulkInsert: the first choice, and the next one only when GCE has no
+        # capacity for it in any zone the workers may use.
+        refused: list[str] = []
+        for machine in offered:
+            zones = [z for z in allowed if z in machine.zones]
+            try:
+                launched = await instances.launch_workers(
+                    self.gcp, region, zones, all_zones, min(count, instances.MAX_BULK),
+                    lambda spot, m=machine: instances.properties(m, None, image, cluster.state["subnetwork"],
+                                                                 self.gcp.project, script, labels, [NETWORK_TAG],
+                                                                 spot),
+                    f"coiled-lab-{cluster.id}-w", spec.spot_policy, machine, cluster.notify)
+            except instances.NoCapacity as exc:
+                refused.append(f"{machine.name} in {', '.join(zones)} ({exc.code})")
+                continue
+            break
+        else:
+            raise GCPError(f"GCE has no capacity for workers of any allowed machine type: {'; '.join(refused)}")
+        if refused:
+            cluster.notify("capacity", f"no capacity for {'; '.join(refused)}; {len(launched)} workers run on "
+                                       f"{machine.name} instead")
         elsewhere = sorted({i.zone or "other zones" for i in launched} - {scheduler.zone})
         if elsewhere:
             cluster.notify("capacity", f"{len(launched)} workers ({machine.name}) run in {', '.join(elsewhere)}, "

@@ -3,12 +3,12 @@
 Sizes come from one ``machineTypes.aggregatedList`` (vCPUs, memory, built-in
 accelerators, shared-core or not, in which zones), cached per project for an hour.
 
-Workers use the types a spec names (``worker_vm_types``, in that order), or the smallest
-types that fit ``worker_cpu`` / ``worker_memory`` / ``worker_gpu``. Until prices are
-known here, the order among types of one size is a fixed family order (general purpose
-families, cheapest first as Google lists them). A GPU request takes machine types with
-built-in GPUs (``g2``, ``a2``...) or an N1 type with ``coiled-lab.gcp.gpu-type`` GPUs
-attached (``guest_accelerators``).
+Workers use the types a spec names (``worker_vm_types``, in that order), or the types
+that fit ``worker_cpu`` / ``worker_memory`` / ``worker_gpu``, the smallest first and the
+cheapest of a size first (:mod:`..sizing`, the rule AWS follows too), priced as the
+workers will be bought (on-demand, or Spot) by the price book the backend is given. A GPU
+request takes machine types with built-in GPUs (``g2``, ``a2``...) or an N1 type with
+``coiled-lab.gcp.gpu-type`` GPUs attached (``guest_accelerators``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional
 
 from ... import config
 from ...spec import ClusterSpec, ClusterSpecError
+from .. import sizing
 from .session import GCPSession
 
 CACHE_SECONDS = 3600
-# Families by price per vCPU of their standard shapes, cheapest first (a stand-in for prices).
-FAMILY_ORDER = ("e2", "t2d", "n2d", "n2", "n4", "n1", "c3d", "c3", "c4", "g2", "a2", "a3")
 SHARED_CORE = ("e2-micro", "e2-small", "e2-medium", "f1-micro", "g1-small")
 # Families GPUs can be attached to (the others have theirs built in, or none).
 ATTACHABLE = ("n1",)
@@ -50,6 +49,19 @@ class MachineType:
         """What image it needs: "gpu" or "cpu"."""
         return "gpu" if self.gpus else "cpu"
 
+    # The sizes as :mod:`..sizing` reads them (memory in bytes), as AWS's types give them.
+    @property
+    def vcpu(self) -> int:
+        return self.vcpus
+
+    @property
+    def memory(self) -> int:
+        return self.memory_mib * 2**20
+
+    @property
+    def gpu(self) -> int:
+        return self.gpus
+
     def machine(self) -> dict[str, Any]:
         """The shape pricing works from (the contract with :mod:`coiled_lab.pricing`)."""
         return {"name": self.name, "vcpus": self.vcpus, "memory_gib": round(self.memory_mib / 1024, 3),
@@ -61,34 +73,32 @@ class MachineType:
                 "zones": list(self.zones)}
 
 
-def _rank(t: MachineType) -> tuple:
-    family = FAMILY_ORDER.index(t.family) if t.family in FAMILY_ORDER else len(FAMILY_ORDER)
-    return (t.vcpus, t.memory_mib, t.gpus, family, t.name)
-
-
 def matching(types: list[MachineType], cpu: Optional[int], memory: Optional[int], gpu: Optional[int],
-             gpu_type: str) -> list[MachineType]:
-    """Types with at least these sizes, not shared-core; GPUs only when asked for. The
-    smallest first, then by family."""
-    out = []
+             gpu_type: str, prices: Optional[Mapping[str, Optional[float]]] = None) -> list[MachineType]:
+    """Types with at least these sizes, the smallest first, then the cheapest of a size
+    (:mod:`..sizing`); never shared-core. When GPUs are asked for, N1 types count with
+    ``gpu`` GPUs of ``gpu_type`` attached (and are priced with them)."""
+    usable = []
     for t in types:
-        if t.shared_cpu or t.name in SHARED_CORE or t.vcpus < (cpu or 1) or t.memory_mib * 2**20 < (memory or 0):
+        if t.shared_cpu or t.name in SHARED_CORE:
             continue
-        if not gpu:
-            if not t.gpus:
-                out.append(t)
-        elif t.gpus >= gpu:
-            out.append(t)
-        elif not t.gpus and t.family in ATTACHABLE:
-            out.append(dataclasses.replace(t, gpus=gpu, gpu_type=gpu_type, attached=True))
-    return sorted(out, key=_rank)
+        if gpu and not t.gpus and t.family in ATTACHABLE:
+            t = dataclasses.replace(t, gpus=gpu, gpu_type=gpu_type, attached=True)
+        usable.append(t)
+    return sizing.smallest_then_cheapest(usable, cpu, memory, gpu, prices)
+
+
+# What the catalog asks for prices: $/hour of each machine by name (None: not published),
+# on-demand or Spot (the bool) in a region.
+Prices = Callable[[str, list[MachineType], bool], Awaitable[Mapping[str, Optional[float]]]]
 
 
 class Catalog:
-    """Cached answers about one project's zones."""
+    """Cached answers about one project's zones; ``prices`` orders the types that fit a size."""
 
-    def __init__(self, gcp: GCPSession):
+    def __init__(self, gcp: GCPSession, prices: Prices):
         self.gcp = gcp
+        self.prices = prices
         self._types: Optional[tuple[float, dict[str, dict[str, MachineType]]]] = None  # region -> name -> type
 
     async def types(self, region: str) -> dict[str, MachineType]:
@@ -146,14 +156,16 @@ class Catalog:
                                        "machines, which need different images; give types of one kind",
                                        "worker_vm_types")
         else:
-            fits = matching(list((await self.types(region)).values()), spec.worker_cpu, spec.worker_memory,
-                            spec.worker_gpu, config.get("gcp.gpu-type"))
+            sizes = (spec.worker_cpu, spec.worker_memory, spec.worker_gpu, config.get("gcp.gpu-type"))
+            fits = matching(list((await self.types(region)).values()), *sizes)
             if not fits:
                 field = "worker_gpu" if spec.worker_gpu else "worker_cpu" if spec.worker_cpu else "worker_memory"
                 raise ClusterSpecError(
                     f"{field}: no machine type in {region} has {spec.worker_cpu or 1} vCPUs, "
                     f"{spec.worker_memory or 0} bytes of memory and {spec.worker_gpu or 0} GPUs", field)
-            workers = fits[: int(config.get("gcp.max-vm-types"))]
+            # Priced as they will be bought: Spot rates unless the workers run on demand.
+            prices = await self.prices(region, fits, spec.spot_policy != "on-demand")
+            workers = matching(fits, *sizes, prices)[: int(config.get("gcp.max-vm-types"))]
         (scheduler,) = await self.named(region, [scheduler_name], "scheduler_vm_type")
         return scheduler, workers
 
@@ -162,7 +174,8 @@ class Catalog:
         return {
             "backend": "gcp",
             "regions": [{"name": region, "zones": await self.zones(region)}],
-            "instance_types": [t.to_json() for t in sorted(types.values(), key=lambda t: (t.gpus, *_rank(t)))],
+            "instance_types": [t.to_json() for t in sorted(types.values(),
+                                                          key=lambda t: (t.gpus, t.vcpus, t.memory_mib, t.name))],
         }
 
 

@@ -7,7 +7,9 @@ there (``ZONE_RESOURCE_POOL_EXHAUSTED``), not in the answer to the insert. The s
 then moves on to the next zone; workers are asked for in one ``bulkInsert`` whose
 location policy allows the scheduler's zone (and, with ``allow_cross_zone``, the others),
 named ``<prefix>-0001``... by its name pattern. With ``spot_with_fallback``, Spot
-capacity refused means one more ``bulkInsert`` on demand.
+capacity refused means one more ``bulkInsert`` on demand. A bulkInsert carries one
+machine type; when GCE has no capacity for it in any allowed zone (:class:`NoCapacity`),
+the backend asks again with its next choice of type.
 
 Deletion uses Compute's batch endpoint: up to 1000 ``instances.delete`` calls in one HTTP
 request (``multipart/mixed``), so stopping a cluster costs a request or two at any size.
@@ -31,6 +33,15 @@ SPOT_REFUSED = (*EXHAUSTED, "QUOTA_EXCEEDED")  # no Spot capacity, or no Spot (p
 ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "REPAIRING")
 MAX_BULK = 1000  # instances per bulkInsert, and calls per batch request
 LOG_SCOPE = "https://www.googleapis.com/auth/logging.write"
+
+
+class NoCapacity(GCPError):
+    """GCE has no capacity for a machine type in any of the zones it was asked for (its
+    ``code``, one of :data:`EXHAUSTED`): another machine type may still have some."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
 
 
 def operation_error(operation: Any) -> Optional[tuple[str, str]]:
@@ -142,7 +153,9 @@ async def launch_workers(
     make: Callable[[bool], dict[str, Any]], prefix: str, spot_policy: str, machine: MachineType,
     notify: Callable[[str, str], None],
 ) -> list[Instance]:
-    """``count`` workers in one request (two with a Spot fallback); GCPError when none were made."""
+    """``count`` workers in one request (two with a Spot fallback); :class:`NoCapacity`
+    when GCE had none for ``machine`` in the ``allowed`` zones, GCPError when it refused
+    for another reason."""
     spot = spot_policy != "on-demand"
     made, error = await bulk_insert(gcp, region, allowed, all_zones, count, make(spot), prefix)
     if error and spot_policy == "spot_with_fallback" and error[0] in SPOT_REFUSED:
@@ -150,8 +163,8 @@ async def launch_workers(
         spot = False
         made, error = await bulk_insert(gcp, region, allowed, all_zones, count, make(False), prefix)
     if error:
-        where = ", ".join(allowed)
-        raise GCPError(f"GCE launched no worker in {where} ({error[1]})")
+        message = f"GCE launched no {machine.name} worker in {', '.join(allowed)} ({error[1]})"
+        raise NoCapacity(message, error[0]) if error[0] in EXHAUSTED else GCPError(message)
     now = time.time()
     return [Instance(id=name, role="worker", vm_type=machine.name, zone=zone, spot=spot, launched_at=now,
                      data={"region": region, "machine": machine.machine()}) for name, zone in made]
