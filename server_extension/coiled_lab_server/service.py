@@ -40,6 +40,7 @@ class Service:
         self.credentials = Credentials(self.state_dir)
         self.api_url: Optional[str] = None
         self.sockets: set[Any] = set()  # open event sockets, closed when the server stops
+        self.encoded_catalogs: dict[tuple, tuple[Any, str]] = {}  # (backend, region) -> (catalog, its JSON)
         self.kernel_identity = User(username="coiled-lab-kernel", name="coiled-lab kernel token")
         self._manager = ClusterManager(self.state_dir, sessions=self._session)
         self._manager.on_owner = self._managing
