@@ -1,6 +1,9 @@
 """Admin limits refuse a request before anything is launched, naming the limit."""
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import dask.config
 import pytest
@@ -64,3 +67,26 @@ def test_manager_refuses_before_launching_anything(control, state_dir):
         assert len(control.run(control.list())) == 1
         control.run(control.stop(first["id"]))
         control.run(control.wait(first["id"], ("stopped",), 30))
+
+
+def test_limits_set_by_environment_variables():
+    """As an admin sets them for a Jupyter server (DASK_COILED_LAB__LIMITS__MAX_WORKERS), in
+    a fresh process: dask reads the environment when it is imported, before coiled-lab's
+    defaults exist, and keeps those keys spelt with underscores."""
+    script = (
+        "import asyncio\n"
+        "from coiled_lab.control.limits import LimitExceeded, check\n"
+        "from coiled_lab.spec import parse_spec\n"
+        "async def free(spec):\n"
+        "    return {'per_hour': 0.0}\n"
+        "for fields in ({'n_workers': 7}, {'backend': 'aws', 'worker_vm_types': ['c6i.xlarge']}):\n"
+        "    try:\n"
+        "        asyncio.run(check(parse_spec(fields), 0, free))\n"
+        "        print('allowed')\n"
+        "    except LimitExceeded as exc:\n"
+        "        print(exc.limit)\n"
+    )
+    env = {**os.environ, "DASK_COILED_LAB__LIMITS__MAX_WORKERS": "6",
+           "DASK_COILED_LAB__LIMITS__ALLOWED_INSTANCE_TYPES": '["m6i.*"]'}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["max-workers", "allowed-instance-types"]

@@ -32,16 +32,17 @@ async def check(
     ``live_clusters`` counts the clusters already live; ``new`` is False when an existing
     cluster changes (scale), which does not count against ``max-clusters``.
     """
-    limits = config.get("limits") or {}
-    max_workers = limits.get("max-workers")
+    # Each key through config.get: dask stores a key set by environment variable
+    # (DASK_COILED_LAB__LIMITS__MAX_WORKERS) as "max_workers", which only its getter matches.
+    max_workers = config.get("limits.max-workers")
     if max_workers is not None and spec.n_workers > int(max_workers):
         raise LimitExceeded("n_workers", "max-workers", f"{spec.n_workers} workers asked, at most {max_workers} allowed")
-    max_clusters = limits.get("max-clusters")
+    max_clusters = config.get("limits.max-clusters")
     if new and max_clusters is not None and live_clusters >= int(max_clusters):
         raise LimitExceeded(
             None, "max-clusters", f"{live_clusters} clusters already live, at most {max_clusters} allowed; stop one first"
         )
-    patterns = limits.get("allowed-instance-types")
+    patterns = config.get("limits.allowed-instance-types")
     if patterns and spec.backend != "local":
         for field in ("worker_vm_types", "scheduler_vm_type"):
             value = getattr(spec, field)
@@ -49,10 +50,10 @@ async def check(
                 if not any(fnmatch.fnmatchcase(vm_type, p) for p in patterns):
                     raise LimitExceeded(field, "allowed-instance-types",
                                         f"{vm_type!r} is not allowed; allowed: {', '.join(patterns)}")
-    regions = limits.get("allowed-regions")
+    regions = config.get("limits.allowed-regions")
     if regions and spec.backend != "local" and spec.region and spec.region not in regions:
         raise LimitExceeded("region", "allowed-regions", f"{spec.region!r} is not allowed; allowed: {', '.join(regions)}")
-    max_cost = limits.get("max-cost-per-hour")
+    max_cost = config.get("limits.max-cost-per-hour")
     if max_cost is not None:
         per_hour = (await estimate(spec))["per_hour"]
         if per_hour > float(max_cost):
