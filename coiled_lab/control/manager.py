@@ -517,9 +517,10 @@ class ClusterManager:
         if len(schedulers) > 1:
             # A launch request whose answer was lost and that was sent again (a retry, or
             # a manager killed mid-launch) can start a second scheduler. Keep the one
-            # clients know (its address), else the first; the others would only cost.
-            host = (rec.state.get("address") or "").split("://")[-1].rsplit(":", 1)[0]
-            schedulers.sort(key=lambda i: (i.address != host, i.launched_at, i.id))
+            # clients know (the recorded address), else the first; the others would only cost.
+            recorded = rec.state.get("address")
+            addresses = {i.id: await backend.scheduler_address(ctx, i) for i in schedulers}
+            schedulers.sort(key=lambda i: (addresses[i.id] != recorded, i.launched_at, i.id))
             extra = schedulers[1:]
             logger.warning("cluster %s: stopping duplicate scheduler(s) %s", rec.name, [i.id for i in extra])
             await backend.stop_instances(ctx, extra)
@@ -555,6 +556,7 @@ class ClusterManager:
                 return
         missing = spec.n_workers - len(workers)
         if missing > 0:
+            ctx.instances = [scheduler, *workers]  # the workers join this scheduler, not a duplicate
             new = await backend.launch_workers(ctx, missing)
             self.store.add_instances(rec.id, new)
             workers.extend(new)

@@ -112,6 +112,28 @@ def test_a_crashing_bootstrap_ends_in_error_with_its_boot_log(aws_control, emula
     wait_for(lambda: not moto.tagged(cluster["id"]), timeout=30, what="nothing tagged")
 
 
+def test_a_launch_template_whose_answer_was_lost_is_removed_at_stop(aws_control, emulator, proxy, moto):
+    # The workers' template is made, then the connection drops: botocore asks again with
+    # the same name and EC2 (moto) says it exists. The launch is retried; the stop sweeps.
+    lost = proxy.fail("CreateLaunchTemplate", "reset-after", times=1, skip=1)
+    cluster = aws_control.run(aws_control.create({"backend": "aws", "n_workers": 1}))
+    assert aws_control.run(aws_control.wait(cluster["id"], timeout=120))["status"] == "running"
+    assert lost[0] == 1
+    stop(aws_control, cluster["id"], moto)
+
+
+def test_a_scheduler_launched_twice_is_stopped(aws_control, emulator, proxy, moto):
+    # The scheduler's fleet is launched, then the connection drops: botocore sends it again
+    # (moto ignores the ClientToken that makes this safe on EC2) and a second one starts.
+    lost = proxy.fail("CreateFleet", "reset-after", times=1)
+    cluster = aws_control.run(aws_control.create({"backend": "aws", "n_workers": 1}))
+    running = aws_control.run(aws_control.wait(cluster["id"], timeout=120))
+    assert running["status"] == "running" and lost[0] == 1
+    assert len([i for i in moto.all_instances(cluster["id"])]) == 3  # two schedulers were launched
+    wait_for(lambda: len(moto.instances(cluster["id"], "scheduler")) == 1, timeout=30, what="one scheduler left")
+    stop(aws_control, cluster["id"], moto)
+
+
 MANAGER = textwrap.dedent(
     """
     import asyncio, json

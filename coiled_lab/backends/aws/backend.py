@@ -152,7 +152,8 @@ class AWSBackend(Backend):
     async def launch_workers(self, cluster: ClusterContext, count: int) -> list[Instance]:
         region, spec = self.region(cluster), cluster.spec
         _, worker_types = await self.types.choose(spec, region)
-        scheduler = next((i for i in (await self.describe(cluster)) if i.role == "scheduler"), None)
+        scheduler = next((i for i in cluster.instances if i.role == "scheduler"), None) or \
+            next((i for i in (await self.describe(cluster)) if i.role == "scheduler"), None)
         if scheduler is None:
             raise AWSError("the cluster has no scheduler to attach workers to")
         scheduler = await self._located(cluster, scheduler)
@@ -174,8 +175,13 @@ class AWSBackend(Backend):
             await self.images.image(region, kind), config.get("aws.instance-profile"),
             [cluster.state["cluster_group"]], userdata.build(bootstrap), tags, worker_types[0].name,
         )
-        launched = await fleet.launch(self.aws, region, f"coiled-lab-{cluster.id}-workers", data, tags, pools,
-                                      count, "worker", spec.spot_policy, notify=cluster.notify)
+        try:
+            launched = await fleet.launch(self.aws, region, f"coiled-lab-{cluster.id}-workers", data, tags, pools,
+                                          count, "worker", spec.spot_policy, notify=cluster.notify)
+        except BaseException:
+            # A request that failed may still have made its template (its answer was lost).
+            self._clean.discard(cluster.id)
+            raise
         self._add_to_view(cluster.id, launched.instances)
         if launched.template_left is not None:
             self._clean.discard(cluster.id)

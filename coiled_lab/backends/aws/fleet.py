@@ -82,6 +82,7 @@ async def launch(
     template_left: Optional[str] = None
     template = await aws.call(
         "ec2", region, "create_launch_template",
+        ClientToken=secrets.token_hex(16),  # a retry after a lost answer gets the same template back
         LaunchTemplateName=f"{name}-{secrets.token_hex(3)}", LaunchTemplateData=data,
         TagSpecifications=tag_specs(["launch-template"], tags),
     )
