@@ -46,6 +46,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil  # noqa: E402
+
 from benchmarks.emulated_aws import emulated_aws  # noqa: E402
 from benchmarks.server_api import free_port, percentile, request, start_server  # noqa: E402
 
@@ -195,6 +197,8 @@ def main() -> None:
                 assert status == 201, body
                 ids.append(json.loads(body)["id"])
             ids_file.write_text(json.dumps(ids))
+            server_process = psutil.Process(server.pid)
+            cpu_before = sum(server_process.cpu_times()[:2])
             go.set()
             ready.wait(120)
             _wait_all(port, token, ids, {"running"}, args.timeout)
@@ -206,6 +210,7 @@ def main() -> None:
             down = _wait_all(port, token, ids, {"stopped"}, args.timeout)
             stop.set()
             result = out.get(timeout=120)
+            cpu = sum(server_process.cpu_times()[:2]) - cpu_before
             loader.join(30)
         finally:
             stop.set()
@@ -235,7 +240,9 @@ def main() -> None:
     every = [v for values in latencies.values() for v in values]
     print(f"{'all routes':34} {total:>9} {percentile(every, 50):>8.1f} {percentile(every, 95):>8.1f} "
           f"{percentile(every, 99):>8.1f}   (target p95 <= 50 ms)")
-    print(f"throughput: {total / result['seconds']:.0f} requests/s over {result['seconds']:.0f} s")
+    print(f"throughput: {total / result['seconds']:.0f} requests/s over {result['seconds']:.0f} s; the server used "
+          f"{cpu:.0f} CPU s ({100 * cpu / result['seconds']:.0f}% of a core), {1000 * cpu / total:.1f} ms per request "
+          f"(its reconciling of the clusters included)")
     print(f"answers: {dict(sorted(result['answers'].items()))}; errors (5xx or no answer): {len(result['errors'])}")
     for line in result["errors"][:5]:
         print(f"  {line}")
