@@ -7,12 +7,14 @@ given and the user would pay for it — the smallest first (what is bigger than 
 is paid for and unused), and among types of one size the cheapest first. What a cloud
 cannot run for dask at all (burstable or shared-core CPUs, non-NVIDIA accelerators)
 it leaves out before asking here; what a price is (on-demand, Spot, a stand-in) is its
-own business too.
+own business too. The refusals of a choice are said the same way on every cloud as well.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional, Protocol, TypeVar
+
+from ..spec import ClusterSpec, ClusterSpecError
 
 
 class Sized(Protocol):
@@ -55,3 +57,20 @@ def smallest_then_cheapest(types: Iterable[T], cpu: Optional[int], memory: Optio
 
     return sorted((t for t in types if fits(t, cpu, memory, gpu)),
                   key=lambda t: (t.vcpu, t.memory, t.gpu, price(t), t.name))
+
+
+def one_kind(names: list[str], kinds: Iterable[str]) -> None:
+    """Refuse named worker types of several kinds (CPU architectures, GPU or not): one
+    launch boots one image."""
+    mixed = sorted(set(kinds))
+    if len(mixed) > 1:
+        raise ClusterSpecError(f"worker_vm_types: {names!r} is not allowed: it mixes {' and '.join(mixed)} "
+                               "machines, which need different images; give types of one kind", "worker_vm_types")
+
+
+def no_fit(spec: ClusterSpec, region: str, what: str) -> ClusterSpecError:
+    """The refusal of sizes no ``what`` ("instance type", "machine type") of ``region`` has,
+    naming the field most likely to blame: GPUs, else vCPUs, else memory."""
+    field = "worker_gpu" if spec.worker_gpu else "worker_cpu" if spec.worker_cpu else "worker_memory"
+    return ClusterSpecError(f"{field}: no {what} in {region} has {spec.worker_cpu or 1} vCPUs, "
+                            f"{spec.worker_memory or 0} bytes of memory and {spec.worker_gpu or 0} NVIDIA GPUs", field)

@@ -12,7 +12,7 @@ import dask.config
 import pytest
 
 from coiled_lab.backends.gcp.catalog import MachineType, matching
-from coiled_lab.spec import parse_spec
+from coiled_lab.spec import ClusterSpecError, parse_spec
 
 from ..gcpbilling import AMERICAS, SKUS_PATH, sku_json, skus_page
 from .conftest import REGION, labelled
@@ -82,6 +82,14 @@ def test_sizes_pick_the_cheapest_types_of_the_smallest_size_from_the_billing_cat
     named = ["e2-standard-4", "n2-standard-4"]
     assert workers({"backend": "gcp", "worker_vm_types": named}) == named  # named types: the order given
     assert catalog.count(LIST_SKUS) - before == PAGES  # the rest came from the store's cache
+
+    # Refused as on AWS, naming the field.
+    with pytest.raises(ClusterSpecError) as info:
+        workers({"backend": "gcp", "worker_vm_types": ["e2-standard-4", "g2-standard-4"]})
+    assert info.value.field == "worker_vm_types" and "mixes cpu and gpu machines" in str(info.value)
+    with pytest.raises(ClusterSpecError) as info:
+        workers({"backend": "gcp", "worker_cpu": 64})
+    assert info.value.field == "worker_cpu" and "no machine type in us-central1 has 64 vCPUs" in str(info.value)
 
 
 @pytest.mark.slow

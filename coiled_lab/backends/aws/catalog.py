@@ -182,19 +182,12 @@ class Catalog:
             await self.named(region, [scheduler, *names],
                              "worker_vm_types" if spec.worker_vm_types else "scheduler_vm_type")
             workers = await self.named(region, names, "worker_vm_types")
-            kinds = sorted({t.kind for t in workers})
-            if len(kinds) > 1:
-                raise ClusterSpecError(f"worker_vm_types: {names!r} is not allowed: it mixes {' and '.join(kinds)} "
-                                       "machines, which need different images; give types of one kind",
-                                       "worker_vm_types")
+            sizing.one_kind(names, (t.kind for t in workers))
         else:
             fits = matching((await self.types(region)).values(), spec.worker_cpu, spec.worker_memory,
                             spec.worker_gpu)
             if not fits:
-                field = "worker_gpu" if spec.worker_gpu else "worker_cpu" if spec.worker_cpu else "worker_memory"
-                raise ClusterSpecError(
-                    f"{field}: no instance type in {region} has {spec.worker_cpu or 1} vCPUs, "
-                    f"{spec.worker_memory or 0} bytes of memory and {spec.worker_gpu or 0} NVIDIA GPUs", field)
+                raise sizing.no_fit(spec, region, "instance type")
             # The smallest fitting sizes, then the cheapest of those (spot prices stand in
             # for on-demand ones, which the EC2 API does not give).
             nearest = [t for t in fits if t.kind == fits[0].kind][:20]

@@ -150,19 +150,12 @@ class Catalog:
         if spec.worker_vm_types or not (spec.worker_cpu or spec.worker_memory or spec.worker_gpu):
             names = spec.worker_vm_types or list(config.get("gcp.worker-vm-types"))
             workers = await self.named(region, names, "worker_vm_types")
-            kinds = sorted({t.kind for t in workers})
-            if len(kinds) > 1:
-                raise ClusterSpecError(f"worker_vm_types: {names!r} is not allowed: it mixes {' and '.join(kinds)} "
-                                       "machines, which need different images; give types of one kind",
-                                       "worker_vm_types")
+            sizing.one_kind(names, (t.kind for t in workers))
         else:
             sizes = (spec.worker_cpu, spec.worker_memory, spec.worker_gpu, config.get("gcp.gpu-type"))
             fits = matching(list((await self.types(region)).values()), *sizes)
             if not fits:
-                field = "worker_gpu" if spec.worker_gpu else "worker_cpu" if spec.worker_cpu else "worker_memory"
-                raise ClusterSpecError(
-                    f"{field}: no machine type in {region} has {spec.worker_cpu or 1} vCPUs, "
-                    f"{spec.worker_memory or 0} bytes of memory and {spec.worker_gpu or 0} GPUs", field)
+                raise sizing.no_fit(spec, region, "machine type")
             # Priced as they will be bought: Spot rates unless the workers run on demand.
             prices = await self.prices(region, fits, spec.spot_policy != "on-demand")
             workers = matching(fits, *sizes, prices)[: int(config.get("gcp.max-vm-types"))]
