@@ -96,8 +96,8 @@ def test_sizes_pick_the_cheapest_types_of_the_smallest_size_from_the_billing_cat
 def test_a_machine_type_out_of_stock_everywhere_falls_back_to_the_next_type(gcp_control, emulator, fake):
     fake.exhaust("e2-standard-4")  # the first of coiled-lab.gcp.worker-vm-types, in every zone
     cluster = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 2, "allow_cross_zone": True}))
-    running = gcp_control.run(gcp_control.wait(cluster["id"], timeout=120))
-    assert running["status"] == "running"
+    spot = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 1, "spot_policy": "spot_with_fallback"}))
+    assert gcp_control.run(gcp_control.wait(cluster["id"], timeout=120))["status"] == "running"
     workers = labelled(fake, cluster["id"], "worker")
     assert len(workers) == 2 and {w["machineType"].rsplit("/", 1)[-1] for w in workers} == {"n2-standard-4"}
     assert sorted(i.vm_type for i in gcp_control.manager.store.instances(cluster["id"]) if i.role == "worker") == \
@@ -110,4 +110,18 @@ def test_a_machine_type_out_of_stock_everywhere_falls_back_to_the_next_type(gcp_
              if c.body["instanceProperties"]["labels"]["coiled-lab-cluster"] == cluster["id"]]
     assert [b["instanceProperties"]["machineType"] for b in asked] == ["e2-standard-4", "n2-standard-4"]
     assert [int(b["count"]) for b in asked] == [2, 2]
-    stop(gcp_control, cluster["id"], fake)
+
+    # Spot, then on demand, of the first type; then Spot of the next, which has some: no
+    # word of on-demand workers, which there are none of.
+    assert gcp_control.run(gcp_control.wait(spot["id"], timeout=120))["status"] == "running"
+    asked = [c.body["instanceProperties"] for c in fake.calls("compute.regionInstances.bulkInsert")
+             if c.body["instanceProperties"]["labels"]["coiled-lab-cluster"] == spot["id"]]
+    assert [(p["machineType"], p["scheduling"]["provisioningModel"]) for p in asked] == \
+        [("e2-standard-4", "SPOT"), ("e2-standard-4", "STANDARD"), ("n2-standard-4", "SPOT")]
+    (worker,) = labelled(fake, spot["id"], "worker")
+    assert worker["scheduling"]["provisioningModel"] == "SPOT"
+    told = notifications(gcp_control, spot["id"])
+    assert not [m for m in told if "on demand" in m] and \
+        [m for m in told if m.startswith("no capacity for e2-standard-4 in us-central1-a (")]
+    for done in (cluster, spot):
+        stop(gcp_control, done["id"], fake)

@@ -159,9 +159,11 @@ async def launch_workers(
     spot = spot_policy != "on-demand"
     made, error = await bulk_insert(gcp, region, allowed, all_zones, count, make(spot), prefix)
     if error and spot_policy == "spot_with_fallback" and error[0] in SPOT_REFUSED:
-        notify("spot", f"no Spot capacity for {count} workers ({error[1]}); launching them on demand instead")
-        spot = False
+        refused, spot = error, False
         made, error = await bulk_insert(gcp, region, allowed, all_zones, count, make(False), prefix)
+        if not error:  # told once it is so: with no capacity at all, the next machine type gets its own try
+            notify("spot", f"no Spot capacity for {count} workers ({refused[1]}); they run on demand "
+                           f"({machine.name}) instead")
     if error:
         message = f"GCE launched no {machine.name} worker in {', '.join(allowed)} ({error[1]})"
         raise NoCapacity(message, error[0]) if error[0] in EXHAUSTED else GCPError(message)
