@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-READ_TIMEOUT = 4.0
+READ_TIMEOUT = 8.0
 
 
 def main() -> int:

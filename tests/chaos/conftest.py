@@ -1,6 +1,7 @@
 """The AWS harness of tests/aws (moto, fault proxy, price list, network, EC2 emulator),
 shared here rather than copied, plus what chaos cycles need on top: short AWS read
-timeouts so a ``timeout`` fault costs seconds, for this process and the manager's."""
+timeouts so a ``timeout`` fault costs seconds, for this process and the manager's (long
+enough that moto itself, on two busy cores, does not time out)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..aws.conftest import (  # noqa: F401 - fixtures
 )
 from .clouds import EmulatedAWS
 
-READ_TIMEOUT = 4.0
+READ_TIMEOUT = 8.0
 
 
 @pytest.fixture

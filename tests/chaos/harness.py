@@ -154,7 +154,7 @@ class Chaos:
     STEPS = (("create", 1), ("scale", 2), ("scale", 1), ("stop", None))
 
     def __init__(self, cloud: Cloud, state_dir: Path, seed: int, kill_chance: float = 0.35,
-                 step_timeout: float = 150, leak_timeout: float = 60):
+                 step_timeout: float = 240, leak_timeout: float = 60):
         self.cloud = cloud
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -189,25 +189,30 @@ class Chaos:
             ",".join(f"{verb}{'!' if a else ''}{f'@{d:.1f}s' if b else ''}"
                      for (verb, _), (a, b, d) in zip(self.STEPS, kill_points))
         problems: list[str] = []
-        if not self.manager.alive():  # a previous cycle's failure took it down
-            self.manager.start()
         try:
+            if not self.manager.alive():  # a previous cycle's failure took it down
+                self.manager.start()
             for (verb, arg), (kill_at_once, kill_later, delay) in zip(self.STEPS, kill_points):
                 rec = self._find(name)
                 if verb != "create" and (rec is None or rec.status in FINAL):
                     break  # it ended early (an error): only the end-of-cycle checks remain
                 self._command(verb, name, arg, kill_at_once)
                 self._await(name, "stopped" if verb == "stop" else "running", delay if kill_later else None)
-            rec = self._find(name)
-            if rec is not None and rec.status not in FINAL:  # e.g. a step that never converged
-                problems.append(f"{rec.status} after the cycle's steps: {rec.message}")
-                self._command("stop", name, None, False)
-                self._await(name, "stopped", None)
-        except Exception as exc:  # noqa: BLE001 - a broken cycle is reported, then cleaned
+        except Exception as exc:  # noqa: BLE001 - a broken cycle is reported, then stopped
             problems.append(f"{type(exc).__name__}: {exc}")
         finally:
             self.cloud.disarm()
         rec = self._find(name)
+        if rec is not None and rec.status not in FINAL:  # a step that never converged, or broke
+            problems.append(f"{rec.status} after the cycle's steps: {rec.message}")
+            try:  # so that the next cycles start from nothing
+                if not self.manager.alive():
+                    self.manager.start()
+                self._command("stop", name, None, False)
+                self._await(name, "stopped", None)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"and stopping it failed: {type(exc).__name__}: {exc}")
+            rec = self._find(name)
         leaked: dict[str, list[str]] = {}
         if rec is not None:
             problems += self._check_end(rec)
