@@ -5,6 +5,10 @@ import { ICluster, ICost, ILogRecord } from './types';
 
 export function money(amount: number, currency = 'USD'): string {
   const symbol = currency === 'USD' ? '$' : `${currency} `;
+  if (amount !== 0 && Math.abs(amount) < 0.001) {
+    // A fraction of a tenth of a cent (a spot price can be): two significant digits, not "0.000".
+    return `${symbol}${amount.toPrecision(2)}`;
+  }
   const digits = amount !== 0 && Math.abs(amount) < 1 ? 3 : 2;
   return `${symbol}${amount.toFixed(digits)}`;
 }

@@ -80,14 +80,21 @@ export interface IEstimate {
   source: string;
   as_of: number;
   notes: string[];
+  /** The cloud types priced (absent on the local backend). */
+  worker_vm_type?: string;
+  scheduler_vm_type?: string;
 }
 
+/** One type of a backend's catalog. Prices ($/hour) only where the catalog has them: the
+ * local machine's (0), AWS's current spot price; cloud on-demand prices come from price
+ * APIs one type at a time, so the estimate names the types it priced and their price. */
 export interface IInstanceType {
   name: string;
   vcpu: number;
   memory: number;
   gpu: number;
-  price_per_hour: number | null;
+  price_per_hour?: number | null;
+  spot_price_per_hour?: number | null;
 }
 
 export interface ICatalog {

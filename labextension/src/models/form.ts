@@ -90,8 +90,10 @@ export class FormModel {
     return this._help;
   }
 
+  /** Errors per field: Create's answer (until that field changes or Create succeeds) over
+   * the last estimate's, so an estimate that passes does not hide a limit Create refused. */
   get errors(): ReadonlyMap<string, string> {
-    return this._errors;
+    return new Map([...this._estimateErrors, ...this._submitErrors]);
   }
 
   /** An error that names no field shown in the form. */
@@ -109,6 +111,11 @@ export class FormModel {
 
   get submitting(): boolean {
     return this._submitting;
+  }
+
+  /** Whether the estimate shown is older than the fields (a newer one is on its way). */
+  get estimating(): boolean {
+    return this._estimating;
   }
 
   get isLocal(): boolean {
@@ -170,7 +177,8 @@ export class FormModel {
     this._values[field] = value;
     this._touched.add(field);
     this._typed.add(field);
-    this._errors.delete(field);
+    this._estimateErrors.delete(field);
+    this._submitErrors.delete(field);
     // Where and what to run depend on the backend, zones on the region: start those over.
     const stale: Field[] = field === 'backend' ? ['region', 'zone', 'worker_vm_types'] : field === 'region' ? ['zone'] : [];
     for (const name of stale) {
@@ -224,11 +232,13 @@ export class FormModel {
       this._values.name = '';
       this._touched.delete('name');
       this._typed.delete('name');
-      this._errors.clear();
+      this._estimateErrors.clear();
+      this._submitErrors.clear();
       this._formError = null;
       return cluster;
     } catch (error) {
-      this._showError(error as Error);
+      this._submitErrors.clear();
+      this._showError(error as Error, this._submitErrors);
       return null;
     } finally {
       this._submitting = false;
@@ -246,13 +256,13 @@ export class FormModel {
         return;
       }
       this._catalog = catalog;
-      this._errors.delete('backend');
+      this._estimateErrors.delete('backend');
     } catch (error) {
       if (call !== this._catalogCall) {
         return;
       }
       this._catalog = null;
-      this._showError(error as Error);
+      this._showError(error as Error, this._estimateErrors);
     }
     this._changed.emit();
   }
@@ -260,6 +270,8 @@ export class FormModel {
   private _scheduleEstimate(): void {
     window.clearTimeout(this._timer);
     this._timer = window.setTimeout(() => void this._refreshEstimate(), ESTIMATE_DELAY);
+    ++this._estimateCall; // an answer on its way is for older fields: not to be shown
+    this._estimating = true;
     this._changed.emit();
   }
 
@@ -271,25 +283,27 @@ export class FormModel {
         return;
       }
       this._estimate = estimate;
-      this._errors.clear();
+      this._estimateErrors.clear();
       this._formError = null;
     } catch (error) {
       if (call !== this._estimateCall) {
         return;
       }
       this._estimate = null;
-      this._errors.clear();
-      this._showError(error as Error);
+      this._estimateErrors.clear();
+      this._showError(error as Error, this._estimateErrors);
     }
+    this._estimating = false;
     this._changed.emit();
   }
 
-  private _showError(error: Error): void {
+  /** Put a failed request's messages at the fields they name (into `errors`), or above Create. */
+  private _showError(error: Error, errors: Map<string, string>): void {
     const byField = error instanceof ApiError ? error.byField() : new Map<string, string>();
     let placed = false;
     for (const [field, message] of byField) {
       if ((FIELDS as readonly string[]).includes(field) && this.shown(field as Field)) {
-        this._errors.set(field, message);
+        errors.set(field, message);
         placed = true;
       }
     }
@@ -319,11 +333,13 @@ export class FormModel {
   /** Fields the user typed into; lab settings no longer overwrite them. */
   private _typed = new Set<Field>();
   private _help = new Map<string, string>();
-  private _errors = new Map<string, string>();
+  private _estimateErrors = new Map<string, string>();
+  private _submitErrors = new Map<string, string>();
   private _formError: string | null = null;
   private _estimate: IEstimate | null = null;
   private _catalog: ICatalog | null = null;
   private _submitting = false;
+  private _estimating = false;
   private _timer = 0;
   private _catalogCall = 0;
   private _estimateCall = 0;

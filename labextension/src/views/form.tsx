@@ -231,8 +231,11 @@ function describeType(t: IInstanceType): string {
   if (t.gpu) {
     parts.push(`${t.gpu} GPU`);
   }
-  if (t.price_per_hour !== null) {
+  if (typeof t.price_per_hour === 'number') {
     parts.push(`${money(t.price_per_hour)}/h`);
+  }
+  if (typeof t.spot_price_per_hour === 'number') {
+    parts.push(`spot ${money(t.spot_price_per_hour)}/h`);
   }
   return parts.join(' · ');
 }
@@ -272,16 +275,23 @@ function TypePicker(props: { types: IInstanceType[]; chosen: string[]; onChange:
 }
 
 function Estimate(props: { model: FormModel }): JSX.Element {
-  const estimate = props.model.estimate;
+  const { estimate, estimating } = props.model;
   if (!estimate) {
     return <div className="jp-CoiledLab-estimate jp-mod-empty">No estimate yet</div>;
   }
+  // Kept while a newer one is asked for, dimmed: never a stale figure shown as current.
   return (
-    <div className="jp-CoiledLab-estimate" aria-live="polite">
+    <div className={`jp-CoiledLab-estimate${estimating ? ' jp-mod-updating' : ''}`} aria-live="polite" aria-busy={estimating}>
       <div>
         <strong>{money(estimate.per_hour, estimate.currency)}/hour</strong> for {estimate.n_workers} workers
         {estimate.spot_savings > 0 && ` (spot saves ${money(estimate.spot_savings, estimate.currency)}/h)`}
       </div>
+      {estimate.worker_vm_type && (
+        <div className="jp-CoiledLab-estimateTypes">
+          workers {estimate.worker_vm_type} at {money(estimate.worker_each, estimate.currency)}/h each, scheduler{' '}
+          {estimate.scheduler_vm_type} at {money(estimate.scheduler, estimate.currency)}/h
+        </div>
+      )}
       <div className="jp-CoiledLab-estimateSource">{estimate.source}</div>
       {estimate.notes.length > 0 && (
         <ul>
