@@ -118,17 +118,18 @@ async def _load(port: int, token: str, clients: int, subscribers: int, interval:
     while len(sockets) < subscribers:
         await asyncio.sleep(0.05)
     ready.set()
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     workers = [asyncio.ensure_future(client(random.Random(i))) for i in range(clients)]
     while not stop.is_set():
         await asyncio.sleep(0.1)
     await asyncio.gather(*workers)
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu_started
     await asyncio.sleep(1.0)  # the last events on their way
     for ws in sockets:
         ws.close()
     await asyncio.gather(*listening, return_exceptions=True)
-    return {"latencies": latencies, "answers": answers, "errors": errors, "received": received, "seconds": seconds}
+    return {"latencies": latencies, "answers": answers, "errors": errors, "received": received, "seconds": seconds,
+            "cpu": cpu}
 
 
 def _load_process(port: int, token: str, clients: int, subscribers: int, interval: float, ids_file: str,
@@ -242,7 +243,8 @@ def main() -> None:
           f"{percentile(every, 99):>8.1f}   (target p95 <= 50 ms)")
     print(f"throughput: {total / result['seconds']:.0f} requests/s over {result['seconds']:.0f} s; the server used "
           f"{cpu:.0f} CPU s ({100 * cpu / result['seconds']:.0f}% of a core), {1000 * cpu / total:.1f} ms per request "
-          f"(its reconciling of the clusters included)")
+          f"(its reconciling of the clusters included); the clients used {100 * result['cpu'] / result['seconds']:.0f}% "
+          f"of a core")
     print(f"answers: {dict(sorted(result['answers'].items()))}; errors (5xx or no answer): {len(result['errors'])}")
     for line in result["errors"][:5]:
         print(f"  {line}")
