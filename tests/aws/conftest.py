@@ -14,6 +14,7 @@ import datetime
 import logging
 import os
 import random
+import urllib.request
 from typing import Any
 
 import boto3
@@ -49,6 +50,10 @@ def moto_url():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its accounts in this process's memory, shared by every server it runs: a
+    # package that imports these fixtures (tests/chaos, tests/recovery/aws) starts from an
+    # empty AWS, not with the VPC another package's `setup aws` made.
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"), timeout=30)
     yield f"http://{host}:{port}"
     server.stop()
 
