@@ -89,11 +89,7 @@ class Credentials:
         if not stored:
             key_file = self._env.get("GOOGLE_APPLICATION_CREDENTIALS")
             if key_file:  # what ADC would have read had the environment kept it
-                import google.auth
-
-                credentials, _ = google.auth.load_credentials_from_file(
-                    key_file, scopes=["https://www.googleapis.com/auth/cloud-platform"])
-                return credentials
+                return _google_file(key_file)
             return None
         from google.oauth2 import service_account
 
@@ -211,6 +207,32 @@ class Credentials:
             json.dump(data, f)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
+
+
+def _google_file(path: str):
+    """Credentials from the key file the server was started with. The admin's own file,
+    so trusted; google-auth's generic loader warns about untrusted configurations, hence
+    the two usual kinds are loaded by their own classes."""
+    import warnings
+
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.oauth2 import credentials as user, service_account
+
+    scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    try:
+        with open(path) as f:
+            kind = json.load(f).get("type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DefaultCredentialsError(
+            f"GOOGLE_APPLICATION_CREDENTIALS {path} is unreadable: {type(exc).__name__}") from None
+    if kind == "service_account":
+        return service_account.Credentials.from_service_account_file(path, scopes=scopes)
+    if kind == "authorized_user":
+        return user.Credentials.from_authorized_user_file(path, scopes=scopes)
+    with warnings.catch_warnings():  # workload identity federation and the like
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return google.auth.load_credentials_from_file(path, scopes=scopes)[0]
 
 
 def _validate_aws(body: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.auth.exceptions import DefaultCredentialsError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -175,3 +176,7 @@ def test_the_servers_google_key_file_leaves_the_kernels_environment(tmp_path):
     assert environ == {"GOOGLE_CLOUD_PROJECT": "server-project"}
     assert creds.google_credentials().service_account_email == "lab@server-project.iam.gserviceaccount.com"
     assert creds.status()["gcp"]["source"] == "environment"
+
+    key_file.unlink()  # a 503 through errors.py, naming the file
+    with pytest.raises(DefaultCredentialsError, match="server-key.json is unreadable"):
+        creds.google_credentials()
