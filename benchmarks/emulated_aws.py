@@ -29,7 +29,7 @@ class EmulatedAWS:
 
 
 @contextmanager
-def emulated_aws(prefix: str, config: Optional[dict[str, Any]] = None) -> Iterator[EmulatedAWS]:
+def emulated_aws(prefix: str, config: Optional[dict[str, Any]] = None, nice: int = 0) -> Iterator[EmulatedAWS]:
     from moto.server import ThreadedMotoServer
 
     from tests.aws.conftest import console_output
@@ -62,7 +62,7 @@ def emulated_aws(prefix: str, config: Optional[dict[str, Any]] = None) -> Iterat
             assert cli(["setup", "aws", "--region", REGION, "--vpc-cidr", f"127.{random.randint(32, 250)}.0.0/16"]) == 0
         finally:
             sys.stdout = stdout
-    emulator = EC2Emulator(moto_url, REGION, work / "ec2").start()
+    emulator = EC2Emulator(moto_url, REGION, work / "ec2", nice=nice).start()
     proxy.add(console_output(emulator))
     control = InProcessControl(ClusterManager(work / "state"))
     try:

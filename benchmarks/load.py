@@ -167,11 +167,14 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds each client waits between requests")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for all clusters to run")
     parser.add_argument("--server-log", type=Path, help="keep the Jupyter server's log here")
+    parser.add_argument("--vm-nice", type=int, default=19,
+                        help="niceness of the emulated VMs' processes (on EC2 they have cores of their own; "
+                             "0 = they compete with the server for this machine's cores)")
     args = parser.parse_args()
 
     for key, value in AWS_CONFIG.items():
         os.environ["DASK_COILED_LAB__" + key.upper().replace(".", "__").replace("-", "_")] = str(value)
-    with emulated_aws("coiled-lab-load-") as aws, tempfile.TemporaryDirectory(prefix="coiled-lab-load-") as tmp:
+    with emulated_aws("coiled-lab-load-", nice=args.vm_nice) as aws, tempfile.TemporaryDirectory(prefix="coiled-lab-load-") as tmp:
         root = Path(tmp)
         (root / "state").mkdir(mode=0o700)
         port, token = free_port(), secrets.token_hex(16)
@@ -230,7 +233,7 @@ def main() -> None:
     latencies = result["latencies"]
     total = sum(len(v) for v in latencies.values())
     print(f"{args.clients} REST clients (pause ~{args.interval:g} s), {args.subscribers} event subscribers, {args.clusters} clusters of "
-          f"{args.workers} worker(s) on emulated EC2 ({booted} machines booted): {running}/{args.clusters} running "
+          f"{args.workers} worker(s) on emulated EC2 ({booted} machines booted, their processes at nice {args.vm_nice}): {running}/{args.clusters} running "
           f"after {up:.0f} s, all stopped {down:.0f} s later")
     print(f"first catalog and estimate (cold cache, before the load): {cold:.1f} s")
     print(f"{'route':34} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")

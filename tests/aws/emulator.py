@@ -129,8 +129,12 @@ class Machine:
 class EC2Emulator:
     """Boots moto's new instances in ``region`` as processes under ``workdir``."""
 
-    def __init__(self, moto_url: str, region: str, workdir: Path, interval: float = 0.2):
+    def __init__(self, moto_url: str, region: str, workdir: Path, interval: float = 0.2, nice: int = 0):
+        """``nice``: niceness of the machines' processes. A benchmark of the Jupyter server
+        sets it so that VMs, which on EC2 have cores of their own, do not take this
+        machine's cores from the server being measured."""
         self.moto_url = moto_url
+        self.nice = nice
         self.region = region
         self.workdir = workdir
         self.interval = interval
@@ -256,7 +260,8 @@ class EC2Emulator:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
         with open(directory / "console.log", "wb") as console:
-            process = subprocess.Popen(["/bin/sh", str(script)], cwd=directory, env=env, stdin=subprocess.DEVNULL,
+            niced = ["nice", "-n", str(self.nice)] if self.nice else []
+            process = subprocess.Popen([*niced, "/bin/sh", str(script)], cwd=directory, env=env, stdin=subprocess.DEVNULL,
                                        stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         with self._lock:
             self.machines[instance_id] = Machine(instance_id, item.get("ImageId", ""), directory, metadata, process)

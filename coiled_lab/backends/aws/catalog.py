@@ -129,8 +129,8 @@ class Catalog:
         A name the region does not know is a :class:`ClusterSpecError` on ``field``.
         """
         known = self._types.get(region, {})
-        fresh = {n for n, (when, _) in known.items() if time.monotonic() - when < CACHE_SECONDS}
-        unknown = sorted(set(names) - fresh)
+        now = time.monotonic()  # only the names asked about: the region may know a thousand types
+        unknown = sorted({n for n in names if n not in known or now - known[n][0] >= CACHE_SECONDS})
         if unknown:
             try:
                 await self._describe(region, InstanceTypes=unknown)
