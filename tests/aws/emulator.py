@@ -25,11 +25,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Optional
 
 import boto3
+
+from ..localhttp import LocalHTTP
 
 BROKEN_PYTHON = """#!/bin/sh
 echo "Fatal Python error: init_fs_encoding: failed to get the Python codec of the filesystem encoding" >&2
@@ -50,19 +52,12 @@ class Identity:
     tokens: set[str] = field(default_factory=set)
 
 
-class MetadataServer:
+class MetadataServer(LocalHTTP):
     """IMDSv2 for one instance: a token first (PUT), then GETs that must carry it."""
 
     def __init__(self, identity: Identity):
         self.identity = identity
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     def value(self, path: str) -> Optional[str]:
         me = self.identity

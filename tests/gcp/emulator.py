@@ -20,14 +20,16 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Optional
 
 from ..aws.emulator import BROKEN_PYTHON, _script, end_group
+from ..localhttp import LocalHTTP
 from .fakegcp import FakeGCP
 
-class MetadataServer:
+
+class MetadataServer(LocalHTTP):
     """The GCE metadata server for one VM: answers only requests with ``Metadata-Flavor: Google``."""
 
     def __init__(self, instance: dict, project: str):
@@ -35,14 +37,8 @@ class MetadataServer:
         self.project = project
         self.preempted = False
         self.tokens: set[str] = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.host = f"127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
+        self.host = self.url.removeprefix("http://")
 
     def value(self, path: str) -> Optional[str]:
         me = self.instance
