@@ -73,18 +73,15 @@ async def terminate(aws: AWSSession, region: str, ids: list[str]) -> None:
 
 async def _remove(aws: AWSSession, region: str, templates: list[str], volumes: list[str]) -> list[str]:
     removed = []
-    for template in templates:
-        try:
-            await aws.call("ec2", region, "delete_launch_template", LaunchTemplateId=template)
-        except Exception as exc:
-            if error_code(exc) != "InvalidLaunchTemplateId.NotFound":
-                raise
-        removed.append(f"launch template {template}")
-    for volume in volumes:
-        try:
-            await aws.call("ec2", region, "delete_volume", VolumeId=volume)
-        except Exception as exc:
-            if error_code(exc) != "InvalidVolume.NotFound":
-                raise
-        removed.append(f"volume {volume}")
+    for what, operation, param, gone, ids in (
+        ("launch template", "delete_launch_template", "LaunchTemplateId", "InvalidLaunchTemplateId.NotFound", templates),
+        ("volume", "delete_volume", "VolumeId", "InvalidVolume.NotFound", volumes),
+    ):
+        for resource in ids:
+            try:
+                await aws.call("ec2", region, operation, **{param: resource})
+            except Exception as exc:
+                if error_code(exc) != gone:
+                    raise
+            removed.append(f"{what} {resource}")
     return removed
