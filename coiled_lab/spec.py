@@ -37,6 +37,13 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Cloud region and zone names: us-east-1, us-east-1b, europe-west4, europe-west4-a.
 _PLACE = re.compile(r"^[a-z]{2,}(-[a-z]+)*-?[a-z]*[0-9]+[a-z]?(-[a-z])?$")
 
+_TYPE_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,62}$")  # m6i.xlarge, n2-standard-4
+
+
+def _check_type_name(name: str) -> None:
+    if not _TYPE_NAME.match(name):
+        raise ValueError(f"{name!r} is not an instance type name (such as 'm6i.xlarge' or 'n2-standard-4')")
+
 
 def check_place(field: str, value: Optional[str]) -> Optional[str]:
     """A region or zone name, as the clouds spell them (``us-east-1``, ``europe-west4-a``)."""
@@ -199,8 +206,14 @@ class ClusterSpec(BaseModel):
             if not v:
                 raise ValueError("expected at least one instance type, or leave it out")
             for t in v:
-                if not re.match(r"^[a-z0-9][a-z0-9.\-]{1,62}$", t):
-                    raise ValueError(f"{t!r} is not an instance type name (such as 'm6i.xlarge')")
+                _check_type_name(t)
+        return v
+
+    @field_validator("scheduler_vm_type")
+    @classmethod
+    def _check_scheduler_type(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            _check_type_name(v)
         return v
 
     @field_validator("region", "zone")

@@ -73,6 +73,28 @@ def test_choice_of_types(aws_env):
     assert info.value.field == "worker_gpu"
 
 
+def test_a_name_the_region_lacks_is_refused_without_asking_once_its_list_is_read(aws_env, proxy):
+    catalog = Catalog(AWSSession())
+
+    async def named(names):
+        return [t.name for t in await catalog.named(REGION, names, "worker_vm_types")]
+
+    async def scenario():
+        with pytest.raises(ClusterSpecError, match="m9z.mega"):  # not listed yet: AWS is asked
+            await named(["m9z.mega"])
+        asked = len(proxy.calls("DescribeInstanceTypes"))
+        assert asked >= 1
+        await catalog.types(REGION)
+        listed = len(proxy.calls("DescribeInstanceTypes"))
+        with pytest.raises(ClusterSpecError, match="not an instance type of us-east-1") as info:
+            await named(["m6i.large", "us-east-99"])
+        assert info.value.field == "worker_vm_types"
+        assert await named(["m5.large", "m6i.large"]) == ["m5.large", "m6i.large"]
+        assert len(proxy.calls("DescribeInstanceTypes")) == listed  # both answered from the region's list
+
+    asyncio.run(scenario())
+
+
 def test_catalog_lists_sizes_zones_and_spot_prices(aws_env):
     catalog = asyncio.run(Catalog(AWSSession()).describe_region(REGION))
     assert catalog["regions"][0]["name"] == REGION and len(catalog["regions"][0]["zones"]) >= 3

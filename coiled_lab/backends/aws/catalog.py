@@ -131,6 +131,9 @@ class Catalog:
         known = self._types.get(region, {})
         now = time.monotonic()  # only the names asked about: the region may know a thousand types
         unknown = sorted({n for n in names if n not in known or now - known[n][0] >= CACHE_SECONDS})
+        listed = self._cache.get(("types", region))
+        if listed and now - listed[0] < CACHE_SECONDS:
+            unknown = []  # the region's whole list is fresh: what it lacks, AWS would refuse too
         if unknown:
             try:
                 await self._describe(region, InstanceTypes=unknown)
@@ -140,8 +143,9 @@ class Catalog:
                 raise ClusterSpecError(f"{field}: {names!r} is not allowed: {exc}", field) from None
         known = self._types.get(region, {})
         missing = [n for n in names if n not in known]
-        if missing:  # e.g. a type without an x86_64 or arm64 processor
-            raise ClusterSpecError(f"{field}: {missing[0]!r} is not allowed: coiled-lab cannot run it", field)
+        if missing:  # not in the region, or a type without an x86_64 or arm64 processor
+            raise ClusterSpecError(f"{field}: {missing[0]!r} is not allowed: it is not an instance type of "
+                                   f"{region} that coiled-lab can run (x86_64 or arm64 Linux)", field)
         return [known[n][1] for n in names]
 
     async def zones(self, region: str, names: Optional[list[str]] = None) -> dict[str, set[str]]:
