@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import dask.config
@@ -9,7 +10,9 @@ import pytest
 from distributed import Client
 
 from coiled_lab import Cluster
+from coiled_lab.bootstrap.watchdog import Watchdog
 from coiled_lab.control import notifications
+from coiled_lab.control.usage import UsageMirror
 
 from .conftest import wait_for
 
@@ -42,6 +45,34 @@ def test_budget():
     assert notifications.budget({"accrued": 8.5}, 10)[0].level == "warning"
     assert notifications.budget({"accrued": 10.2}, 10)[0].level == "error"
     assert notifications.budget({"accrued": 100.0}, None) == []
+
+
+def test_usage_is_answered_from_the_managers_copy_kept_fresh_by_one_read_at_a_time():
+    watchdog = Watchdog(interval=0.2)
+    watchdog.samples.extend({"time": t, "workers": 1} for t in (1.0, 2.0))
+    asked: list = []
+
+    async def fetch(since):  # the scheduler's handler, with a slow machine's delay
+        asked.append(since)
+        await asyncio.sleep(0.3)
+        return watchdog.usage(since=since)
+
+    async def scenario():
+        mirror = UsageMirror(fetch, "tls://10.0.0.1:8786")
+        first = await asyncio.gather(*(mirror.get() for _ in range(20)))  # no copy yet: all wait for one read
+        assert asked == [None] and all([s["time"] for s in u["samples"]] == [1.0, 2.0] for u in first)
+        assert first[0]["interval"] == 0.2 and first[0]["as_of"] <= time.time()
+        watchdog.samples.append({"time": 3.0, "workers": 2})
+        await asyncio.sleep(0.25)  # older than one interval
+        started = time.perf_counter()
+        stale = await asyncio.gather(*(mirror.get(since=1.0) for _ in range(20)))
+        assert time.perf_counter() - started < 0.1  # answered from the copy, not after the read
+        assert all([s["time"] for s in u["samples"]] == [2.0] for u in stale)
+        assert asked == [None, 2.0]  # one read under way, for what is newer than the copy
+        await mirror.refresh()
+        assert [s["time"] for s in (await mirror.get(since=1.0))["samples"]] == [2.0, 3.0]
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ the cluster's own, made for it alone; no cloud credential is ever part of it.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import logging
 import json
@@ -134,9 +135,16 @@ def archive(bootstrap: dict[str, Any]) -> bytes:
 
         add("coiled_lab/__init__.py", _STUB.encode())
         for module in (*BOOTSTRAP_MODULES, *CLOUD_MODULES[bootstrap["cloud"]]):
-            add(f"coiled_lab/bootstrap/{module}", without_docstrings((_BOOTSTRAP_DIR / module).read_text()))
+            add(f"coiled_lab/bootstrap/{module}", _shipped(module))
         add("config.json", json.dumps(bootstrap).encode(), mode=0o600)
     return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped(module: str) -> bytes:
+    """A bootstrap module as VMs get it, made once per process: parsing and unparsing the
+    modules is tens of ms of the server's event loop, and every launch ships them."""
+    return without_docstrings((_BOOTSTRAP_DIR / module).read_text())
 
 
 def without_docstrings(source: str) -> bytes:

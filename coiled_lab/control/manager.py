@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import time
-from collections import deque
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -43,6 +42,7 @@ from . import limits, notifications
 from .events import Event, EventBus, Subscription
 from .states import FINAL, State, check_transition
 from .store import ClusterRecord, Instance, NameInUse, Store
+from .usage import UsageMirror
 
 logger = logging.getLogger("coiled_lab.manager")
 
@@ -76,8 +76,8 @@ class ClusterManager:
         self._later: dict[str, asyncio.TimerHandle] = {}
         self._failures: dict[str, int] = {}
         self._rpcs: dict[str, Any] = {}
-        self._samples: dict[str, deque] = {}  # recent watchdog samples, for GPU idleness
-        self._usage_at: dict[str, float] = {}
+        self._usage: dict[str, UsageMirror] = {}  # running clusters' watchdog samples
+        self._usage_at: dict[str, float] = {}  # when the GPU-idle check last looked
         self._encoded: dict[str, tuple[float, str]] = {}  # stopped clusters' JSON, by updated_at
         self._fresh: dict[str, str] = {}
         self._watch_task: Optional[asyncio.Task] = None
@@ -375,8 +375,9 @@ class ClusterManager:
                 if e["kind"] == "notification"]
 
     async def usage(self, name_or_id: str, since: Optional[float] = None) -> dict[str, Any]:
-        """The watchdog's recent samples (workers, clients, tasks, CPU, memory, GPU)."""
-        return await self._usage(self._find(name_or_id), since)
+        """The watchdog's recent samples (workers, clients, tasks, CPU, memory, GPU), and
+        when the scheduler was last read (``as_of``)."""
+        return await self._usage_of(self._find(name_or_id)).get(since)
 
     def subscribe(self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None) -> Subscription:
         return self.bus.subscribe(cluster_id, kinds)
@@ -634,6 +635,7 @@ class ClusterManager:
         self.store.mark_terminated(rec.id, list(instances))
         await self._update_cost(self.store.get_cluster(rec.id))
         await self._forget_rpc(rec.id)
+        self._usage.pop(rec.id, None)
 
     # == talking to the scheduler =========================================================
     async def _identity(self, rec: ClusterRecord, address: str) -> Optional[dict[str, Any]]:
@@ -650,15 +652,24 @@ class ClusterManager:
             info["coiled_lab_lifetime"] = None
         return info
 
-    async def _usage(self, rec: ClusterRecord, since: Optional[float] = None) -> dict[str, Any]:
-        """The watchdog's samples from the scheduler (over the cluster's TLS comms)."""
-        if not rec.live or not rec.state.get("address"):
+    def _usage_of(self, rec: ClusterRecord) -> UsageMirror:
+        """The copy of a running cluster's usage samples (:mod:`.usage`)."""
+        address = rec.state.get("address")
+        if not rec.live or not address:
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; usage is only known while it runs")
-        r = await self._rpc(rec, rec.state["address"])
-        try:
-            return await asyncio.wait_for(r.coiled_lab_usage(since=since), 10)
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise Conflict(f"the scheduler of {rec.name!r} did not answer: {exc}") from None
+        mirror = self._usage.get(rec.id)
+        if mirror is None or mirror.address != address:
+
+            async def fetch(since: Optional[float]) -> dict[str, Any]:
+                """The watchdog's samples from the scheduler (over the cluster's TLS comms)."""
+                r = await self._rpc(rec, address)
+                try:
+                    return await asyncio.wait_for(r.coiled_lab_usage(since=since), 10)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    raise Conflict(f"the scheduler of {rec.name!r} did not answer: {exc}") from None
+
+            mirror = self._usage[rec.id] = UsageMirror(fetch, address)
+        return mirror
 
     async def _retire(self, rec: ClusterRecord, names: list[str]) -> None:
         if not names or not rec.state.get("address"):
@@ -781,9 +792,9 @@ class ClusterManager:
         if config.get("telemetry.gpu") and time.time() - self._usage_at.get(rec.id, 0) > 30:
             self._usage_at[rec.id] = time.time()
             with suppress(Conflict):
-                samples = self._samples.setdefault(rec.id, deque(maxlen=720))
-                samples.extend((await self._usage(rec, since=samples[-1]["time"] if samples else None))["samples"])
-                notices += notifications.gpu_idle(list(samples))
+                mirror = self._usage_of(rec)
+                await mirror.refresh()
+                notices += notifications.gpu_idle(list(mirror.samples))
         for notice in notices:
             self.notify(rec.id, notice)
             if notice.kind == "budget" and notice.level == "error":

@@ -14,6 +14,7 @@ through the API, its processes are killed. Console output is what the script pri
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import gzip
 import json
@@ -127,7 +128,9 @@ class EC2Emulator:
     def __init__(self, moto_url: str, region: str, workdir: Path, interval: float = 0.2, nice: int = 0):
         """``nice``: niceness of the machines' processes. A benchmark of the Jupyter server
         sets it so that VMs, which on EC2 have cores of their own, do not take this
-        machine's cores from the server being measured."""
+        machine's cores from the server being measured. Each machine is a session of its
+        own, and where Linux groups sessions for scheduling (autogroup) a nice value
+        counts only inside its group, so the machine's group is niced too."""
         self.moto_url = moto_url
         self.nice = nice
         self.region = region
@@ -258,6 +261,9 @@ class EC2Emulator:
             niced = ["nice", "-n", str(self.nice)] if self.nice else []
             process = subprocess.Popen([*niced, "/bin/sh", str(script)], cwd=directory, env=env, stdin=subprocess.DEVNULL,
                                        stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.nice:
+            with contextlib.suppress(OSError):  # no autogroups here: the nice value alone counts
+                Path(f"/proc/{process.pid}/autogroup").write_text(str(self.nice))
         with self._lock:
             self.machines[instance_id] = Machine(instance_id, item.get("ImageId", ""), directory, metadata, process)
             self.booted += 1
