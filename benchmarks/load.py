@@ -2,9 +2,11 @@
 
 A real ``jupyter server`` subprocess with the extension drives clusters on emulated EC2
 (moto behind the tests' proxy; the EC2 emulator boots every instance as local dask
-processes). A separate load process runs ``--clients`` concurrent REST clients, each
-looping over a mix of routes with a pause of about ``--interval`` seconds between its
-requests (a sidebar or widget polling; 0 = no pause, the server saturated), and ``--subscribers`` WebSockets on
+processes). A separate load process runs ``--clients`` concurrent REST clients, each on
+one kept-alive HTTP/1.1 connection (as a browser tab polls) and looping over a mix of
+routes with a pause of about ``--interval`` seconds between its requests (a sidebar or
+widget polling, each starting at its own moment within the first interval; 0 = no pause,
+the server saturated), and ``--subscribers`` WebSockets on
 ``/events?after=0``. Meanwhile ``--clusters`` clusters are created, reach ``running``,
 and are stopped. Then it prints, per route, p50/p95/p99 latency and the requests done;
 errors (5xx or failed connections; 4xx such as 409 "not running yet" are answers and
@@ -13,9 +15,14 @@ counted apart); and, per subscriber, the events received against the events stor
 
 The clusters have ``--workers`` workers each (default 1): 20 clusters of N workers are
 20*(N+1) dask processes plus their bootstraps on this machine's cores, and the emulator
-boots them all here. The catalog and prices are read once before the load (a cold read
-is seconds of paginated EC2 calls, cached for an hour; its time is printed). ``GET /clusters/{id}/logs`` is left out of the mix: each call is a
-FilterLogEvents to moto, whose latency is moto's, not the server's.
+boots them all here. On EC2 those processes, and AWS's API, run on machines of their own:
+here the VMs run at ``--vm-nice`` (19) and moto, the proxy and the emulator at
+``--aws-nice`` (10), the server and the clients in sessions of their own at 0 (where Linux
+groups sessions for scheduling, each group is niced too); 0 and 0 show the server sharing
+the cores with all of it. The catalog and prices are read once before the load (a cold
+read is seconds of paginated EC2 calls, cached for an hour; its time is printed).
+``GET /clusters/{id}/logs`` is left out of the mix: each call is a FilterLogEvents to
+moto, whose latency is moto's, not the server's.
 
 With no pause, latency is just clients / throughput (Little's law): 200 clients that
 never wait see p50 = 200 / (requests per second the server manages), whatever the code
@@ -24,12 +31,14 @@ does, so that mode prints the throughput; the p95 target is for clients that pol
 Prints figures; asserts nothing about time.
 
 Usage: python benchmarks/load.py [--clients 200] [--subscribers 50] [--clusters 20] [--workers 1] [--interval 1]
+                                [--vm-nice 19] [--aws-nice 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -51,10 +60,11 @@ import psutil  # noqa: E402
 from benchmarks.emulated_aws import emulated_aws  # noqa: E402
 from benchmarks.server_api import free_port, percentile, request, start_server  # noqa: E402
 
-# What the emulator needs to boot clusters in seconds on shared cores (as tests/aws does).
+# What the emulator needs to boot clusters on shared cores (as tests/aws does); how often
+# the server and the VMs poll stays at the defaults, the load a deployment puts on them.
 AWS_CONFIG = {
-    "aws.nanny": False, "aws.death-timeout": 60, "aws.start-timeout": 300, "aws.poll-interval": 0.5,
-    "aws.spot-poll-interval": 1, "aws.max-attempts": 6, "aws.region": "us-east-1",
+    "aws.nanny": False, "aws.death-timeout": 60, "aws.start-timeout": 300, "aws.max-attempts": 6,
+    "aws.region": "us-east-1",
 }
 ROUTES = [  # (label, method, path with {id}, body)
     ("GET /clusters", "GET", "/clusters?live=true", None),
@@ -72,11 +82,11 @@ API = "/coiled-lab/api"
 # == the load process =====================================================================
 async def _load(port: int, token: str, clients: int, subscribers: int, interval: float, ids: list[str],
                 ready: Any, stop: Any) -> dict[str, Any]:
-    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+    import aiohttp
+    from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
     headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
-    http = AsyncHTTPClient(force_instance=True, max_clients=clients + 10)
     latencies: dict[str, list[float]] = {label: [] for label, *_ in ROUTES}
     answers: dict[str, int] = {}
     errors: list[str] = []
@@ -94,24 +104,31 @@ async def _load(port: int, token: str, clients: int, subscribers: int, interval:
                 received[i].append(event["seq"])
 
     async def client(rng: random.Random) -> None:
-        while not stop.is_set():
-            label, method, path, body = rng.choice(ROUTES)
-            cluster = rng.choice(ids) if ids else "none"
-            start = time.perf_counter()
-            try:
-                response = await http.fetch(
-                    f"http://127.0.0.1:{port}{API}{path.format(id=cluster)}", method=method, headers=headers,
-                    body=json.dumps(body) if body is not None else None, raise_error=False, request_timeout=60)
-                code = response.code
-            except Exception as exc:  # noqa: BLE001 - a refused or dropped connection is an error to report
-                code, response = 599, None
-                errors.append(f"{label}: {type(exc).__name__}: {exc}")
-            latencies[label].append((time.perf_counter() - start) * 1000)
-            answers[str(code)] = answers.get(str(code), 0) + 1
-            if code >= 500 and response is not None:
-                errors.append(f"{label}: {code} {response.body[:200]!r}")
-            if interval:
-                await asyncio.sleep(rng.uniform(0.5, 1.5) * interval)
+        """One browser tab or kernel: one HTTP/1.1 connection, kept alive between requests."""
+        if interval:  # pollers that started at different moments, not one burst of every client at once
+            await asyncio.sleep(rng.uniform(0, interval))
+        connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=60)) as session:
+            while not stop.is_set():
+                label, method, path, body = rng.choice(ROUTES)
+                cluster = rng.choice(ids) if ids else "none"
+                start = time.perf_counter()
+                text = b""
+                try:
+                    async with session.request(method, f"http://127.0.0.1:{port}{API}{path.format(id=cluster)}",
+                                               data=json.dumps(body) if body is not None else None) as response:
+                        text = await response.read()
+                        code = response.status
+                except Exception as exc:  # noqa: BLE001 - a refused or dropped connection is an error to report
+                    code = 599
+                    errors.append(f"{label}: {type(exc).__name__}: {exc}")
+                latencies[label].append((time.perf_counter() - start) * 1000)
+                answers[str(code)] = answers.get(str(code), 0) + 1
+                if 500 <= code < 599:
+                    errors.append(f"{label}: {code} {text[:200]!r}")
+                if interval:
+                    await asyncio.sleep(rng.uniform(0.5, 1.5) * interval)
 
     sockets: list[Any] = []
     listening = [asyncio.ensure_future(subscriber(i)) for i in range(subscribers)]
@@ -136,9 +153,24 @@ def _load_process(port: int, token: str, clients: int, subscribers: int, interva
                   ready: Any, go: Any, stop: Any, out: Any) -> None:
     """The clients, in a process of their own: the harness's moto and emulator threads in
     the parent would otherwise share one GIL with them and skew the latencies."""
+    os.setsid()  # a scheduling group of its own, as a browser on another machine would be (see _lower)
     go.wait()
     ids = json.loads(Path(ids_file).read_text())
     out.put(asyncio.run(_load(port, token, clients, subscribers, interval, ids, ready, stop)))
+
+
+def _lower(nice: int) -> None:
+    """This process (moto, the proxy, the emulator: what stands for AWS's own machines) at
+    ``nice``. Linux keeps a nice value per thread, so each thread is set (the threads they
+    start, such as moto's one per request, inherit it); where Linux schedules sessions as
+    groups (autogroup), nice counts only inside a group, so this session's group is set
+    too. The server and the clients run in sessions of their own, at nice 0."""
+    if not nice:
+        return
+    for task in os.listdir("/proc/self/task"):
+        os.setpriority(os.PRIO_PROCESS, int(task), nice)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(nice))
 
 
 # == driving clusters =====================================================================
@@ -170,6 +202,9 @@ def main() -> None:
     parser.add_argument("--vm-nice", type=int, default=19,
                         help="niceness of the emulated VMs' processes (on EC2 they have cores of their own; "
                              "0 = they compete with the server for this machine's cores)")
+    parser.add_argument("--aws-nice", type=int, default=10,
+                        help="niceness of this harness's threads: moto, the proxy and the emulator stand "
+                             "for AWS's own machines (0 = they compete with the server)")
     args = parser.parse_args()
 
     for key, value in AWS_CONFIG.items():
@@ -178,13 +213,14 @@ def main() -> None:
         root = Path(tmp)
         (root / "state").mkdir(mode=0o700)
         port, token = free_port(), secrets.token_hex(16)
-        server = start_server(root, port, token)
+        server = start_server(root, port, token, own_session=True)
         ctx = multiprocessing.get_context("spawn")
         ready, go, stop, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
         ids_file = root / "ids.json"
         loader = ctx.Process(target=_load_process, args=(port, token, args.clients, args.subscribers,
                                                          args.interval, str(ids_file), ready, go, stop, out))
         loader.start()
+        _lower(args.aws_nice)  # after the server and the clients started: they keep nice 0
         try:
             # The region's catalog and prices are read from EC2 once, then cached for an
             # hour: read them first (timed), so the load measures the server, not a cold cache.
@@ -233,7 +269,8 @@ def main() -> None:
     latencies = result["latencies"]
     total = sum(len(v) for v in latencies.values())
     print(f"{args.clients} REST clients (pause ~{args.interval:g} s), {args.subscribers} event subscribers, {args.clusters} clusters of "
-          f"{args.workers} worker(s) on emulated EC2 ({booted} machines booted, their processes at nice {args.vm_nice}): {running}/{args.clusters} running "
+          f"{args.workers} worker(s) on emulated EC2 ({booted} machines booted, their processes at nice {args.vm_nice}, "
+          f"moto and the emulator at nice {args.aws_nice}): {running}/{args.clusters} running "
           f"after {up:.0f} s, all stopped {down:.0f} s later")
     print(f"first catalog and estimate (cold cache, before the load): {cold:.1f} s")
     print(f"{'route':34} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")

@@ -59,7 +59,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, port: int, token: str) -> subprocess.Popen:
+def start_server(root: Path, port: int, token: str, own_session: bool = False) -> subprocess.Popen:
+    """A ``jupyter server`` with the extension; ``own_session``: in a session (hence a
+    scheduling group) of its own, as a server started from its own terminal is."""
     env = {**os.environ, "DASK_COILED_LAB__STATE_DIR": str(root / "state"), "JUPYTER_RUNTIME_DIR": str(root / "runtime")}
     cmd = [
         sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip=127.0.0.1",
@@ -67,7 +69,7 @@ def start_server(root: Path, port: int, token: str) -> subprocess.Popen:
         f"--ServerApp.root_dir={root}",
     ]
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=own_session)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -13,6 +13,7 @@ from coiled_lab import Cluster
 from coiled_lab.bootstrap.watchdog import Watchdog
 from coiled_lab.control import notifications
 from coiled_lab.control.usage import UsageMirror
+from coiled_lab.errors import Conflict
 
 from .conftest import wait_for
 
@@ -59,7 +60,12 @@ def test_usage_is_answered_from_the_managers_copy_kept_fresh_by_one_read_at_a_ti
 
     async def scenario():
         mirror = UsageMirror(fetch, "tls://10.0.0.1:8786")
-        first = await asyncio.gather(*(mirror.get() for _ in range(20)))  # no copy yet: all wait for one read
+        young = await asyncio.gather(*(mirror.get(wait=0.1) for _ in range(20)))  # no copy after 0.1 s
+        assert all(u["samples"] == [] and u["as_of"] is None for u in young)
+        started = time.perf_counter()
+        assert (await mirror.get(wait=0.1))["as_of"] is None  # 0.1 s after the read began: at once
+        assert time.perf_counter() - started < 0.05
+        first = await asyncio.gather(*(mirror.get(wait=None) for _ in range(20)))  # joining the one read
         assert asked == [None] and all([s["time"] for s in u["samples"]] == [1.0, 2.0] for u in first)
         assert first[0]["interval"] == 0.2 and first[0]["as_of"] <= time.time()
         watchdog.samples.append({"time": 3.0, "workers": 2})
@@ -72,7 +78,38 @@ def test_usage_is_answered_from_the_managers_copy_kept_fresh_by_one_read_at_a_ti
         await mirror.refresh()
         assert [s["time"] for s in (await mirror.get(since=1.0))["samples"]] == [2.0, 3.0]
 
+    async def unanswered():
+        down = ["the scheduler of 'x' did not answer"]
+
+        async def flaky(since):
+            asked.append(since)
+            await asyncio.sleep(0.3)
+            if down:
+                raise Conflict(down[0])
+            return watchdog.usage(since=since)
+
+        asked.clear()
+        mirror = UsageMirror(flaky, "tls://10.0.0.1:8786")
+        for waited in (True, False):  # the first read is waited for; then callers are told at once
+            started = time.perf_counter()
+            with pytest.raises(Conflict, match="did not answer"):
+                await mirror.get()
+            assert (time.perf_counter() - started >= 0.3) is waited
+        await asyncio.sleep(0)
+        assert asked == [None, None]  # ... and a read retries in the background
+        down.clear()
+        await mirror.refresh()
+        answer = await mirror.get()
+        assert answer["error"] is None and [s["time"] for s in answer["samples"]] == [1.0, 2.0, 3.0]
+        down.append("the scheduler is gone")
+        await asyncio.sleep(0.25)
+        with pytest.raises(Conflict):
+            await mirror.refresh()
+        answer = await mirror.get()  # the copy, and what failed
+        assert answer["error"] == "the scheduler is gone" and len(answer["samples"]) == 3
+
     asyncio.run(scenario())
+    asyncio.run(unanswered())
 
 
 @pytest.mark.slow

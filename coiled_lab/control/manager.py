@@ -42,7 +42,7 @@ from . import limits, notifications
 from .events import Event, EventBus, Subscription
 from .states import FINAL, State, check_transition
 from .store import ClusterRecord, Instance, NameInUse, Store
-from .usage import UsageMirror
+from .usage import FIRST_WAIT, UsageMirror
 
 logger = logging.getLogger("coiled_lab.manager")
 
@@ -77,6 +77,8 @@ class ClusterManager:
         self._failures: dict[str, int] = {}
         self._rpcs: dict[str, Any] = {}
         self._usage: dict[str, UsageMirror] = {}  # running clusters' watchdog samples
+        self._tls_material: dict[str, TLSMaterial] = {}
+        self._client_args: dict[str, dict[str, Any]] = {}  # comm arguments (SSL context) to reach a scheduler
         self._usage_at: dict[str, float] = {}  # when the GPU-idle check last looked
         self._encoded: dict[str, tuple[float, str]] = {}  # stopped clusters' JSON, by updated_at
         self._fresh: dict[str, str] = {}
@@ -374,10 +376,12 @@ class ClusterManager:
         return [{"time": e["time"], **e["data"]} for e in self.store.events(rec.id, limit=100_000)
                 if e["kind"] == "notification"]
 
-    async def usage(self, name_or_id: str, since: Optional[float] = None) -> dict[str, Any]:
+    async def usage(self, name_or_id: str, since: Optional[float] = None,
+                    wait: Optional[float] = FIRST_WAIT) -> dict[str, Any]:
         """The watchdog's recent samples (workers, clients, tasks, CPU, memory, GPU), and
-        when the scheduler was last read (``as_of``)."""
-        return await self._usage_of(self._find(name_or_id)).get(since)
+        when the scheduler was last read (``as_of``; None while its first read, waited for
+        up to ``wait`` seconds, has not answered)."""
+        return await self._usage_of(self._find(name_or_id)).get(since, wait)
 
     def subscribe(self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None) -> Subscription:
         return self.bus.subscribe(cluster_id, kinds)
@@ -635,7 +639,8 @@ class ClusterManager:
         self.store.mark_terminated(rec.id, list(instances))
         await self._update_cost(self.store.get_cluster(rec.id))
         await self._forget_rpc(rec.id)
-        self._usage.pop(rec.id, None)
+        for kept in (self._usage, self._tls_material, self._client_args):
+            kept.pop(rec.id, None)
 
     # == talking to the scheduler =========================================================
     async def _identity(self, rec: ClusterRecord, address: str) -> Optional[dict[str, Any]]:
@@ -686,8 +691,11 @@ class ClusterManager:
 
         r = self._rpcs.get(rec.id)
         if r is None or r.address != address:
-            security = self._tls(rec).security()
-            r = rpc(address, timeout=3, connection_args=security.get_connection_args("client"))
+            # An SSL context is made from PEM files written for it: once per cluster.
+            args = self._client_args.get(rec.id)
+            if args is None:
+                args = self._client_args[rec.id] = self._tls(rec).security().get_connection_args("client")
+            r = rpc(address, timeout=3, connection_args=args)
             self._rpcs[rec.id] = r
         return r
 
@@ -720,11 +728,17 @@ class ClusterManager:
         return path
 
     def _tls(self, rec: ClusterRecord) -> TLSMaterial:
-        directory = self.cluster_dir(rec.id)
-        if (directory / "tls-key.pem").exists():
-            return TLSMaterial.read(directory)
-        tls = TLSMaterial.generate(rec.id)
-        tls.write(directory)
+        """The cluster's TLS material: made once, kept in its directory, read once per
+        process (every reconcile step needs it)."""
+        tls = self._tls_material.get(rec.id)
+        if tls is None:
+            directory = self.cluster_dir(rec.id)
+            if (directory / "tls-key.pem").exists():
+                tls = TLSMaterial.read(directory)
+            else:
+                tls = TLSMaterial.generate(rec.id)
+                tls.write(directory)
+            self._tls_material[rec.id] = tls
         return tls
 
     def _context(self, rec: ClusterRecord, load_tls: bool = True) -> ClusterContext:

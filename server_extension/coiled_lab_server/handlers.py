@@ -220,7 +220,7 @@ class UsagePlotHandler(CoiledLabMixin, JupyterHandler):
 
         record = await self.manager.get(cluster)
         try:
-            usage = await self.manager.usage(cluster)
+            usage = await self.manager.usage(cluster, wait=None)
         except Conflict:  # not running (yet, or any more): the page says there is nothing to plot
             usage = {}
         # Building the page takes a few hundred ms of CPU: off the server's event loop.
