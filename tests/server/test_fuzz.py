@@ -59,6 +59,12 @@ bodies = st.one_of(st.none(), spec_like.map(json.dumps), json_values.map(json.du
 params = st.dictionaries(st.sampled_from(PARAMS), PLAUSIBLE_PARAMS | st.text(max_size=16), max_size=4)
 
 
+def unconfigured(code: int, reply, clouds: tuple[str, ...] = ("AWS", "GCP")) -> bool:
+    """The 503 of a request that reached a cloud the server has no credentials for."""
+    error = (reply or {}).get("error", "") if isinstance(reply, dict) else ""
+    return code == 503 and any(f"no usable {cloud} credentials" in error for cloud in clouds)
+
+
 def test_no_input_makes_the_server_fail(service, api, jp_ws_fetch, jp_asyncio_loop):
     run = jp_asyncio_loop.run_until_complete
     manager = run(service.manager())
@@ -91,9 +97,7 @@ def test_no_input_makes_the_server_fail(service, api, jp_ws_fetch, jp_asyncio_lo
         code, reply = run(api(method, *parts, raw=raw, params=query))
         # The fuzzed server has AWS as its default backend and no AWS or GCP credentials: a
         # request that reaches a cloud is told so (503), which is not a failure.
-        error = (reply or {}).get("error", "")
-        unconfigured = code == 503 and ("no usable AWS credentials" in error or "no usable GCP credentials" in error)
-        assert code < 500 or unconfigured, (method, parts, body, query, reply)
+        assert code < 500 or unconfigured(code, reply), (method, parts, body, query, reply)
         if code == 400 and path != EVENTS:
             assert isinstance(reply, dict) and {"error", "field"} <= set(reply), (method, parts, reply)
 

@@ -31,7 +31,7 @@ from coiled_lab.spec import FIELDS
 
 from ..aws.proxy import AWSProxy
 from ..pricelist import PriceList
-from .test_fuzz import PLAUSIBLE, ROUTES, bodies, json_values, params
+from .test_fuzz import PLAUSIBLE, ROUTES, bodies, json_values, params, unconfigured
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,8 @@ def test_refused_input_makes_no_cloud_call(service, api, jp_asyncio_loop, counte
         code, reply = run(api(method, *parts, raw=raw, params=query))
         made = len(counted_aws.calls()) - before
         answered[code] = answered.get(code, 0) + 1
-        assert code < 500, (method, parts, raw, query, reply)
+        # The server holds AWS keys only: a spec for GCP is told it has none (503), asking AWS nothing.
+        assert code < 500 or (unconfigured(code, reply, ("GCP",)) and made == 0), (method, parts, raw, query, reply)
         if code in REFUSED:
             refused_examples[0] += 1
             actions = [c.action for c in counted_aws.calls()[before:]]
