@@ -177,7 +177,9 @@ class Cluster(_DistributedCluster):
         return self.sync(self._control.notifications, self.cluster_id)
 
     def get_usage(self, since: Optional[float] = None) -> dict[str, Any]:
-        """The scheduler-side watchdog's recent samples (workers, clients, tasks, CPU, memory, GPU)."""
+        """The scheduler-side watchdog's recent samples (workers, clients, tasks, CPU, memory,
+        GPU), from the control plane's copy; ``as_of`` is when the scheduler last answered
+        (None while a young cluster's first read has not)."""
         return self.sync(self._control.usage, self.cluster_id, since)
 
     @property
