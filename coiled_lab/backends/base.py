@@ -58,6 +58,10 @@ class Backend(ABC):
         """Raise if this backend cannot work at all (e.g. no cloud credentials), so that a
         create is refused at once instead of failing in the background. No cloud call."""
 
+    def check_spec(self, spec: ClusterSpec) -> None:
+        """Raise :class:`~coiled_lab.spec.ClusterSpecError` for what this backend can tell
+        is wrong without asking its cloud (a region it does not have). No cloud call."""
+
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         """Make sure network, firewall and the like exist; return state to persist."""
         return {}

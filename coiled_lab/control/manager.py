@@ -221,6 +221,7 @@ class ClusterManager:
             backend = self.backend(spec.backend)  # an unavailable backend fails here, before any record
         except ValueError as exc:
             raise ClusterSpecError(str(exc), "backend") from None
+        backend.check_spec(spec)
         await backend.check_access()
         cluster_id = secrets.token_hex(6)
         name = spec.name or _default_name(cluster_id)

@@ -68,6 +68,8 @@ def _cloud(exc: Optional[BaseException]) -> Optional[tuple[int, str]]:
         return 503, f"AWS could not be reached from the server: {exc}"
     if isinstance(exc, bx.ClientError):
         return 502, f"AWS refused the request: {exc}"
+    if isinstance(exc, bx.ResponseParserError):
+        return 502, f"AWS answered something that is not an AWS answer: {exc}"
     return None
 
 

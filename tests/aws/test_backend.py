@@ -114,6 +114,18 @@ def test_unknown_instance_type_names_the_field(west, state_dir):
     assert info.value.field == "worker_vm_types" and "z9.huge" in str(info.value)
 
 
+def test_a_region_aws_does_not_have_is_refused_without_a_call(aws_env):
+    backend, calls = counted_backend()
+    spec = parse_spec({"backend": "aws", "region": "us-east-99"})
+    for refused in (lambda: backend.check_spec(spec), lambda: asyncio.run(backend.price_inputs(spec)),
+                    lambda: asyncio.run(backend.catalog("us-east-99"))):
+        with pytest.raises(ClusterSpecError) as info:
+            refused()
+        assert info.value.field == "region" and "us-east-99" in str(info.value) and "eu-west-1" in str(info.value)
+    assert not calls
+    backend.check_spec(parse_spec({"backend": "aws", "region": "ap-southeast-2"}))
+
+
 def test_silent_machines_show_their_console_and_stops_are_idempotent(west, state_dir, proxy):
     backend, _ = counted_backend()
     ctx = context(state_dir, n_workers=1)

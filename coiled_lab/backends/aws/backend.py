@@ -29,7 +29,7 @@ from . import fleet, logs, network, sweep, userdata
 from .catalog import Catalog
 from .images import Images
 from .network import SCHEDULER_PORT
-from .session import AWSError, AWSSession, error_code
+from .session import AWSError, AWSSession, check_region, error_code
 from .tags import CLUSTER, OWNER, ROLE, as_dict, tag_filter
 
 logger = logging.getLogger("coiled_lab.aws")
@@ -100,6 +100,9 @@ class AWSBackend(Backend):
 
         if await asyncio.to_thread(self.aws.boto3.get_credentials) is None:
             raise NoCredentialsError()
+
+    def check_spec(self, spec: ClusterSpec) -> None:
+        check_region(spec.region or config.get("aws.region"))
 
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         region = self.region(cluster)
@@ -236,10 +239,10 @@ class AWSBackend(Backend):
         return removed
 
     async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
-        return await self.types.describe_region(region or config.get("aws.region"))
+        return await self.types.describe_region(check_region(region or config.get("aws.region")))
 
     async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
-        region = spec.region or config.get("aws.region")
+        region = check_region(spec.region or config.get("aws.region"))
         scheduler_type, worker_types = await self.types.choose(spec, region)
         worker = worker_types[0]
         spot_price = None

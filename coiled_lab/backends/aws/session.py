@@ -10,10 +10,12 @@ retries by hand. boto3 is imported on first use: ``import coiled_lab`` stays che
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from typing import Any, Optional
 
 from ... import config
+from ...spec import ClusterSpecError
 
 
 class AWSError(RuntimeError):
@@ -26,6 +28,26 @@ def error_code(exc: BaseException) -> Optional[str]:
     if isinstance(response, dict):
         return response.get("Error", {}).get("Code")
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def ec2_regions() -> frozenset[str]:
+    """Every region with EC2, in every partition, from botocore's own endpoint data (no call)."""
+    import boto3
+
+    session = boto3.Session()
+    return frozenset(region for partition in session.get_available_partitions()
+                     for region in session.get_available_regions("ec2", partition_name=partition))
+
+
+def check_region(region: str, field: str = "region") -> str:
+    """``region`` if AWS has it, else a :class:`ClusterSpecError` on ``field``: refused here,
+    not by a call to an endpoint that does not exist."""
+    if region not in ec2_regions():
+        known = sorted(r for r in ec2_regions() if "-gov-" not in r and not r.startswith("cn-"))
+        raise ClusterSpecError(f"{field}: {region!r} is not allowed: it is not an AWS region with EC2; "
+                               f"regions: {', '.join(known)}", field)
+    return region
 
 
 class AWSSession:
