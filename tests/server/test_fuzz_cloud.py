@@ -31,7 +31,7 @@ from coiled_lab.spec import FIELDS
 
 from ..aws.proxy import AWSProxy
 from ..pricelist import PriceList
-from .test_fuzz import PLAUSIBLE, ROUTES, bodies, json_values, params, unconfigured
+from .test_fuzz import FIXED, PLAUSIBLE, ROUTES, bodies, json_values, params, unconfigured
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_refused_input_makes_no_cloud_call(service, api, jp_asyncio_loop, counte
                 calls_for_refused[0] += made
                 assert made == 0, (method, parts, raw, query, code, reply, actions)
 
-    common = dict(max_examples=200, deadline=None, database=None,
+    common = dict(max_examples=200, deadline=None, database=None, derandomize=FIXED,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
     @settings(**common)
