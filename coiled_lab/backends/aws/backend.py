@@ -34,6 +34,13 @@ from .tags import CLUSTER, OWNER, ROLE, as_dict, tag_filter
 
 logger = logging.getLogger("coiled_lab.aws")
 
+
+def _asked_region(region: Optional[str]) -> str:
+    """The region a spec or request names, else the configured one; refused (no call) if
+    AWS does not have it."""
+    return check_region(region or config.get("aws.region"))
+
+
 # A launched instance missing from DescribeInstances for longer than this is gone.
 LISTING_DELAY = 120.0
 
@@ -102,7 +109,7 @@ class AWSBackend(Backend):
             raise NoCredentialsError()
 
     def check_spec(self, spec: ClusterSpec) -> None:
-        check_region(spec.region or config.get("aws.region"))
+        _asked_region(spec.region)
 
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         region = self.region(cluster)
@@ -239,10 +246,10 @@ class AWSBackend(Backend):
         return removed
 
     async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
-        return await self.types.describe_region(check_region(region or config.get("aws.region")))
+        return await self.types.describe_region(_asked_region(region))
 
     async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
-        region = check_region(spec.region or config.get("aws.region"))
+        region = _asked_region(spec.region)
         scheduler_type, worker_types = await self.types.choose(spec, region)
         worker = worker_types[0]
         spot_price = None
