@@ -24,6 +24,7 @@ ALIASES: dict[str, list[str]] = {
     "spot_policy": ["--spot"],
     "tags": ["--tag"],
     "environ": ["--env"],
+    "python_version": ["--python"],
 }
 # Fields given positionally by the commands that take them.
 POSITIONAL = {"n_workers"}

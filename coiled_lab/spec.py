@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
@@ -28,6 +29,11 @@ from . import config
 
 BACKENDS = ("local", "aws", "gcp")
 SPOT_POLICIES = ("on-demand", "spot", "spot_with_fallback")
+# Python versions (major.minor) a cloud cluster's VMs can run dask with. The bootstrap
+# installs any of them on a bare image (uv's own builds); dask and distributed 2026.8
+# declare Requires-Python >=3.10 and classifiers 3.10 to 3.14, and coiled-lab itself (its
+# bootstrap runs on the VMs) requires 3.10 or newer.
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
 MAX_WORKERS = 10_000  # hard ceiling for any backend; admins set lower limits in config
 MAX_DURATION = 365 * 24 * 3600.0
 MAX_MEMORY = 32 * 2**40  # the largest VMs of any cloud have less
@@ -43,6 +49,52 @@ _TYPE_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,62}$")  # m6i.xlarge, n2-standa
 def _check_type_name(name: str) -> None:
     if not _TYPE_NAME.match(name):
         raise ValueError(f"{name!r} is not an instance type name (such as 'm6i.xlarge' or 'n2-standard-4')")
+
+
+def running_python() -> str:
+    """This interpreter's major.minor ("3.11"): the environment a spec without
+    ``python_version`` asks from (the server's, until kernels send their own)."""
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def _supported() -> str:
+    return ", ".join(SUPPORTED_PYTHONS)
+
+
+def _python_version(value: Any) -> Optional[str]:
+    """``"3.11"``. A number (YAML, JSON and dask's environment variables read 3.12 as one)
+    is taken when it spells a supported version; 3.10 reads as 3.1, so that one is refused
+    with a word on quoting."""
+    if value is None:
+        return None
+    if isinstance(value, float) and repr(value) in SUPPORTED_PYTHONS:
+        return repr(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(f"expected a major.minor version as a string such as '3.11' (a number loses digits: "
+                         f"3.10 reads as 3.1); supported: {_supported()}")
+    if not isinstance(value, str):
+        raise ValueError(f"expected a major.minor version as a string such as '3.11'; supported: {_supported()}")
+    text = value.strip()
+    if not re.fullmatch(r"[0-9]+\.[0-9]+", text):
+        raise ValueError(f"expected a major.minor version such as '3.11'; supported: {_supported()}")
+    if text not in SUPPORTED_PYTHONS:
+        raise ValueError(f"Python {text} is not supported; supported: {_supported()}")
+    return text
+
+
+def cluster_python(spec: "ClusterSpec") -> str:
+    """The Python major.minor a cloud cluster's VMs run: the spec's ``python_version``, else
+    the asking environment's (this interpreter's). Raise :class:`ClusterSpecError` naming
+    ``python_version`` when that one is not supported. No I/O."""
+    if spec.python_version:
+        return spec.python_version
+    here = running_python()
+    if here not in SUPPORTED_PYTHONS:
+        raise ClusterSpecError(
+            f"python_version: None is not allowed: left out, it means the Python of the environment asking "
+            f"for the cluster ({here}), which cluster VMs cannot run dask with; set python_version to one of: "
+            f"{_supported()}", "python_version")
+    return here
 
 
 def check_place(field: str, value: Optional[str]) -> Optional[str]:
@@ -180,7 +232,13 @@ class ClusterSpec(BaseModel):
         default_factory=_default("package_sync"), description="Install this environment's packages on the VMs"
     )
     software: Optional[str] = Field(
-        default_factory=_default("software"), description="Container image or requirements file instead of package sync"
+        default_factory=_default("software"),
+        description="Requirements file (a .txt path on the Jupyter server) to install instead of package sync",
+    )
+    python_version: Optional[str] = Field(
+        default_factory=_default("python_version"),
+        description=f"Python (major.minor: {', '.join(SUPPORTED_PYTHONS)}) the cluster runs; "
+                    "left out: the one of the environment asking for the cluster",
     )
 
     @field_validator("name")
@@ -223,6 +281,11 @@ class ClusterSpec(BaseModel):
             return check_place(info.field_name, v)
         except ClusterSpecError as exc:
             raise ValueError(exc.message.split(" is not allowed: ", 1)[1]) from None
+
+    @field_validator("python_version", mode="before")
+    @classmethod
+    def _check_python(cls, v: Any) -> Optional[str]:
+        return _python_version(v)
 
     @field_validator("allow_ingress_from")
     @classmethod
@@ -273,6 +336,11 @@ class ClusterSpec(BaseModel):
                 raise _CombinationError(
                     "spot_policy", "the local backend has no spot instances; allowed: 'on-demand'"
                 )
+            here = running_python()
+            if "python_version" in explicit and self.python_version not in (None, here):
+                raise _CombinationError(
+                    "python_version", f"the local backend runs dask with this server's own Python ({here}); "
+                                      f"allowed: '{here}', or leave it out")
             for field in ("worker_vm_types", "scheduler_vm_type", "region", "zone"):
                 if field in explicit and getattr(self, field):
                     raise _CombinationError(field, f"the local backend has no {field}; use backend 'aws' or 'gcp'")

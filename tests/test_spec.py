@@ -151,3 +151,65 @@ def test_a_stored_spec_is_revised_without_taking_defaults_for_choices():
     assert info.value.field == "spot_policy"
     with pytest.raises(ClusterSpecError):
         revise(stored, {"n_workers": -1})
+
+
+# -- python_version ----------------------------------------------------------------------------
+from coiled_lab.spec import SUPPORTED_PYTHONS, cluster_python, running_python  # noqa: E402
+
+
+@pytest.mark.parametrize("value", ["3.9", "3.15", "2.7", "3.11.2", "3", "py3.11", "", "3.x", True, [], 3.1, 3])
+def test_python_version_refused_names_the_field_and_lists_the_supported_ones(value):
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec(backend="aws", python_version=value)
+    err = info.value
+    assert err.field == "python_version" and err.message.startswith(f"python_version: {value!r} is not allowed: ")
+    assert ", ".join(SUPPORTED_PYTHONS) in err.message
+    if value == 3.1:  # what YAML and JSON make of 3.10
+        assert "3.10 reads as 3.1" in err.message
+
+
+def test_supported_pythons_are_what_dask_declares():
+    """Each supported version satisfies the installed distributed's Requires-Python."""
+    from importlib.metadata import metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    requires = SpecifierSet(metadata("distributed")["Requires-Python"])
+    assert all(f"{v}.0" in requires for v in SUPPORTED_PYTHONS)
+    assert SUPPORTED_PYTHONS == tuple(sorted(SUPPORTED_PYTHONS, key=lambda v: tuple(map(int, v.split(".")))))
+
+
+@pytest.mark.parametrize("value, expected", [("3.12", "3.12"), (" 3.10 ", "3.10"), (3.12, "3.12"), (None, None)])
+def test_python_version_accepted(value, expected):
+    assert parse_spec(backend="gcp", python_version=value).python_version == expected
+
+
+def test_python_version_default_comes_from_config_and_none_means_this_environment(monkeypatch):
+    assert parse_spec(backend="aws").python_version is None
+    assert cluster_python(parse_spec(backend="aws")) == running_python()
+    with dask.config.set({"coiled-lab.cluster.python-version": "3.12"}):
+        assert parse_spec(backend="aws").python_version == "3.12"
+    # An interpreter the VMs cannot run: left out, python_version is refused at launch.
+    monkeypatch.setattr("coiled_lab.spec.running_python", lambda: "3.9")
+    with pytest.raises(ClusterSpecError) as info:
+        cluster_python(parse_spec(backend="aws"))
+    assert info.value.field == "python_version" and "(3.9)" in info.value.message
+    assert ", ".join(SUPPORTED_PYTHONS) in info.value.message
+    assert cluster_python(parse_spec(backend="aws", python_version="3.12")) == "3.12"
+
+
+def test_local_python_version_is_this_machines_or_none():
+    here = running_python()
+    assert parse_spec(backend="local", python_version=here).python_version == here
+    assert parse_spec(backend="local").python_version is None
+    other = next(v for v in SUPPORTED_PYTHONS if v != here)
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec(backend="local", python_version=other)
+    assert info.value.field == "python_version"
+    assert info.value.message == (f"python_version: {other!r} is not allowed: the local backend runs dask with "
+                                  f"this server's own Python ({here}); allowed: '{here}', or leave it out")
+    # A stored local spec (Python fixed at creation) is not re-judged against a newer interpreter.
+    from coiled_lab.spec import revise
+
+    stored = {**parse_spec(backend="local").public(), "python_version": other}
+    assert revise(stored, {"n_workers": 2}).python_version == other

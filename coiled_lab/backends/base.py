@@ -18,8 +18,19 @@ from typing import Any, Callable, ClassVar, Optional
 
 from ..control.store import Instance
 from ..logs import LogRecord
-from ..spec import ClusterSpec, ClusterSpecError
+from ..spec import ClusterSpec, ClusterSpecError, cluster_python
 from ..tls import TLSMaterial
+
+
+def check_vm_software(spec: ClusterSpec, cloud: str) -> None:
+    """What a cloud cluster's VMs are to install, checked before any cloud call: the Python
+    they run (the spec's, else the asking environment's, must be supported) and the
+    requirements file ``software`` names (it exists and every line is installable there).
+    Raise :class:`~coiled_lab.spec.ClusterSpecError` naming the field."""
+    from ..software import requirements
+
+    cluster_python(spec)
+    requirements(spec.software, cloud)
 
 
 def owner_id(state_dir: Path) -> str:

@@ -36,7 +36,7 @@ from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
 from ..errors import Conflict, ManagerBusy, NotFound
 from ..logs import LogRecord, matches
 from ..pricing import PriceBook, extrapolate
-from ..spec import ClusterSpec, ClusterSpecError, check_place, parse_spec, revise
+from ..spec import ClusterSpec, ClusterSpecError, check_place, cluster_python, parse_spec, revise, running_python
 from ..tls import TLSMaterial
 from . import limits, notifications
 from .events import Event, EventBus, Subscription
@@ -216,16 +216,16 @@ class ClusterManager:
         if not isinstance(spec, ClusterSpec):
             spec = parse_spec(spec)
         self._check_owner()
+        backend = self._checked_backend(spec)  # before the limits: an estimate they ask for may call the cloud
         await limits.check(spec, len(self.store.list_clusters(live_only=True)), self._estimate)
-        try:
-            backend = self.backend(spec.backend)  # an unavailable backend fails here, before any record
-        except ValueError as exc:
-            raise ClusterSpecError(str(exc), "backend") from None
-        backend.check_spec(spec)
         await backend.check_access()
         cluster_id = secrets.token_hex(6)
         name = spec.name or _default_name(cluster_id)
-        spec = spec.model_copy(update={"name": name})
+        # The Python the cluster runs is fixed now (the asking environment's when left out),
+        # so that every machine launched later for it, after a restart too, gets the same.
+        # Local processes run this server's (a configured default for clouds does not apply).
+        python = running_python() if spec.backend == "local" else cluster_python(spec)
+        spec = spec.model_copy(update={"name": name, "python_version": python})
         now = time.time()
         rec = ClusterRecord(
             id=cluster_id, name=name, backend=spec.backend, spec=spec.public(), status=State.pending,
@@ -596,6 +596,7 @@ class ClusterManager:
             rec = await self._update_cost(rec)
         ready = sum(1 for i in workers if i.id in connected)
         rec = self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
+        rec = self._observe_boot(rec, (info.get("coiled_lab_lifetime") or {}).get("boot"))
         if rec.status == State.running:
             await self._check_notifications(rec)
 
@@ -792,10 +793,37 @@ class ClusterManager:
             self._progress(rec, "workers", ready=ready, target=target, launched=launched)
         return rec
 
+    def _checked_backend(self, spec: ClusterSpec) -> Backend:
+        """The spec's backend, once it found nothing wrong with the spec that it can tell
+        without its cloud (a region it lacks, an unsupported Python, a requirements file
+        a VM cannot install): no record, no cloud call for a refused spec."""
+        try:
+            backend = self.backend(spec.backend)  # an unavailable backend fails here, before any record
+        except ValueError as exc:
+            raise ClusterSpecError(str(exc), "backend") from None
+        check = getattr(backend, "check_spec", None)  # a stand-in for pricing alone (tests) has none
+        if check is not None:
+            check(spec)
+        return backend
+
+    def _observe_boot(self, rec: ClusterRecord, boot: Optional[dict[str, Any]]) -> ClusterRecord:
+        """Keep how the scheduler's VM booted (its Python, the phases and their seconds,
+        what was installed) in the cluster's state for the UIs, and tell the user once
+        which requirements it could not install."""
+        if not isinstance(boot, dict):
+            return rec
+        kept = notifications.boot_summary(boot)
+        if kept == rec.state.get("boot"):
+            return rec  # seen (and told) in an earlier pass
+        rec = self._update(rec, state={**rec.state, "boot": kept})
+        for notice in notifications.skipped_packages(kept):
+            self.notify(rec.id, notice)
+        return self.store.get_cluster(rec.id)
+
     async def _estimate(self, spec: ClusterSpec) -> dict[str, Any]:
         from ..pricing import estimate
 
-        backend = None if spec.backend == "local" else self.backend(spec.backend)
+        backend = None if spec.backend == "local" else self._checked_backend(spec)
         return await estimate(spec, backend, self.prices)
 
     async def _check_notifications(self, rec: ClusterRecord) -> None:

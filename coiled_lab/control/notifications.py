@@ -8,6 +8,7 @@ own (a zone out of capacity, a spot fallback) through ``ClusterContext.notify``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -22,7 +23,7 @@ LABELS = {"idle_timeout": "idle", "no_client_timeout": "without a client", "max_
 @dataclass(frozen=True)
 class Notice:
     key: str  # the situation, so that it is told once
-    kind: str  # "shutdown-soon", "gpu-idle", "budget", or a backend's kind
+    kind: str  # "shutdown-soon", "gpu-idle", "budget", "packages", or a backend's kind
     level: str  # "info" | "warning" | "error"
     message: str
 
@@ -90,3 +91,61 @@ def budget(cost: Optional[dict[str, Any]], limit: Optional[float]) -> list[Notic
         return [Notice("budget:80", "budget", "warning",
                        f"the cluster has cost ${cost['accrued']:.2f}, {share:.0%} of its budget of ${float(limit):.2f}")]
     return []
+
+
+# What of a VM's boot report (the scheduler's ``coiled_lab_lifetime`` answer, ``"boot"``) is
+# kept in the cluster's state, and how much: the report comes from the cluster's own VM.
+MAX_SKIPPED = 500
+MAX_TEXT = 300
+
+
+def _text(value: Any) -> str:
+    line = str(value).strip().splitlines()[0] if str(value).strip() else ""
+    return line if len(line) <= MAX_TEXT else line[: MAX_TEXT - 3] + "..."
+
+
+def _seconds_value(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def boot_summary(boot: dict[str, Any]) -> dict[str, Any]:
+    """The boot report in the shape the cluster's state keeps: ``python`` (the version
+    installed), ``python_source``, ``phases`` ([{name, seconds}]), ``installed`` (a count)
+    and ``skipped`` ([{requirement, reason}]); anything else, or of another type, left out."""
+    out: dict[str, Any] = {}
+    for key in ("python", "python_source"):
+        if isinstance(boot.get(key), str):
+            out[key] = _text(boot[key])
+    phases = boot.get("phases")
+    if isinstance(phases, list):
+        out["phases"] = [{"name": _text(p.get("name", "")), "seconds": float(p["seconds"])}
+                         for p in phases[:50] if isinstance(p, dict) and _seconds_value(p.get("seconds"))]
+    if isinstance(boot.get("installed"), int) and not isinstance(boot.get("installed"), bool):
+        out["installed"] = boot["installed"]
+    skipped = boot.get("skipped")
+    if isinstance(skipped, list):
+        out["skipped"] = [{"requirement": _text(s.get("requirement", "?")), "reason": _text(s.get("reason", ""))}
+                          for s in skipped[:MAX_SKIPPED] if isinstance(s, dict)]
+        if len(skipped) > MAX_SKIPPED:
+            out["skipped_more"] = len(skipped) - MAX_SKIPPED
+    return out
+
+
+def skipped_packages(boot: Optional[dict[str, Any]]) -> list[Notice]:
+    """The cluster's VMs could not install some requirements and run without them: one
+    notification naming each and why (told once per cluster)."""
+    skipped = (boot or {}).get("skipped") or []
+    if not skipped:
+        return []
+    items = "; ".join(f"{s['requirement']} ({s['reason'] or 'no reason given'})" for s in skipped)
+    more = (boot or {}).get("skipped_more")
+    if more:
+        items += f"; and {more} more"
+    count = len(skipped) + (more or 0)
+    python = (boot or {}).get("python")
+    on = f" with Python {python}" if python else ""
+    return [Notice(
+        key="packages:skipped", kind="packages", level="warning",
+        message=f"{count} requirement{'s' if count != 1 else ''} could not be installed on the cluster's "
+                f"VMs{on} and {'were' if count != 1 else 'was'} skipped: {items}",
+    )]

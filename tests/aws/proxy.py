@@ -6,6 +6,10 @@ errors, requests that time out or whose connection is reset (before or after mot
 the work), a GPU image parameter moto does not have, console output from the EC2
 emulator. Nothing of coiled-lab is patched: what it sees is what AWS could have answered.
 Every request is recorded (service, action, parameters) for assertions.
+
+Public SSM parameters AWS has and moto lacks (Debian's image parameters, the default
+images of CPU machines) are answered on the way to moto, for every request and under
+every hook (see :data:`STAND_INS`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ class Response:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
 
+
+# Public SSM parameters that moto lacks -> moto's parameter standing in for each: an image
+# of the same architecture that moto has in every region (its Amazon Linux 2023 AMI), so
+# that GetParameters / GetParameter answer a real moto AMI id of the request's region and
+# DescribeImages of it works as on AWS. The image itself is moto's: it reports moto's
+# 15 GiB "standard" (magnetic) root volume, not Debian's. The request sent to moto is
+# re-encoded, so moto's IAM enforcement (/moto-api/reset-auth) would see a changed signature.
+STAND_INS = {
+    "/aws/service/debian/release/12/latest/amd64":
+        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+    "/aws/service/debian/release/12/latest/arm64":
+        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
+}
 
 # A hook's answer that is no answer: the proxy resets the client's connection instead.
 RESET = Response(0, b"")
@@ -205,6 +222,14 @@ class AWSProxy:
 
     # -- plumbing --------------------------------------------------------------------------------
     def _forward(self, request: Request) -> Response:
+        """moto's answer to ``request``, with the public parameters it lacks (:data:`STAND_INS`)."""
+        if request.json and request.action in ("GetParameters", "GetParameter"):
+            names = request.params.get("Names") if request.action == "GetParameters" else [request.params.get("Name")]
+            if isinstance(names, list) and any(n in STAND_INS for n in names):
+                return _stand_in_parameters(request, names, self._send)
+        return self._send(request)
+
+    def _send(self, request: Request) -> Response:
         body = request.body
         if not request.json and request.action:
             body = urllib.parse.urlencode(request.params).encode()
@@ -271,6 +296,39 @@ def _parse(path: str, headers: dict[str, str], body: bytes) -> Request:
         return Request(service, region, target.rsplit(".", 1)[-1], params, True, path, headers, body)
     params = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)) if body else {}
     return Request(service, region, params.get("Action", ""), params, False, path, headers, body)
+
+
+def _stand_in_parameters(request: Request, names: list, send: Callable[[Request], Response]) -> Response:
+    """Ask moto for each public parameter's stand-in; answer under the public names, as
+    AWS would (the value, the type and the version are moto's)."""
+    public: dict[str, list[str]] = {}  # name asked of moto -> the names the client asked for
+    for name in names:
+        public.setdefault(STAND_INS.get(name, name), []).append(name)
+    if request.action == "GetParameters":
+        params = {**request.params, "Names": list(public)}
+    else:
+        params = {**request.params, "Name": next(iter(public))}
+    answer = send(Request(**{**request.__dict__, "params": params, "body": json.dumps(params).encode()}))
+    if answer.status != 200:
+        return answer
+    body = json.loads(answer.body)
+
+    def renamed(parameter: dict) -> list[dict]:
+        name = parameter.get("Name")
+        out = []
+        for asked in public.get(name, [name]):
+            copy = {**parameter, "Name": asked}
+            if isinstance(copy.get("ARN"), str) and name:
+                copy["ARN"] = copy["ARN"].replace(name, asked)
+            out.append(copy)
+        return out
+
+    if request.action == "GetParameters":
+        body["Parameters"] = [p for parameter in body.get("Parameters", []) for p in renamed(parameter)]
+        body["InvalidParameters"] = [asked for n in body.get("InvalidParameters", []) for asked in public.get(n, [n])]
+    elif "Parameter" in body:
+        body["Parameter"] = renamed(body["Parameter"])[0]
+    return Response(answer.status, json.dumps(body).encode(), answer.headers)
 
 
 def _overrides(params: dict) -> list[dict[str, str]]:

@@ -24,7 +24,7 @@ from ...control.store import Instance
 from ...logs import LogRecord
 from ...spec import ClusterSpec, ClusterSpecError
 from .. import bootconfig
-from ..base import Backend, ClusterContext, owner_id
+from ..base import Backend, ClusterContext, check_vm_software, owner_id
 from . import fleet, logs, network, sweep, userdata
 from .catalog import Catalog
 from .images import Images
@@ -110,6 +110,7 @@ class AWSBackend(Backend):
 
     def check_spec(self, spec: ClusterSpec) -> None:
         _asked_region(spec.region)
+        check_vm_software(spec, self.name)
 
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         region = self.region(cluster)

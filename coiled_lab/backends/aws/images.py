@@ -1,9 +1,12 @@
-"""Machine images: the current AMI for each kind of machine, from AWS's public SSM parameters.
+"""Machine images: the current AMI for each kind of machine, from public SSM parameters.
 
-Amazon Linux 2023 for x86_64 and arm64 machines, the Deep Learning Base image (NVIDIA
-driver, CUDA, docker) for GPU machines; the parameter names are configurable
-(``coiled-lab.aws.images``). All kinds are asked for in one ``GetParameters`` call and
-kept for an hour: the parameters move when AWS publishes a new image, a few times a month.
+Debian 12 for x86_64 and arm64 machines (Debian's own parameters under
+``/aws/service/debian/release/12/``: a bare system with no pip and no dask, on which the
+bootstrap installs the cluster's Python and packages), the Deep Learning Base image
+(Amazon Linux 2023 with the NVIDIA driver and CUDA) for GPU machines; the parameter names
+are configurable (``coiled-lab.aws.images``). All kinds are asked for in one
+``GetParameters`` call and kept for an hour: the parameters move when a new image is
+published, a few times a month.
 """
 
 from __future__ import annotations

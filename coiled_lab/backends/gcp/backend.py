@@ -27,7 +27,7 @@ from ...logs import LogRecord
 from ...pricing import PriceBook
 from ...spec import ClusterSpec, ClusterSpecError
 from .. import bootconfig, ingress
-from ..base import Backend, ClusterContext, owner_id
+from ..base import Backend, ClusterContext, check_vm_software, owner_id
 from . import instances, logs, network, startup, sweep
 from .catalog import Catalog, Images, MachineType
 from .labels import CLUSTER, NETWORK_TAG, ROLE, cluster_labels
@@ -117,6 +117,9 @@ class GCPBackend(Backend):
         """Credentials resolve locally (the server's store, ADC: a key file, gcloud's
         login); on GCE the metadata server is asked, which only answers there."""
         await asyncio.to_thread(lambda: self.gcp.project)
+
+    def check_spec(self, spec: ClusterSpec) -> None:
+        check_vm_software(spec, self.name)
 
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         region = self.region(cluster)
