@@ -3,8 +3,9 @@ service account's access tokens.
 
 Runs on the VM (see :mod:`coiled_lab.bootstrap.vm`), with the standard library only. Every
 request carries ``Metadata-Flavor: Google`` (the server refuses requests without it, so a
-page fetched through a proxy cannot read it). ``GCE_METADATA_HOST`` (``host:port``) points
-elsewhere, as google-auth's own client allows; the tests' GCE emulator uses it.
+page fetched through a proxy cannot read it), and is sent directly, never through the proxy
+``http_proxy`` may name. ``GCE_METADATA_HOST`` (``host:port``) points elsewhere, as
+google-auth's own client allows; the tests' GCE emulator uses it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 DEFAULT_HOST = "metadata.google.internal"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Metadata:
@@ -31,7 +33,7 @@ class Metadata:
         """The value at ``path`` (``instance/name``), or None where there is none (404)."""
         request = urllib.request.Request(f"{self.base}/{path}", headers={"Metadata-Flavor": "Google"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _DIRECT.open(request, timeout=self.timeout) as response:
                 return response.read().decode()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -65,3 +67,23 @@ class Metadata:
     def preempted(self) -> Optional[str]:
         """A notice when GCE is taking this Spot VM back (it gives 30 seconds), else None."""
         return "preempted" if (self.get("instance/preempted") or "").upper() == "TRUE" else None
+
+
+def on_gce(config: dict[str, Any]) -> tuple[Any, Any, Callable[[], Optional[str]]]:
+    """Who this GCE VM is (a :class:`~coiled_lab.bootstrap.vm.Identity`), its Cloud Logging
+    shipper, and its preemption notice."""
+    from . import cloudlogging
+    from .vm import Identity
+
+    metadata = Metadata()
+    me = Identity(**metadata.identity())
+    project = config.get("project") or metadata.project()
+    shipper = cloudlogging.CloudLoggingShipper(
+        metadata.token, config.get("logging_endpoint") or cloudlogging.DEFAULT_ENDPOINT,
+        f"projects/{project}/logs/{config['log_name']}",
+        {"type": "gce_instance", "labels": {"project_id": project, "zone": me.zone,
+                                            "instance_id": metadata.get("instance/id") or me.instance_id}},
+        {cloudlogging.CLUSTER_LABEL: config["cluster_id"], cloudlogging.ROLE_LABEL: config["role"],
+         cloudlogging.INSTANCE_LABEL: me.instance_id},
+    )
+    return me, shipper, metadata.preempted

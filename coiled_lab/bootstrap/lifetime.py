@@ -5,12 +5,15 @@ closes its workers; on a VM the bootstrap then shuts the machine down) after
 ``idle_timeout`` with no work, ``no_client_timeout`` after the last client left, or at
 ``max_lifetime``, so no cluster outlives its purpose even when the Jupyter server that
 made it is gone. The manager reads the same clocks through the ``coiled_lab_lifetime``
-scheduler handler to show the time left.
+scheduler handler to show the time left; on a cloud VM the handler's answer also carries
+the VM's boot report (``"boot"``: ``boot-report.json``, whose path the bootstrap gives in
+``COILED_LAB_BOOT_REPORT``; see :mod:`coiled_lab.bootstrap.vm`), None elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -52,6 +55,26 @@ def time_left(clocks: dict[str, Any], now: Optional[float] = None) -> dict[str, 
         ),
         "max_lifetime": clocks["started_at"] + t["max_lifetime"] - now if t.get("max_lifetime") else None,
     }
+
+
+_BOOT: dict[str, Any] = {}  # the report last read, and the (path, mtime, size) it was read at
+
+
+def boot_report(path: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The VM's boot report (``COILED_LAB_BOOT_REPORT``), read again only when the file
+    changed; None without one (a local cluster) or when it cannot be read."""
+    path = path if path is not None else os.environ.get("COILED_LAB_BOOT_REPORT")
+    if not path:
+        return None
+    try:
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        if _BOOT.get("key") != key:
+            with open(path) as f:
+                _BOOT.update(key=key, value=json.load(f))
+        return _BOOT["value"]
+    except (OSError, ValueError):
+        return None
 
 
 def _env_seconds(field: str) -> Optional[float]:
@@ -109,7 +132,7 @@ class Lifetime(SchedulerPlugin):
         return sum(1 for c in self.scheduler.clients if c != "fire-and-forget")
 
     def status(self, comm=None) -> dict[str, Any]:
-        """The clocks (epoch seconds) and the time left on each timeout."""
+        """The clocks (epoch seconds), the time left on each timeout, and the VM's boot report."""
         now = time.time()
         clients = self._clients()
         clocks = {
@@ -119,7 +142,8 @@ class Lifetime(SchedulerPlugin):
             "last_client_at": self.last_client_at,
             "timeouts": dict(self.timeouts),
         }
-        return {**clocks, "time_left": time_left(clocks, now), "stop_reason": self.stop_reason}
+        return {**clocks, "time_left": time_left(clocks, now), "stop_reason": self.stop_reason,
+                "boot": boot_report()}
 
     async def _watch(self) -> None:
         while True:

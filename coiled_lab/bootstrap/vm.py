@@ -1,26 +1,51 @@
-"""The bootstrap of one cluster VM: ``python -m coiled_lab.bootstrap.vm config.json``.
+r"""The bootstrap of one cluster VM: ``python3 -m coiled_lab.bootstrap.vm config.json``.
 
 The VM's start-up data (EC2 user-data, built by :mod:`coiled_lab.backends.aws.userdata`;
 GCE ``startup-script`` metadata, built by :mod:`coiled_lab.backends.gcp.startup`) unpacks
-this package next to a ``config.json`` and runs it; when it returns, for whatever reason,
-the start-up script shuts the machine down (EC2 then terminates it,
+this package next to a ``config.json`` and runs it with the image's own ``python3`` (a bare
+Debian 12 image's 3.11, Amazon Linux 2023's 3.9); when it returns, for whatever reason, the
+start-up script shuts the machine down (EC2 then terminates it,
 ``InstanceInitiatedShutdownBehavior=terminate``; GCE stops it, and the backend deletes
-stopped machines of its clusters). ``config["cloud"]`` says which cloud. In order, it:
+stopped machines of its clusters). ``config["cloud"]`` says which cloud. Everything up to
+starting dask uses the standard library only. In order, it:
 
 1. asks the instance metadata service (EC2: IMDSv2 at ``AWS_EC2_METADATA_SERVICE_ENDPOINT``;
    GCE: the metadata server, :mod:`.gce`) who it is: instance id, private address,
    region, purchase option;
-2. installs the packages ``package_sync`` recorded (only those not already there);
-3. starts shipping its own output and the dask process's to the cloud's log service:
-   the CloudWatch stream ``<cluster-id>/<role>-<instance-id>``, or Cloud Logging entries
-   labelled with the cluster id (:mod:`.cloudlogging`). Every line also goes to stdout,
-   which is the console (serial port) output the cloud keeps, so a boot that never
-   reached the log service can still be read;
+2. starts shipping its own output, from then on, and later the dask process's, to the
+   cloud's log service: the CloudWatch stream ``<cluster-id>/<role>-<instance-id>``
+   (:class:`~.logship.CloudWatchLogs`, signed with the instance role's credentials), or
+   Cloud Logging entries labelled with the cluster id (:mod:`.cloudlogging`). Every line
+   also goes to stdout, which is the console (serial port) output the cloud keeps, so a
+   boot that never reached the log service can still be read;
+3. fetches uv, makes a virtual environment with the Python the cluster asked for
+   (``python_version``) and installs the packages into it (:mod:`.packages`). A package
+   the cluster cannot run without that cannot be installed ends the boot here, with the
+   installer's explanation as the last log lines;
 4. starts ``dask scheduler`` (with the preloads that stop an idle or abandoned cluster and
    keep a history of its use) or, once the scheduler accepts connections, ``dask worker`` / ``dask cuda
-   worker`` named after the instance, all over the cluster's TLS;
+   worker`` named after the instance, all over the cluster's TLS, with the environment's python;
 5. on a spot worker, watches for an interruption notice and then retires the worker
-   through the scheduler, so its data moves to the others before the machine goes.
+   through the scheduler (a process of the environment's python: it needs distributed),
+   so its data moves to the others before the machine goes.
+
+Each phase's duration is one log line (console and log service), to be read by people and
+benchmarks alike; after the log format's prefix (``<date> <time>,<ms> - coiled_lab.bootstrap
+- INFO - ``) it is ``boot: <phase> <details> in <seconds> s``, matched by
+``boot: (?P<phase>[a-z]+)\b(?P<details>.*) in (?P<seconds>[0-9]+\.[0-9]) s$``::
+
+    boot: uv 0.13.9 ready in 1.4 s
+    boot: python 3.11.2 (/usr/bin/python3.11, the distribution's) ready in 2.1 s
+    boot: packages: 187 installed, 2 skipped in 34.0 s
+    boot: scheduler tls://10.0.1.5:8786 reachable in 0.3 s      (workers only)
+    boot: dask scheduler started in 1.3 s                       (or: dask worker started)
+    boot: total to dask scheduler started in 39.1 s
+
+``python``'s source is ``the distribution's`` (the image's interpreter), ``uv's download`` or
+``found on this machine``. The same figures are in ``boot-report.json`` next to config.json
+(``{"python", "python_source", "phases": [{"name", "seconds"}], "installed", "skipped":
+[{"requirement", "reason"}]}``), rewritten after each phase; the dask process gets its path
+in ``COILED_LAB_BOOT_REPORT`` and the scheduler's preload (:mod:`.lifetime`) answers it.
 
 A worker ends when its scheduler has been unreachable for ``death_timeout`` seconds,
 so no VM outlives its cluster even when nobody is left to terminate it. This module holds
@@ -33,11 +58,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -45,9 +70,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import packages
-from .logship import LogShipper
+from .logship import CloudWatchLogs, InstanceRoleCredentials, LogShipper
 
 DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254"
+# Metadata services are reached directly, never through a proxy.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# The lines of distributed that say a dask process is up (scheduler; worker or cuda worker).
+STARTED = {"scheduler": "Scheduler at:", "worker": "Registered to:"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +102,7 @@ class Metadata:
         request = urllib.request.Request(
             f"{self.base}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"}
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        with _DIRECT.open(request, timeout=self.timeout) as response:
             return response.read().decode()
 
     def get(self, path: str) -> Optional[str]:
@@ -85,7 +114,7 @@ class Metadata:
                 f"{self.base}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": self._token}
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _DIRECT.open(request, timeout=self.timeout) as response:
                     return response.read().decode()
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
@@ -113,7 +142,7 @@ class Output:
         self.shipper = shipper
 
     def __call__(self, line: str) -> None:
-        """A line of pip's or dask's output, as it came."""
+        """A line of uv's or dask's output, as it came."""
         print(line, flush=True)
         self.shipper.write(line)
 
@@ -124,19 +153,44 @@ class Output:
         self(f"{stamp} - coiled_lab.bootstrap - {level} - {message}")
 
 
-def dask_command(config: dict[str, Any], me: Identity, workdir: Path) -> list[str]:
-    """The dask process this VM runs, bound to its private address, over the cluster's TLS."""
+class BootReport:
+    """``boot-report.json``: what the boot did and how long each phase took, written anew
+    (atomically) after every phase; each phase is also one ``boot:`` line (module docstring)."""
+
+    def __init__(self, path: Path, say: Callable[..., None]):
+        self.path = path
+        self.say = say
+        self.data: dict[str, Any] = {"python": None, "python_source": None, "phases": [], "installed": 0,
+                                     "skipped": []}
+        self.save()
+
+    def phase(self, name: str, started: float, details: str) -> None:
+        """One phase done: ``started`` is its ``time.monotonic()`` at the start."""
+        seconds = time.monotonic() - started
+        self.data["phases"].append({"name": name, "seconds": round(seconds, 1)})
+        self.say(f"boot: {name}{details} in {seconds:.1f} s")
+        self.save()
+
+    def save(self) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(self.data))
+        partial.replace(self.path)
+
+
+def dask_command(config: dict[str, Any], me: Identity, workdir: Path, python: str = sys.executable) -> list[str]:
+    """The dask process this VM runs with ``python`` (the environment's), bound to its
+    private address, over the cluster's TLS."""
     tls = ["--tls-ca-file", str(workdir / "tls-cert.pem"), "--tls-cert", str(workdir / "tls-cert.pem"),
            "--tls-key", str(workdir / "tls-key.pem")]
     if config["role"] == "scheduler":
         return [
-            sys.executable, "-m", "distributed.cli.dask_scheduler",
+            python, "-m", "distributed.cli.dask_scheduler",
             "--host", me.private_ip, "--port", str(config["scheduler_port"]), "--protocol", "tls", *tls,
             "--dashboard-address", f"{me.private_ip}:{config['dashboard_port']}",
             "--preload", "coiled_lab.bootstrap.lifetime", "--preload", "coiled_lab.bootstrap.watchdog",
         ]
-    command = [sys.executable, "-m", "dask", "cuda", "worker"] if config["gpu"] else [
-        sys.executable, "-m", "distributed.cli.dask_worker"]
+    command = [python, "-m", "dask", "cuda", "worker"] if config["gpu"] else [
+        python, "-m", "distributed.cli.dask_worker"]
     command += [
         config["scheduler_address"], "--name", me.instance_id, "--host", me.private_ip, *tls,
         "--death-timeout", str(config["death_timeout"]),
@@ -146,7 +200,10 @@ def dask_command(config: dict[str, Any], me: Identity, workdir: Path) -> list[st
     return command
 
 
-def dask_environment(config: dict[str, Any], workdir: Path) -> dict[str, str]:
+def dask_environment(config: dict[str, Any], workdir: Path, venv: Optional[str] = None) -> dict[str, str]:
+    """The dask process's environment: this one, the cluster's ``environ``, TLS required,
+    the bootstrap importable (for the preloads), the virtual environment first on PATH,
+    and where the boot report is."""
     env = dict(os.environ)
     env.update(config["environ"])
     env.update(
@@ -155,147 +212,136 @@ def dask_environment(config: dict[str, Any], workdir: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
             # The preload (coiled_lab.bootstrap.lifetime) is importable from here.
             "PYTHONPATH": os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH")) if p),
+            "COILED_LAB_BOOT_REPORT": str(workdir / "boot-report.json"),
         }
     )
+    if venv:
+        env["VIRTUAL_ENV"] = venv
+        env["PATH"] = os.pathsep.join(p for p in (os.path.join(venv, "bin"), env.get("PATH")) if p)
     return env
 
 
-def wait_for_scheduler(address: str, timeout: float, say: Callable[..., None]) -> bool:
-    """Wait until the scheduler accepts TCP connections (it boots in parallel with us)."""
-    host, port = address.split("://", 1)[-1].rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    say(f"waiting for the scheduler at {address}")
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, int(port)), timeout=2):
-                return True
-        except OSError:
-            time.sleep(0.25)
-    say(f"the scheduler at {address} did not answer within {timeout:g}s", "ERROR")
-    return False
+def _on_ec2(config: dict[str, Any]) -> tuple[Identity, LogShipper, Callable[[], Optional[str]]]:
+    """Who this EC2 VM is, its CloudWatch Logs shipper, and its spot interruption notice."""
+    metadata = Metadata()
+    me = metadata.identity()
+    shipper = LogShipper(lambda: CloudWatchLogs(me.region, InstanceRoleCredentials(metadata.get)), config["log_group"],
+                         f"{config['cluster_id']}/{config['role']}-{me.instance_id}")
+    return me, shipper, lambda: metadata.get("spot/instance-action")
 
 
-def retire(config: dict[str, Any], workdir: Path, name: str) -> None:
-    """Ask the scheduler to move this worker's data elsewhere and close it."""
-    import asyncio
-
-    from distributed.core import rpc
-    from distributed.security import Security
-
-    cert, key = str(workdir / "tls-cert.pem"), str(workdir / "tls-key.pem")
-    security = Security(tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
-
-    async def _retire() -> None:
-        async with rpc(config["scheduler_address"], connection_args=security.get_connection_args("client")) as r:
-            await asyncio.wait_for(r.retire_workers(names=[name], close_workers=True, remove=True), 90)
-
-    asyncio.run(_retire())
-
-
-def watch_spot(
-    notice_of: Callable[[], Optional[str]], config: dict[str, Any], workdir: Path, me: Identity,
-    proc: subprocess.Popen, say: Callable[..., None],
-) -> None:
-    """Poll for a spot interruption notice (EC2 gives two minutes, GCE 30 seconds); retire gracefully."""
-    while proc.poll() is None:
-        try:
-            notice = notice_of()
-        except OSError:
-            notice = None
-        if notice:
-            say(f"spot interruption notice {notice}; retiring this worker", "WARNING")
-            try:
-                retire(config, workdir, me.instance_id)
-            except Exception as exc:  # noqa: BLE001 - then stop it less gracefully
-                say(f"graceful retirement failed ({type(exc).__name__}: {exc}); stopping the worker", "ERROR")
-                proc.terminate()
-            return
-        time.sleep(config["spot_poll_interval"])
-
-
-def _logs_client(region: str):
-    from botocore.config import Config
-
-    import boto3
-
-    return boto3.client("logs", region_name=region, config=Config(retries={"mode": "standard", "max_attempts": 10}))
-
-
-def _on_gce(config: dict[str, Any]) -> tuple[Identity, LogShipper, Callable[[], Optional[str]]]:
-    """Who this GCE VM is, its Cloud Logging shipper, and its preemption notice."""
-    from . import cloudlogging, gce
-
-    metadata = gce.Metadata()
-    me = Identity(**metadata.identity())
-    project = config.get("project") or metadata.project()
-    shipper = cloudlogging.CloudLoggingShipper(
-        metadata.token, config.get("logging_endpoint") or cloudlogging.DEFAULT_ENDPOINT,
-        f"projects/{project}/logs/{config['log_name']}",
-        {"type": "gce_instance", "labels": {"project_id": project, "zone": me.zone,
-                                            "instance_id": metadata.get("instance/id") or me.instance_id}},
-        {cloudlogging.CLUSTER_LABEL: config["cluster_id"], cloudlogging.ROLE_LABEL: config["role"],
-         cloudlogging.INSTANCE_LABEL: me.instance_id},
+def prepare(config: dict[str, Any], workdir: Path, out: Output, report: BootReport) -> Optional[str]:
+    """uv, the virtual environment and the packages (:mod:`.packages`), each a timed phase,
+    all under ``workdir``. Returns the environment's python, or None when dask cannot
+    start (said at ERROR, the last lines)."""
+    index = packages.index_url(config.get("index_url"))
+    env = packages.uv_environment(workdir, index)
+    try:
+        started = time.monotonic()
+        uv = packages.fetch_uv(workdir / "bin", index)
+        report.phase("uv", started, f" {packages.UV_VERSION} ready")
+        started = time.monotonic()
+        wanted = config.get("python_version") or "%d.%d" % sys.version_info[:2]
+        python, version, source = packages.make_venv(uv, wanted, workdir / "venv", env, out)
+        report.data.update(python=version, python_source=source)
+        report.phase("python", started, f" {version} ({source}) ready")
+    except packages.BootError as exc:
+        out.say(f"cannot start dask: {exc}", "ERROR")
+        return None
+    started = time.monotonic()
+    outcome = packages.install(
+        packages.Installer(uv, python, env, out, workdir), config.get("packages") or [], out.say,
+        config.get("requirements"), {"dask": config.get("dask_version"), "distributed": config.get("distributed_version")},
+        bool(config.get("gpu")), config.get("required_packages") or (),
     )
-    return me, shipper, metadata.preempted
+    report.data.update(installed=len(outcome.installed),
+                       skipped=[{"requirement": s.requirement, "reason": s.reason} for s in outcome.skipped])
+    report.phase("packages", started, f": {len(outcome.installed)} installed, {len(outcome.skipped)} skipped")
+    for message in outcome.fatal:
+        out.say(f"cannot start dask: {message}", "ERROR")
+    return None if outcome.fatal else python
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    boot_started = time.monotonic()
     config_path = Path(args[0] if args else "config.json").resolve()
-    workdir = config_path.parent
     config = json.loads(config_path.read_text())
-    role = config["role"]
     if config.get("cloud") == "gcp":
-        me, shipper, notice_of = _on_gce(config)
+        from .gce import on_gce
+
+        me, shipper, notice_of = on_gce(config)
     else:
-        metadata = Metadata()
-        me = metadata.identity()
-        shipper = LogShipper(lambda: _logs_client(me.region), config["log_group"],
-                             f"{config['cluster_id']}/{role}-{me.instance_id}")
-        notice_of = lambda: metadata.get("spot/instance-action")  # noqa: E731
+        me, shipper, notice_of = _on_ec2(config)
+    shipper.start()  # lines reach the log service from now on, while everything installs
     out = Output(shipper)
+    try:
+        return _boot(config, config_path, me, notice_of, out, boot_started)
+    except Exception:  # noqa: BLE001 - said where the manager reads it, then the machine goes
+        for line in traceback.format_exc().rstrip().splitlines():
+            out(line)
+        out.say(f"cannot start dask: the bootstrap failed: {sys.exc_info()[0].__name__}: {sys.exc_info()[1]}",
+                "ERROR")
+        return 1
+    finally:
+        shipper.close()
+
+
+def _boot(config: dict[str, Any], config_path: Path, me: Identity, notice_of: Callable[[], Optional[str]],
+          out: Output, boot_started: float) -> int:
+    workdir, role = config_path.parent, config["role"]
     out.say(f"{role} {me.instance_id} ({me.instance_type}, {me.zone}, {'spot' if me.spot else 'on-demand'}) "
             f"of cluster {config['cluster_id']} at {me.private_ip}")
-    for line in config["packages_skipped"]:
+    for line in config.get("packages_skipped") or ():
         out.say(f"package_sync cannot install {line}", "WARNING")
-    packages.install(config["packages"], out, out.say, config.get("requirements"))
-    if config.get("cloud") != "gcp":
-        try:
-            import boto3  # noqa: F401 - the shipper needs it; an image without it gets it now
-        except ImportError:
-            packages.install([], out, out.say, requirements_text="boto3\n")
-    shipper.start()
+    report = BootReport(workdir / "boot-report.json", out.say)
+    python = prepare(config, workdir, out, report)
+    if python is None:
+        return 1
 
     for name, text in (("tls-cert.pem", config["tls"]["cert"]), ("tls-key.pem", config["tls"]["key"])):
         fd = os.open(workdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
 
-    if role == "worker" and not wait_for_scheduler(config["scheduler_address"], config["start_timeout"], out.say):
-        shipper.close()
-        return 1
+    if role == "worker":
+        from . import worker
 
-    command = dask_command(config, me, workdir)
-    out.say(f"starting dask {role}: python {' '.join(command[1:])}")
+        started = time.monotonic()
+        if not worker.wait_for_scheduler(config["scheduler_address"], config["start_timeout"], out.say):
+            return 1
+        report.phase("scheduler", started, f" {config['scheduler_address']} reachable")
+
+    venv = str(Path(python).parent.parent)
+    env = dask_environment(config, workdir, venv)
+    command = dask_command(config, me, workdir, python)
+    out.say(f"starting dask {role}: {' '.join(command)}")
+    started = time.monotonic()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
-                            env=dask_environment(config, workdir))
+                            env=env, errors="replace")
     # Termination (EC2 stopping the machine) reaches us first: pass it on, then drain.
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    marker = STARTED[role]
 
     def pump() -> None:
         assert proc.stdout is not None
+        up = False
         for line in proc.stdout:
             out(line.rstrip("\n"))
+            if not up and marker in line:
+                up = True
+                report.phase("dask", started, f" {role} started")
+                out.say(f"boot: total to dask {role} started in {time.monotonic() - boot_started:.1f} s")
 
     reader = threading.Thread(target=pump, name="coiled-lab-output", daemon=True)
     reader.start()
     if role == "worker" and me.spot:
-        threading.Thread(target=watch_spot, args=(notice_of, config, workdir, me, proc, out.say),
-                         name="coiled-lab-spot", daemon=True).start()
+        retire_worker = lambda: worker.retire_with(python, config_path, me.instance_id, env, out)  # noqa: E731
+        threading.Thread(target=worker.watch_spot, args=(notice_of, config["spot_poll_interval"], proc, out.say,
+                                                         retire_worker), name="coiled-lab-spot", daemon=True).start()
     code = proc.wait()
     reader.join(10)
     out.say(f"dask {role} exited with status {code}; this machine shuts down")
-    shipper.close()
     return code
 
 

@@ -9,11 +9,11 @@ import threading
 import time
 import urllib.parse
 
-import boto3
-import pytest
-from botocore.config import Config
+import os
 
-from coiled_lab.bootstrap.logship import EVENT_OVERHEAD, LogShipper
+import pytest
+
+from coiled_lab.bootstrap.logship import EVENT_OVERHEAD, CloudWatchLogs, Credentials, LogShipper
 
 from ..conftest import wait_for
 from .conftest import REGION
@@ -23,6 +23,11 @@ from .proxy import json_error
 pytestmark = pytest.mark.slow
 
 LINES = 30_000
+
+
+def keys() -> Credentials:
+    """The fake keys aws_env sets (moto accepts any signature: IAM auth is off)."""
+    return Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
 
 
 def read_back(moto, group: str, stream: str) -> tuple[list[dict], list[dict]]:
@@ -49,7 +54,7 @@ def read_back(moto, group: str, stream: str) -> tuple[list[dict], list[dict]]:
 
 def throttle_bursts(proxy, group: str, bursts: int, length: int) -> list[int]:
     """PutLogEvents to ``group`` is refused ``length`` times in a row, then let through
-    ``length`` times, ``bursts`` times over: each burst outlasts botocore's retries."""
+    ``length`` times, ``bursts`` times over: each burst outlasts the client's retries."""
     calls, throttled = [0], [0]
 
     def hook(request, forward):
@@ -71,11 +76,10 @@ def test_numbered_lines_survive_throttling_and_a_network_cut(aws_env, proxy, mot
     throttled = throttle_bursts(proxy, group, bursts=2, length=4)
     address = urllib.parse.urlsplit(proxy.url)
     link = NetCut((address.hostname, address.port))
-    # The VM's client (vm._logs_client) with fewer attempts, so the shipper's own retries
-    # are reached too, not only botocore's.
+    # The VM's client (logship.CloudWatchLogs) with fewer attempts, so the shipper's own
+    # retries are reached too, not only the client's.
     shipper = LogShipper(
-        lambda: boto3.client("logs", region_name=REGION, endpoint_url=link.url,
-                             config=Config(retries={"mode": "standard", "max_attempts": 3})),
+        lambda: CloudWatchLogs(REGION, keys, endpoint=link.url, max_attempts=3),
         group, stream, max_lines=LINES, interval=0.05, max_backoff=1.0,
     ).start()
     written = [0]
@@ -126,7 +130,7 @@ def test_numbered_lines_survive_throttling_and_a_network_cut(aws_env, proxy, mot
     assert shipper.dropped_total == 0 and shipper.sent == LINES
     print(f"{LINES} lines, {len(proxy.calls('PutLogEvents'))} PutLogEvents calls, {throttled[0]} throttled, "
           f"{shipper.failures} failed batches, {link.refused_while_cut} connections reset")
-    # Each whole burst outlasted botocore's 3 attempts: one failure of the shipper's own.
+    # Each whole burst outlasted the client's 3 attempts: one failure of the shipper's own.
     assert throttled[0] == 8 and shipper.failures >= 2 + 2
 
 
@@ -134,7 +138,7 @@ def test_beyond_the_byte_cap_the_oldest_lines_are_dropped_and_counted(aws_env, p
     group, stream = f"logship-cap-{time.monotonic_ns()}", "c2/scheduler-i-0cap"
     line = 1000  # bytes per message
     cap = 100 * (line + EVENT_OVERHEAD)  # the buffer holds 100 such lines, whatever max_lines says
-    shipper = LogShipper(lambda: boto3.client("logs", region_name=REGION), group, stream,
+    shipper = LogShipper(lambda: CloudWatchLogs(REGION, keys), group, stream,
                          max_lines=10_000, max_bytes=cap, interval=0.05, max_backoff=0.2)
     for i in range(1000):
         shipper.write(f"{i:06d} " + "x" * (line - 7))

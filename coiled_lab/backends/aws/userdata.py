@@ -1,20 +1,24 @@
 """User-data: what a VM runs at first boot, with everything it needs and no credentials.
 
-It is one gzip-compressed shell script (cloud-init unpacks gzip) with a tar archive
-appended: the bootstrap package (:mod:`coiled_lab.bootstrap` — its modules only, not the
-library) and ``config.json`` (the cluster id, role, scheduler address, the cluster's TLS
-certificate and key, the package list, environment variables). The script makes sure a
-matching Python exists, unpacks the archive, runs ``python -m coiled_lab.bootstrap.vm``
-and, however that ends, shuts the machine down so EC2 terminates it.
+It is one gzip-compressed shell script (cloud-init unpacks gzip) with an xz-compressed
+tar archive appended (the image's ``python3`` unpacks it): the bootstrap package
+(:mod:`coiled_lab.bootstrap` — its modules only, not the library) and ``config.json`` (the
+cluster id, role, scheduler address, the cluster's TLS certificate and key, the package
+list, environment variables). The script makes sure the
+image has a ``python3`` (Debian 12 and Amazon Linux 2023 do; else it installs one with
+apt-get or dnf), unpacks the archive under ``$TMPDIR`` or ``/var/tmp`` (on disk: the
+environment is installed there), runs ``python3 -m coiled_lab.bootstrap.vm`` with it and,
+however that ends, shuts the machine down so EC2 terminates it. The bootstrap installs
+the Python and packages dask runs with itself (:mod:`coiled_lab.bootstrap.packages`).
 
 The TLS key is the cluster's own, made for it alone; it is not a cloud credential. No AWS
-secret ever enters user-data: the VM's boto3 uses the instance role.
+secret ever enters user-data: the VM signs its log requests with the instance role's.
 """
 
 from __future__ import annotations
 
 import gzip
-import sys
+import lzma
 from typing import Any, Optional
 
 from ... import config
@@ -23,17 +27,16 @@ from ...tls import TLSMaterial
 from .. import bootconfig
 
 LIMIT = 16 * 1024  # EC2 accepts at most 16 KiB of user-data (before base64)
+_XZ = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}]
 
 _SCRIPT = """#!/bin/sh
 # coiled-lab: the {role} of cluster {cluster}. It unpacks the bootstrap appended below and
 # runs it; however that ends, the machine then shuts down and EC2 terminates it.
 trap 'shutdown -h now' EXIT
 PYTHON={python}
-if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    dnf install -y -q "$PYTHON" "$PYTHON-pip"
-fi
-dir=$(mktemp -d -t coiled-lab.XXXXXX) || exit 1
-tail -c +{offset} "$0" | tar -x -C "$dir" || exit 1
+UNPACK='import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall(sys.argv[1])'
+{install_python}dir=$(mktemp -d "${{TMPDIR:-/var/tmp}}/coiled-lab.XXXXXX") || exit 1
+tail -c +{offset} "$0" | "$PYTHON" -c "$UNPACK" "$dir" || exit 1
 cd "$dir" && "$PYTHON" -m coiled_lab.bootstrap.vm config.json
 exit $?
 """
@@ -53,13 +56,15 @@ def bootstrap_config(
                                        log_group=config.get("aws.log-group"))
 
 
-def build(bootstrap: dict[str, Any], python: Optional[str] = None) -> bytes:
-    """The user-data bytes: compressed script + bootstrap archive, at most 16 KiB."""
-    python = python or f"python{sys.version_info.major}.{sys.version_info.minor}"
-    archive = bootconfig.archive(bootstrap)
+def build(bootstrap: dict[str, Any], python: str = "python3") -> bytes:
+    """The user-data bytes: compressed script + bootstrap archive, at most 16 KiB.
+    ``python`` runs the bootstrap: the image's own (any 3.9 or newer does)."""
+    # xz (Python's lzma: both images' python3 has it) packs the archive 7% smaller than gzip.
+    archive = lzma.compress(bootconfig.archive(bootstrap), filters=_XZ)
     offset, script = 1, ""
     while True:  # the script names its own length; settle the number of digits
-        script = _SCRIPT.format(role=bootstrap["role"], cluster=bootstrap["cluster_id"], python=python, offset=offset)
+        script = _SCRIPT.format(role=bootstrap["role"], cluster=bootstrap["cluster_id"], python=python, offset=offset,
+                                install_python=bootconfig.INSTALL_PYTHON)
         if len(script.encode()) + 1 == offset:
             break
         offset = len(script.encode()) + 1
