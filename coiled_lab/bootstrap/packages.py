@@ -22,18 +22,19 @@ module and no compiler, so the VM:
    cannot be installed are found by bisection, each skipped one with the installer's lines
    that explain it. Without pins: dask and distributed at the versions of the environment
    that asked, plus a requirements file's content, resolved with those as constraints.
-   GPU workers also get dask-cuda (``--no-deps``) and its own dependencies, resolved with
-   the pins as constraints so that dask and distributed are never replaced.
+   GPU workers also get dask-cuda and its own dependencies, resolved with the pins as
+   constraints and without ``rapids-dask-dependency``, so that dask and distributed are
+   never replaced.
 
 The package index is ``index_url`` of config.json, else ``UV_INDEX_URL``/``PIP_INDEX_URL``,
 else PyPI; every other uv setting of the environment (``UV_FIND_LINKS``, ``UV_OFFLINE``,
-``UV_NO_INDEX``, proxies...) reaches uv unchanged. uv trusts the image's CA store
-(``UV_SYSTEM_CERTS=1``: what ``--native-tls``/``UV_NATIVE_TLS`` was called before uv 0.13).
+``UV_NO_INDEX``, ``UV_CACHE_DIR``, ``SSL_CERT_FILE``, the proxy variables...) reaches uv
+unchanged. uv trusts the image's CA store like every other tool there: ``UV_SYSTEM_CERTS=1``
+(uv 0.13.9 deprecates the older spelling ``--native-tls``/``UV_NATIVE_TLS`` for it).
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-# Tools of the environment itself: the VM's own versions serve it as well.
+# Tools of the environment itself: the VM's environment gets its own (``uv venv --seed``).
 _NEVER_SYNCED = {"pip", "setuptools", "wheel", "distribute"}
 
 
@@ -314,9 +315,10 @@ def install(installer: Installer, pins: list[str], say: Callable[..., None], req
     """Install the cluster's packages with ``installer``: ``pins`` (package_sync's complete
     set, ``--no-deps``); then what the pins lack of dask and distributed (at ``versions``,
     ``{"dask": "2026.8.0", ...}``) and the ``requirements`` file's lines, resolved with the
-    installed pins (or those versions) as constraints; then, on GPU machines, dask-cuda
-    (``--no-deps``: its own pins of dask must not replace the cluster's) and the
-    dependencies it declares, resolved with the same constraints.
+    installed pins (or those versions) as constraints; then, on GPU machines, dask-cuda and
+    the dependencies it declares, resolved with the same constraints but without
+    ``rapids-dask-dependency`` (its pins of dask and distributed must not replace the
+    cluster's): a dask-cuda release whose dependencies fit the pins is chosen.
 
     What cannot be installed is skipped and said; a package of :data:`REQUIRED`,
     ``required`` or dask-cuda (GPU) that cannot is :attr:`Outcome.fatal`: dask must not start.
@@ -341,20 +343,12 @@ def install(installer: Installer, pins: list[str], say: Callable[..., None], req
         out.skipped += installer.each(core + lines, ["-c", str(constraints)], options)[1]
     if gpu and "dask-cuda" not in installer.installed:
         say("GPU machine: installing dask-cuda and its dependencies")
-        done, output = installer.run(["dask-cuda"], ["--no-deps", "-c", str(constraints)])
-        deps: list[str] = []
-        if done:
-            found = subprocess.run([installer.python, "-c", "import importlib.metadata as m; "
-                                    "print(repr(m.requires('dask-cuda') or []))"], capture_output=True, text=True)
-            deps = [d for d in ast.literal_eval(found.stdout or "[]") if "extra ==" not in d and
-                    requirement_name(d) not in ("dask", "distributed", "rapids-dask-dependency")]
-            if deps:
-                done, output = installer.run(deps, ["-c", str(constraints)])
+        excluded = installer.workdir / "coiled-lab-excludes.txt"
+        excluded.write_text("rapids-dask-dependency\n")  # what pins dask-cuda's own dask and distributed
+        done, output = installer.run(["dask-cuda"], ["-c", str(constraints), "--excludes", str(excluded)])
         if not done:
-            out.skipped.append(Skipped("dask-cuda" + (f" (with {', '.join(deps)})" if deps else ""),
-                                       reason(explain(output))))
-            out.fatal.append(f"required package {out.skipped[-1].requirement} could not be installed: "
-                             f"{out.skipped[-1].reason}")
+            out.skipped.append(Skipped("dask-cuda", reason(explain(output))))
+            out.fatal.append(f"required package dask-cuda could not be installed: {out.skipped[-1].reason}")
     for item in out.skipped:
         say(f"skipped {item.requirement}: {item.reason}", "WARNING")
         name = requirement_name(item.requirement)

@@ -291,7 +291,8 @@ def _boot(config: dict[str, Any], config_path: Path, me: Identity, notice_of: Ca
           out: Output, boot_started: float) -> int:
     workdir, role = config_path.parent, config["role"]
     out.say(f"{role} {me.instance_id} ({me.instance_type}, {me.zone}, {'spot' if me.spot else 'on-demand'}) "
-            f"of cluster {config['cluster_id']} at {me.private_ip}")
+            f"of cluster {config['cluster_id']} at {me.private_ip}; this bootstrap runs under {sys.executable} "
+            f"(Python {'%d.%d.%d' % sys.version_info[:3]})")
     for line in config.get("packages_skipped") or ():
         out.say(f"package_sync cannot install {line}", "WARNING")
     report = BootReport(workdir / "boot-report.json", out.say)

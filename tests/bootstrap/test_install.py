@@ -131,11 +131,16 @@ def test_without_pins_dask_and_the_requirements_install_with_dasks_version_as_co
 
 
 def test_gpu_machines_get_dask_cuda_and_its_dependencies_without_replacing_dask(venv, index, tmp_path):
+    """dask-cuda pins dask and distributed through rapids-dask-dependency: that one is left
+    out, the rest resolved against the pins, so a release whose dependencies fit them is
+    chosen (26.10 wants numpy 2; the pins say 1.26: 25.10)."""
     extra = tmp_path / "extra"
     extra.mkdir()
-    index.add(wheel(extra, "dask-cuda", "25.10.0", requires=[
-        "rapids-dask-dependency==25.10.*", "numba>=0.59.1", "numpy>=1.23", "pynvml>=12.0.0", "zict>=2.0.0",
-        'pytest; extra == "test"']))
+    added = [index.add(wheel(extra, "dask-cuda", "25.10.0", requires=[
+                 "rapids-dask-dependency==25.10.*", "numba>=0.59.1", "numpy>=1.23", "pynvml>=12.0.0", "zict>=2.0.0",
+                 'pytest; extra == "test"'])),
+             index.add(wheel(extra, "dask-cuda", "26.10.0", requires=[
+                 "rapids-dask-dependency==26.10.*", "numpy<3.0,>=2.0", "nvidia-ml-py>=12", "zict>=2.0.0"]))]
     try:
         pins = ["dask==2026.8.0", "distributed==2026.8.0", "toolz==1.0.0", "numpy==1.26.0"]
         messages: list = []
@@ -143,10 +148,12 @@ def test_gpu_machines_get_dask_cuda_and_its_dependencies_without_replacing_dask(
         assert outcome.fatal == [] and outcome.skipped == []
         assert {"dask-cuda", "numba", "pynvml", "zict"} <= outcome.installed
         assert "rapids-dask-dependency" not in outcome.installed and "pytest" not in outcome.installed
-        assert (version_of(venv, "dask"), version_of(venv, "numpy")) == ("2026.8.0", "1.26.0")
+        assert [version_of(venv, n) for n in ("dask-cuda", "dask", "distributed", "numpy")] == \
+            ["25.10.0", "2026.8.0", "2026.8.0", "1.26.0"]
         assert ("INFO", "GPU machine: installing dask-cuda and its dependencies") in messages
     finally:
-        (index.root / "dask_cuda-25.10.0-py3-none-any.whl").unlink()
+        for path in added:
+            path.unlink()
 
 
 def test_a_gpu_machine_without_dask_cuda_is_fatal(venv):

@@ -182,9 +182,10 @@ def index(tmp_path_factory):
 
 
 def boot(tmp_path: Path, index: Index, cloudwatch: str, pins: list[str], role: str = "scheduler",
-         scheduler: str = "", spot: bool = False) -> tuple[int, list[str], Path, str]:
-    """Run a VM's user-data as cloud-init would, on this machine; returns the exit status,
-    the console lines, the bootstrap's directory and the log group's name."""
+         scheduler: str = "", spot: bool = False, python3: str = IMAGE_PYTHON) -> tuple[int, list[str], Path, str]:
+    """Run a VM's user-data as cloud-init would, on this machine, with ``python3`` as the
+    image's; returns the exit status, the console lines, the bootstrap's directory and the
+    log group's name."""
     tls = TLSMaterial.generate("c1")
     config = userdata.bootstrap_config("c1boot", parse_spec({"backend": "aws"}), tls, role, scheduler or None,
                                        packages=(pins, ["mylib 0.1: editable install from file:///home/me/mylib"]))
@@ -197,6 +198,7 @@ def boot(tmp_path: Path, index: Index, cloudwatch: str, pins: list[str], role: s
     bin_dir.mkdir()
     (bin_dir / "shutdown").write_text("#!/bin/sh\necho shutdown \"$@\"\n")
     (bin_dir / "shutdown").chmod(0o755)
+    (bin_dir / "python3").symlink_to(python3)
     (tmp_path / "tmp").mkdir()
     boto3.client("logs", region_name="us-east-1", endpoint_url=cloudwatch, aws_access_key_id="test",
                  aws_secret_access_key="test").create_log_group(logGroupName=group)
@@ -228,14 +230,21 @@ def phases(lines: list[str]) -> list[tuple[str, str]]:
 
 
 @pytest.mark.skipif(not os.access(IMAGE_PYTHON, os.X_OK), reason=f"no {IMAGE_PYTHON} (Debian's) on this machine")
-def test_a_scheduler_boots_with_the_images_python_and_reports_each_phase(tmp_path, index, cloudwatch):
-    image = subprocess.run([IMAGE_PYTHON, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3], sys._base_executable)"],
+@pytest.mark.parametrize("python3", ["debian", "3.9"])
+def test_a_scheduler_boots_with_the_images_python_and_reports_each_phase(tmp_path, index, cloudwatch, python3):
+    """Debian 12's python3 is 3.11, the version asked for: the environment is made from it.
+    Amazon Linux 2023's is 3.9 (here pyenv's): the bootstrap runs under it, and uv finds the
+    machine's 3.11 for the environment (Debian's, here; on a bare AL2023 it downloads one)."""
+    runs = IMAGE_PYTHON if python3 == "debian" else os.path.expanduser("~/.pyenv/versions/3.9.18/bin/python3")
+    if not os.access(runs, os.X_OK):
+        pytest.skip(f"no {runs} on this machine")
+    image = subprocess.run([IMAGE_PYTHON, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
                            capture_output=True, text=True).stdout.split()
     if not image[0].startswith("3.11."):
         pytest.skip(f"{IMAGE_PYTHON} is {image[0]}, not Debian 12's 3.11")
     pins = ["dask==2026.8.0", "distributed==2026.8.0", "pkg-0==1.0", "pkg-1==1.0", "nothere==1.0", "pkg-2==1.0",
             "needsgcc==2.0", "pkg-3==1.0"]
-    status, console, workdir, group = boot(tmp_path, index, cloudwatch, pins)
+    status, console, workdir, group = boot(tmp_path, index, cloudwatch, pins, python3=runs)
     assert status == 0, "\n".join(console[-30:])
     found = phases(console)
     assert [p for p, _ in found] == ["uv", "python", "packages", "dask", "total"], found
@@ -261,6 +270,8 @@ def test_a_scheduler_boots_with_the_images_python_and_reports_each_phase(tmp_pat
 
     logged = shipped(cloudwatch, group)
     assert "scheduler i-0boot (m6i.large, us-east-1a, on-demand) of cluster c1boot at 127.0.0.1" in logged[0]
+    assert f"this bootstrap runs under {tmp_path}/bin/python3 (Python {'3.11' if python3 == 'debian' else '3.9'}." \
+        in logged[0]
     assert [p for p, _ in phases(logged)] == ["uv", "python", "packages", "dask", "total"]
     assert logged[-1].endswith("dask scheduler exited with status 0; this machine shuts down")
 
@@ -298,3 +309,43 @@ def test_a_spot_worker_waits_for_its_scheduler_and_retires_through_the_environme
     assert [p["name"] for p in json.loads((workdir / "boot-report.json").read_text())["phases"]] == \
         ["uv", "python", "packages", "scheduler", "dask"]
     assert any("retiring this worker" in line for line in shipped(cloudwatch, group, "worker"))
+
+
+@pytest.mark.skipif(not os.access(IMAGE_PYTHON, os.X_OK), reason=f"no {IMAGE_PYTHON} (Debian's) on this machine")
+def test_a_gce_scheduler_boots_from_its_startup_script_and_logs_to_cloud_logging(tmp_path, index):
+    from coiled_lab.backends.gcp import startup
+
+    from ..gcp.emulator import MetadataServer as GCEMetadata
+    from ..gcp.fakegcp import FakeGCP
+
+    fake = FakeGCP()
+    instance = {"name": "c1gce-scheduler", "id": "4242", "zone": "zones/us-central1-a",
+                "machineType": "zones/us-central1-a/machineTypes/e2-standard-2",
+                "networkInterfaces": [{"networkIP": "127.0.0.1"}]}
+    metadata = GCEMetadata(instance, fake.project)
+    try:
+        config = bootconfig.bootstrap_config("gcp", "c1gce", parse_spec({"backend": "gcp"}), TLSMaterial.generate("c1"),
+                                             "scheduler", packages=(["dask==2026.8.0", "distributed==2026.8.0"], []),
+                                             project=fake.project, log_name="coiled-lab", logging_endpoint=fake.url)
+        config.update(index_url=index.simple, python_version="3.11")
+        script = tmp_path / "startup-script"
+        script.write_text(startup.build(bootconfig.archive(config), config))
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "shutdown").write_text("#!/bin/sh\necho shutdown \"$@\"\n")
+        (bin_dir / "shutdown").chmod(0o755)
+        (tmp_path / "tmp").mkdir()
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"),
+               "LANG": "C.UTF-8", "GCE_METADATA_HOST": metadata.host, "UV_PYTHON_DOWNLOADS": "never"}
+        done = subprocess.run(["/bin/sh", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        console = done.stdout.splitlines()
+        assert done.returncode == 0, "\n".join(console[-30:])
+        assert [p for p, _ in phases(console)] == ["uv", "python", "packages", "dask", "total"]
+        logged = [e["textPayload"] for e in fake.entries]
+        assert "scheduler c1gce-scheduler (e2-standard-2, us-central1-a, on-demand) of cluster c1gce" in logged[0]
+        assert [p for p, _ in phases(logged)] == ["uv", "python", "packages", "dask", "total"]
+        assert {e["labels"]["coiled-lab-cluster"] for e in fake.entries} == {"c1gce"}
+    finally:
+        metadata.close()
+        fake.close()
