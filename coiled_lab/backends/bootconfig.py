@@ -209,11 +209,6 @@ def for_vm(source: str, drop: Iterable[str] = ()) -> bytes:
     return (ast.unparse(tree) + "\n").encode()
 
 
-def without_docstrings(source: str) -> bytes:
-    """:func:`for_vm` dropping nothing."""
-    return for_vm(source)
-
-
 def _defines(node: ast.stmt) -> set[str]:
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return {node.name}

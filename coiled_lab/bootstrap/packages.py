@@ -209,13 +209,12 @@ def make_venv(uv: Path, version: str, path: Path, env: dict, emit: Callable[[str
     if status:
         raise BootError(f"no virtual environment with Python {version}: {reason(explain(lines))}")
     executable = f"{path}/bin/python"
-    answer = subprocess.run([executable, "-c", "import sys; print(sys.version.split()[0], sys._base_executable)"],
-                            capture_output=True, text=True)
+    answer = subprocess.run([executable, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                            text=True)
     if answer.returncode:
         raise BootError(f"the virtual environment's Python does not run: {answer.stderr.strip()[-300:]}")
-    full, base = answer.stdout.split(maxsplit=1)
-    base = base.strip()
-    source = ("uv's download" if base.startswith(env["UV_PYTHON_INSTALL_DIR"]) else
+    full, base = answer.stdout.strip(), os.path.realpath(executable)  # uv links it to the interpreter it used
+    source = ("uv's download" if base.startswith(os.path.realpath(env["UV_PYTHON_INSTALL_DIR"]) + "/") else
               "the distribution's" if base.startswith(("/usr/bin/", "/bin/")) else "found on this machine")
     return executable, full, f"{base}, {source}"
 

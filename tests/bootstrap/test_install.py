@@ -9,6 +9,7 @@ version as a constraint; GPU machines get dask-cuda without their dask being rep
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -184,3 +185,20 @@ def test_bisection_costs_a_logarithmic_number_of_runs(n, bad):
     assert all(s.reason == f"{s.requirement} is bad" for s in skipped)
     # Each bad item costs at most two runs per halving: O(bad · log n), not n.
     assert installer.calls <= 1 + 2 * bad * math.ceil(math.log2(n)), installer.calls
+
+
+def test_another_python_of_the_machine_or_a_clear_error(tmp_path, index, monkeypatch):
+    """A version other than the running interpreter's: uv finds one on the machine (here a
+    pyenv build, on PATH), else (downloads being off here) says there is none."""
+    pyenv = Path.home() / ".pyenv/versions/3.10.13/bin"
+    if not (pyenv / "python3.10").is_file():
+        pytest.skip("no Python 3.10 build on this machine")
+    monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
+    monkeypatch.setenv("PATH", f"{pyenv}:/usr/bin:/bin")
+    env = packages.uv_environment(tmp_path, index.simple)
+    python, version, source = packages.make_venv(Path(uv_binary()), "3.10", tmp_path / "v310", env, lambda line: None)
+    assert (python, version) == (f"{tmp_path}/v310/bin/python", "3.10.13")
+    assert source == f"{os.path.realpath(pyenv / 'python3.10')}, found on this machine"
+    with pytest.raises(packages.BootError, match=r"no virtual environment with Python 3\.7: No interpreter found "
+                                                 r"for Python 3\.7"):
+        packages.make_venv(Path(uv_binary()), "3.7", tmp_path / "v37", env, lambda line: None)
