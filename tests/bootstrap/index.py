@@ -160,19 +160,25 @@ class ForwardProxy(LocalHTTP):
                 pass
 
             def do_GET(self) -> None:
-                proxy.requests.append({"url": self.path})
+                proxy.requests.append({"url": self.path, "method": self.command})
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "host")}
                 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                request = urllib.request.Request(self.path, headers=headers, method=self.command)
                 try:
-                    with opener.open(urllib.request.Request(self.path, headers=headers), timeout=30) as answer:
+                    with opener.open(request, timeout=30) as answer:
                         body, status, kind = answer.read(), answer.status, answer.headers.get("Content-Type", "")
+                        length = answer.headers.get("Content-Length", str(len(body)))
                 except urllib.error.HTTPError as exc:
                     body, status, kind = exc.read(), exc.code, exc.headers.get("Content-Type", "")
+                    length = str(len(body))
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET
 
         return Handler
 

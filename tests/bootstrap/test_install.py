@@ -20,7 +20,7 @@ import pytest
 
 from coiled_lab.bootstrap import packages
 
-from .index import Index, failing_sdist, wheel
+from .index import ForwardProxy, Index, failing_sdist, wheel
 
 GOOD = [f"pkg-{i:02d}==1.{i}" for i in range(30)]
 
@@ -202,3 +202,26 @@ def test_another_python_of_the_machine_or_a_clear_error(tmp_path, index, monkeyp
     with pytest.raises(packages.BootError, match=r"no virtual environment with Python 3\.7: No interpreter found "
                                                  r"for Python 3\.7"):
         packages.make_venv(Path(uv_binary()), "3.7", tmp_path / "v37", env, lambda line: None)
+
+
+def test_uv_goes_through_the_http_proxy_the_environment_names(tmp_path, index, monkeypatch):
+    """A VM may reach the index only through ``http_proxy``/``https_proxy``: uv is given the
+    environment as it is, and uses the proxy like urllib does."""
+    proxy = ForwardProxy()
+    try:
+        for name in ("http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.setenv(name, "169.254.169.254,metadata.google.internal")
+        monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
+        env = packages.uv_environment(tmp_path, index.simple)
+        python, _, _ = packages.make_venv(Path(uv_binary()), "%d.%d" % sys.version_info[:2], tmp_path / "venv", env,
+                                          lambda line: None)
+        installer = packages.Installer(Path(uv_binary()), python, env, lambda line: None, tmp_path)
+        outcome = packages.install(installer, ["pkg-00==1.0", "pkg-01==1.1", "dask==2026.8.0", "distributed==2026.8.0"],
+                                   said([]))
+        assert outcome.installed == {"pkg-00", "pkg-01", "dask", "distributed"} and not outcome.fatal
+        fetched = {r["url"] for r in proxy.requests}
+        assert f"{index.simple}/pkg-00/" in fetched and f"{index.url}/files/pkg_00-1.0-py3-none-any.whl" in fetched
+    finally:
+        proxy.close()
