@@ -42,7 +42,8 @@ benchmarks alike; after the log format's prefix (``<date> <time>,<ms> - coiled_l
     boot: total to dask scheduler started in 39.1 s
 
 ``python``'s source is ``the distribution's`` (the image's interpreter), ``uv's download`` or
-``found on this machine``. The same figures are in ``boot-report.json`` next to config.json
+``found on this machine``. The same phases (``total`` aside: it is a line only, the time
+since the bootstrap started) are in ``boot-report.json`` next to config.json
 (``{"python", "python_source", "phases": [{"name", "seconds"}], "installed", "skipped":
 [{"requirement", "reason"}]}``), rewritten after each phase; the dask process gets its path
 in ``COILED_LAB_BOOT_REPORT`` and the scheduler's preload (:mod:`.lifetime`) answers it.
