@@ -3,7 +3,7 @@
 import pytest
 
 from coiled_lab.options import UsageError, build_parser, spec_fields
-from coiled_lab.spec import FIELDS, parse_spec
+from coiled_lab.spec import FIELDS, ClusterSpecError, parse_spec
 
 EXAMPLES = {
     "name": (["--name", "etl"], "etl"),
@@ -26,7 +26,8 @@ EXAMPLES = {
     "tags": (["--tag", "team=geo", "--tag", "cost=42"], {"team": "geo", "cost": "42"}),
     "environ": (["--env", "OMP_NUM_THREADS=1"], {"OMP_NUM_THREADS": "1"}),
     "package_sync": (["--no-package-sync"], False),
-    "software": (["--software", "ghcr.io/org/image:1"], "ghcr.io/org/image:1"),
+    "software": (["--software", "env/requirements.txt"], "env/requirements.txt"),
+    "python_version": (["--python-version", "3.12"], "3.12"),
 }
 
 
@@ -49,6 +50,15 @@ def test_every_field_is_reachable(cli, field):
         fields["package_sync"] = False
     spec = parse_spec(fields)
     assert getattr(spec, field) == expected
+
+
+def test_python_alias_and_unsupported_version():
+    ns = build_parser("x", cli=True).parse_args(["start", "--backend", "aws", "--python", "3.13"])
+    assert parse_spec(spec_fields(ns)).python_version == "3.13"
+    ns = build_parser("x", cli=True).parse_args(["start", "--backend", "aws", "--python-version", "3.9"])
+    with pytest.raises(ClusterSpecError, match="Python 3.9 is not supported") as refused:
+        parse_spec(spec_fields(ns))
+    assert refused.value.field == "python_version"
 
 
 def test_only_typed_options_are_sent():
