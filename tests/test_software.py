@@ -138,3 +138,26 @@ def test_both_cloud_backends_refuse_an_interpreter_the_vms_cannot_run(monkeypatc
             backend.check_spec(parse_spec(backend=backend.name))
         assert info.value.field == "python_version"
         backend.check_spec(parse_spec(backend=backend.name, python_version="3.12"))
+
+
+def test_what_the_vms_are_given_is_what_was_checked(tmp_path):
+    """config.json's requirements and python_version come from the same checks as check_spec:
+    the text as requirements() reads it (a byte-order mark dropped) and cluster_python()."""
+    from coiled_lab.backends import bootconfig
+    from coiled_lab.spec import cluster_python
+    from coiled_lab.tls import TLSMaterial
+
+    tls = TLSMaterial.generate("c1")
+    path = tmp_path / "requirements.txt"
+    path.write_text("\ufeffpandas==2.2.3\n", encoding="utf-8")
+    for cloud in ("aws", "gcp"):
+        spec = parse_spec(backend=cloud, software=str(path), package_sync=False)
+        config = bootconfig.bootstrap_config(cloud, "c1", spec, tls, "worker")
+        assert config["requirements"] == requirements(str(path), cloud) == "pandas==2.2.3\n"
+        assert config["python_version"] == cluster_python(spec)
+        pinned = parse_spec(backend=cloud, python_version="3.13")
+        assert bootconfig.bootstrap_config(cloud, "c1", pinned, tls, "worker")["python_version"] == "3.13"
+    bad = write(tmp_path, "pandas\n-e .\n", "bad.txt")
+    with pytest.raises(ClusterSpecError, match="line 2"):
+        bootconfig.bootstrap_config("aws", "c1", parse_spec(backend="aws", software=str(bad), package_sync=False),
+                                    tls, "worker")

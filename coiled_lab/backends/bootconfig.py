@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from .. import config
-from ..spec import ClusterSpec, ClusterSpecError
+from ..software import requirements
+from ..spec import ClusterSpec, cluster_python
 from ..tls import TLSMaterial
 from .ingress import DASHBOARD_PORT, SCHEDULER_PORT
 
@@ -88,8 +89,8 @@ def bootstrap_config(
         "environ": environ,
         "packages": pinned,
         "packages_skipped": skipped,
-        "requirements": requirements_text(spec.software, cloud),
-        "python_version": getattr(spec, "python_version", None) or f"{sys.version_info.major}.{sys.version_info.minor}",
+        "requirements": requirements(spec.software, cloud),
+        "python_version": cluster_python(spec),
         "dask_version": _installed("dask"),
         "distributed_version": _installed("distributed"),
         "required_packages": list(config.get("required-packages") or []),
@@ -143,18 +144,6 @@ def _mtime(path: str) -> int:
         return os.stat(path or ".").st_mtime_ns
     except OSError:
         return 0
-
-
-def requirements_text(software: Optional[str], cloud: str = "aws") -> Optional[str]:
-    """The content of ``software`` when it names a requirements file (read here, shipped)."""
-    if not software:
-        return None
-    path = Path(software).expanduser()
-    if path.suffix != ".txt" or not path.is_file():
-        raise ClusterSpecError(
-            f"software: {software!r} is not allowed: the {cloud} backend takes a requirements file "
-            "(an existing path ending in .txt); container images are not supported on it", "software")
-    return path.read_text()
 
 
 def archive(bootstrap: dict[str, Any]) -> bytes:
