@@ -33,13 +33,14 @@ class FakeBackend:
 
     name = "aws"
 
-    def __init__(self, spot_price=None):
+    def __init__(self, spot_price=None, volume_type="gp3"):
         self.spot_price = spot_price
+        self.volume_type = volume_type
 
     async def price_inputs(self, spec):
         return {"region": spec.region or "us-east-1", "scheduler_type": "m6i.large",
                 "worker_type": (spec.worker_vm_types or ["m6i.xlarge"])[0], "spot_price": self.spot_price,
-                "volume_gb": 50, "volume_type": "gp3"}
+                "volume_gb": 50, "volume_type": self.volume_type}
 
 
 @pytest.fixture
@@ -87,6 +88,21 @@ def test_unreachable_api_falls_back_to_the_labelled_snapshot(tmp_path, monkeypat
         asyncio.run(book.aws_on_demand("us-east-1", "x2iedn.metal"))
     assert PriceBook(None, None)._from_snapshot(lambda t: t["on_demand"]["m5.large"], "m5.large", "us-east-1",
                                                 "test")["price"] == 0.096
+
+
+@pytest.mark.parametrize("volume, per_gb_month", [("standard", 0.05), ("gp2", 0.10), ("gp3", 0.08), ("io1", 0.125),
+                                                  ("io2", 0.125), ("st1", 0.045), ("sc1", 0.015)])
+def test_offline_estimate_prices_any_root_volume_type(tmp_path, monkeypatch, volume, per_gb_month):
+    """The root disk's type is the image's (moto's images: "standard"; Debian's: gp2 or gp3);
+    without the Price List API the snapshot prices every EBS type at us-east-1 list prices."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_PRICING", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    book = PriceBook(Store(tmp_path / "s.sqlite"), Session())
+    spec = parse_spec(backend="aws", n_workers=2, worker_vm_types=["m6i.xlarge"])
+    est = asyncio.run(estimate(spec, FakeBackend(volume_type=volume), book))
+    assert est["storage"] == pytest.approx(per_gb_month * 50 * 3 / HOURS_PER_MONTH)
+    assert est["per_hour"] == pytest.approx(0.096 + 2 * 0.192 + est["storage"])
+    assert est["source"].startswith("snapshot of 2024-06-01") and any("snapshot" in n for n in est["notes"])
 
 
 def test_estimate_is_scheduler_plus_workers_plus_storage(tmp_path, price_list):
