@@ -161,7 +161,7 @@ export function ClusterForm(props: IFormProps): JSX.Element {
         <input
           className="jp-mod-styled"
           value={text('software')}
-          placeholder="image or requirements file; empty: package sync"
+          placeholder="requirements file (.txt path on the server); empty: package sync"
           onChange={e => set('software')(e.target.value)}
         />
       </Row>
