@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any, Callable, Optional
 
 DEFAULT_HOST = "metadata.google.internal"
+LOGGING_ENDPOINT_ENV = "COILED_LAB_GCP_LOGGING_ENDPOINT"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -78,8 +79,11 @@ def on_gce(config: dict[str, Any]) -> tuple[Any, Any, Callable[[], Optional[str]
     metadata = Metadata()
     me = Identity(**metadata.identity())
     project = config.get("project") or metadata.project()
+    # The image may name the endpoint its network reaches Cloud Logging at (a Private
+    # Service Connect name; the tests' emulator): it wins over the server's setting.
+    endpoint = os.environ.get(LOGGING_ENDPOINT_ENV) or config.get("logging_endpoint") or cloudlogging.DEFAULT_ENDPOINT
     shipper = cloudlogging.CloudLoggingShipper(
-        metadata.token, config.get("logging_endpoint") or cloudlogging.DEFAULT_ENDPOINT,
+        metadata.token, endpoint,
         f"projects/{project}/logs/{config['log_name']}",
         {"type": "gce_instance", "labels": {"project_id": project, "zone": me.zone,
                                             "instance_id": metadata.get("instance/id") or me.instance_id}},

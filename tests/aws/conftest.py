@@ -1,10 +1,15 @@
 """AWS without a cloud: a moto server, a fault-injecting proxy in front of it, and the EC2
-emulator that boots moto's instances as local processes on loopback addresses.
+emulator that boots moto's instances as bare VMs on the session's emulated network
+(:mod:`tests.vm`).
 
 boto3 reaches the proxy through ``AWS_ENDPOINT_URL`` with fake credentials (for the whole
-package, and restored afterwards). ``coiled-lab setup aws --vpc-cidr 127.<n>.0.0/16``
-prepares the network once, so every private address moto hands out is a loopback address;
-``<n>`` is random so that concurrent test runs on one machine do not share addresses.
+package, and restored afterwards). ``coiled-lab setup aws --vpc-cidr 10.<n>.0.0/16``
+prepares the network once (``<n>`` random, so that packages and concurrent runs do not
+share addresses). The Jupyter server sits outside the VPC, as on a laptop: it reaches a
+scheduler at its public address (``connect-via: public``), which the cluster's ingress
+group opens to the network's egress address only. VMs install dask and distributed at
+this environment's versions from the package index (``package-sync`` off) unless a test
+turns package sync on.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import boto3
 import dask.config
 import pytest
 
+from ..vm.fixtures import bare_rootfs, vm_network  # noqa: F401 - fixtures
 from .emulator import EC2Emulator
 from .proxy import AWSProxy, Response
 
@@ -33,6 +39,11 @@ TEST_CONFIG = {
     "coiled-lab.aws.poll-interval": 0.5,
     "coiled-lab.aws.spot-poll-interval": 0.5,
     "coiled-lab.aws.region": REGION,
+    # This server is outside the VPC (as on a laptop): it reaches schedulers' public addresses.
+    "coiled-lab.aws.connect-via": "public",
+    # Syncing the test environment (jupyterlab, moto, playwright...) would install hundreds
+    # of packages on every VM; the boot-path tests turn it on.
+    "coiled-lab.cluster.package-sync": False,
     # Throttling bursts must not wait long between botocore's attempts.
     "coiled-lab.aws.max-attempts": 6,
 }
@@ -76,7 +87,7 @@ def price_list():
 
 
 @pytest.fixture(scope="package")
-def aws_env(proxy, price_list):
+def aws_env(proxy, price_list, vm_network):
     """Fake credentials and the proxy's URL for boto3, test config for coiled-lab (also
     for subprocesses), for this package only."""
     with pytest.MonkeyPatch.context() as mp:
@@ -90,15 +101,17 @@ def aws_env(proxy, price_list):
         mp.setenv("AWS_CONFIG_FILE", os.devnull)
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # this machine is no EC2 instance
-        for key, value in TEST_CONFIG.items():
+        # "me" is the address the cloud sees this server's connections come from.
+        config = {**TEST_CONFIG, "coiled-lab.cluster.allow-ingress-from": f"{vm_network.egress_address}/32"}
+        for key, value in config.items():
             mp.setenv(_env_name(key), str(value))
-        with dask.config.set(TEST_CONFIG):
+        with dask.config.set(config):
             yield
 
 
 @pytest.fixture(scope="package")
 def vpc_cidr() -> str:
-    return f"127.{random.randint(32, 250)}.0.0/16"
+    return f"10.{random.randint(200, 254)}.0.0/16"
 
 
 @pytest.fixture(scope="package")
@@ -114,8 +127,8 @@ def network(aws_env, vpc_cidr) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="package")
-def emulator(moto_url, proxy, network, tmp_path_factory):
-    emulator = EC2Emulator(moto_url, REGION, tmp_path_factory.mktemp("ec2")).start()
+def emulator(moto_url, proxy, network, vm_network, bare_rootfs, tmp_path_factory):
+    emulator = EC2Emulator(moto_url, REGION, vm_network, bare_rootfs, tmp_path_factory.mktemp("ec2")).start()
     proxy.add(console_output(emulator))
     yield emulator
     emulator.close()

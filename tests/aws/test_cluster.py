@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import gzip
+import ipaddress
+import socket
 import time
 
 import pytest
@@ -18,13 +20,17 @@ from ..conftest import wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_cluster_on_ec2(aws_control, emulator, proxy, moto):
+def test_cluster_on_ec2(aws_control, emulator, proxy, moto, vpc_cidr):
     fleets_before = len(proxy.calls("CreateFleet"))
-    with Cluster(n_workers=2, backend="aws", control=aws_control, timeout=120) as cluster:
+    with Cluster(n_workers=2, backend="aws", control=aws_control, timeout=180) as cluster:
         cluster_id = cluster.cluster_id
         scheduler = moto.instances(cluster_id, "scheduler")[0]
-        assert cluster.scheduler_address == f"tls://{scheduler['PrivateIpAddress']}:8786"
-        assert scheduler["PrivateIpAddress"].startswith("127.")
+        # This server is outside the VPC: it reaches the scheduler at its public address,
+        # and its private one (where the workers reach it) not at all.
+        assert cluster.scheduler_address == f"tls://{scheduler['PublicIpAddress']}:8786"
+        assert ipaddress.ip_address(scheduler["PrivateIpAddress"]) in ipaddress.ip_network(vpc_cidr)
+        with pytest.raises(OSError):
+            socket.create_connection((scheduler["PrivateIpAddress"], 8786), timeout=2).close()
         workers = moto.instances(cluster_id, "worker")
         assert len(workers) == 2
         assert {w["Placement"]["AvailabilityZone"] for w in workers} == {scheduler["Placement"]["AvailabilityZone"]}

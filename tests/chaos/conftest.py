@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ..aws.conftest import (  # noqa: F401 - fixtures
-    _no_faults_left, aws_env, emulator, moto, moto_url, network, price_list, proxy, vpc_cidr,
+    _no_faults_left, aws_env, bare_rootfs, emulator, moto, moto_url, network, price_list, proxy, vm_network, vpc_cidr,
 )
 from .clouds import EmulatedAWS
 

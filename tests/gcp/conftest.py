@@ -1,13 +1,15 @@
 """Google Cloud without a cloud: the fake REST server (:mod:`.fakegcp`) and the GCE emulator
-(:mod:`.emulator`) that boots its VMs as local processes on loopback addresses.
+(:mod:`.emulator`) that boots its VMs as bare VMs on the session's emulated network.
 
 The google clients find credentials the standard way, through Application Default
 Credentials: ``GOOGLE_APPLICATION_CREDENTIALS`` names a service account key (a real RSA
 key made here) whose token endpoint is the fake's, so every client gets an access token
 over HTTP and sends it, as in production. Endpoints and test config are set for the whole
-package (and subprocesses) and restored afterwards. ``coiled-lab setup gcp
---subnet-cidr 127.<n>.0.0/20`` prepares the network once, so every address the fake hands
-out is a loopback address; ``<n>`` is random so that concurrent runs do not share addresses.
+package (and subprocesses) and restored afterwards. ``coiled-lab setup gcp`` prepares the
+network once, with a subnetwork ``10.<n>.<m>.0/20`` (random, so that packages and
+concurrent runs do not share addresses). As in tests/aws, this server is outside the
+network: it reaches schedulers at their external addresses, opened to the emulated
+network's egress address only, and VMs install dask and distributed without package sync.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import dask.config
 import pytest
 
+from ..vm.fixtures import bare_rootfs, vm_network  # noqa: F401 - fixtures
 from .emulator import GCEEmulator
 from .fakegcp import PROJECT, FakeGCP
 
@@ -31,6 +34,8 @@ TEST_CONFIG: dict[str, Any] = {
     "coiled-lab.gcp.spot-poll-interval": 0.5,
     "coiled-lab.gcp.region": REGION,
     "coiled-lab.gcp.retry-timeout": 20,
+    "coiled-lab.gcp.connect-via": "public",
+    "coiled-lab.cluster.package-sync": False,
 }
 
 
@@ -60,16 +65,17 @@ def fake():
 
 @pytest.fixture(scope="package")
 def subnet_cidr() -> str:
-    return f"127.{random.randint(32, 250)}.0.0/20"
+    return f"10.{random.randint(200, 254)}.{16 * random.randint(0, 15)}.0/20"
 
 
 @pytest.fixture(scope="package")
-def gcp_env(fake, tmp_path_factory, subnet_cidr):
+def gcp_env(fake, tmp_path_factory, subnet_cidr, vm_network):
     """ADC pointing at the fake, the fake's endpoints and test config, for this package only."""
     key_file = tmp_path_factory.mktemp("gcp-key") / "key.json"
     key_file.write_text(json.dumps(service_account_key(f"{fake.url}/token")))
     key_file.chmod(0o600)
     config = {**TEST_CONFIG, "coiled-lab.gcp.subnet-cidr": subnet_cidr,
+              "coiled-lab.cluster.allow-ingress-from": f"{vm_network.egress_address}/32",
               **{f"coiled-lab.gcp.endpoints.{s}": fake.url for s in ("compute", "logging", "iam", "resourcemanager")}}
     with pytest.MonkeyPatch.context() as mp:
         for key in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCE_METADATA_HOST"):
@@ -97,8 +103,8 @@ def network(gcp_env, fake) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="package")
-def emulator(fake, network, tmp_path_factory):
-    emulator = GCEEmulator(fake, tmp_path_factory.mktemp("gce")).start()
+def emulator(fake, network, vm_network, bare_rootfs, tmp_path_factory):
+    emulator = GCEEmulator(fake, vm_network, bare_rootfs, tmp_path_factory.mktemp("gce")).start()
     yield emulator
     emulator.close()
 

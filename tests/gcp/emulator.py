@@ -1,44 +1,43 @@
-"""A GCE emulator: the fake's VMs, booted for real as local processes.
+"""A GCE emulator: the fake's VMs, booted as bare VMs (:mod:`tests.vm`).
 
-A thread watches :class:`~tests.gcp.fakegcp.FakeGCP`'s instances. Each new ``RUNNING``
-VM's ``startup-script`` metadata is run as the guest agent would, in a directory of its
-own, with a small metadata server of its own (``GCE_METADATA_HOST``: identity, its
-service account's access tokens, the preemption flag) and no credentials in its
-environment. The fake hands out addresses from the subnetwork's range, which the tests
-make a loopback range (``127.n.0.0/20``), so the dask processes bind and talk on loopback
-only. When the script ends (its ``shutdown`` is a no-op here) the VM becomes
-``TERMINATED``, as GCE does when a guest powers off; when a VM is deleted through the
-API, its processes are killed. Serial port output is what the script printed.
+Each ``RUNNING`` VM of :class:`~tests.gcp.fakegcp.FakeGCP` boots from the cached bare
+Debian 12 image in the emulated network: the address the fake gave it in its
+subnetwork, its external address (when it has an access config) NATed to it, the
+ingress the network's firewall rules allow it (source ranges, and source tags expanded
+to their VMs' addresses, for rules whose target tags it carries), the metadata server
+at 169.254.169.254 / ``metadata.google.internal`` (identity, its service account's
+access tokens, the preemption flag), and Cloud Logging at ``gcp.emulator`` through the
+egress proxy (:data:`LOGGING_ENDPOINT_ENV`). Its ``startup-script`` runs as the guest
+agent would. A VM that powers itself off becomes ``TERMINATED``; a VM deleted through
+the API has its machine killed. Serial port output is what the boot printed. VMs of a
+role in :attr:`GCEEmulator.broken_roles` boot with a python3 that cannot start.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import os
 import secrets
-import subprocess
-import sys
-import threading
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+from urllib.parse import urlparse
 
-from ..aws.emulator import BROKEN_PYTHON, _script, end_group
+from coiled_lab.bootstrap.gce import LOGGING_ENDPOINT_ENV
+
 from ..localhttp import LocalHTTP
+from ..vm import Network, Rule
+from ..vm.emulator import BROKEN_IMAGE_FILES, Boot, Emulator
 from .fakegcp import FakeGCP
 
-
-class MetadataServer(LocalHTTP):
-    """The GCE metadata server for one VM: answers only requests with ``Metadata-Flavor: Google``."""
+class Identity:
+    """What the metadata server says to one VM, and what it handed out."""
 
     def __init__(self, instance: dict, project: str):
         self.instance = instance
         self.project = project
         self.preempted = False
         self.tokens: set[str] = set()
-        super().__init__()
-        self.host = self.url.removeprefix("http://")
 
     def value(self, path: str) -> Optional[str]:
         me = self.instance
@@ -47,156 +46,162 @@ class MetadataServer(LocalHTTP):
             token = f"vm-{me['name']}-{secrets.token_hex(6)}"
             self.tokens.add(token)
             return json.dumps({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+        interface = me["networkInterfaces"][0]
         values = {
             "instance/name": me["name"],
             "instance/id": me["id"],
+            "instance/hostname": f"{me['name']}.{zone}.c.{self.project}.internal",
             "instance/zone": f"projects/123456789/zones/{zone}",
             "instance/machine-type": f"projects/123456789/machineTypes/{me['machineType'].rsplit('/', 1)[-1]}",
-            "instance/network-interfaces/0/ip": me["networkInterfaces"][0]["networkIP"],
+            "instance/network-interfaces/0/ip": interface["networkIP"],
             "instance/scheduling/provisioning-model": me.get("scheduling", {}).get("provisioningModel", "STANDARD"),
             "instance/preempted": "TRUE" if self.preempted else "FALSE",
             "project/project-id": self.project,
         }
+        for config in interface.get("accessConfigs", [])[:1]:
+            values["instance/network-interfaces/0/access-configs/0/external-ip"] = config.get("natIP")
         return values.get(path)
 
+
+def metadata_handler(identity: Identity) -> type[BaseHTTPRequestHandler]:
+    """The GCE metadata server for one VM: answers only requests with ``Metadata-Flavor: Google``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            prefix = "/computeMetadata/v1/"
+            if self.headers.get("Metadata-Flavor") != "Google":
+                status, text = 403, "Missing Metadata-Flavor:Google header."
+            else:
+                value = identity.value(self.path[len(prefix):]) if self.path.startswith(prefix) else None
+                status, text = (200, value) if value is not None else (404, "not found")
+            body = text.encode()
+            self.send_response(status)
+            self.send_header("Metadata-Flavor", "Google")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+class MetadataServer(LocalHTTP):
+    """The metadata server of one VM on a loopback port of its own (bootstrap tests run
+    the startup-script on this machine); emulated VMs get :func:`metadata_handler`."""
+
+    def __init__(self, instance: dict, project: str):
+        self.identity = Identity(instance, project)
+        super().__init__()
+        self.host = self.url.removeprefix("http://")
+
     def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                prefix = "/computeMetadata/v1/"
-                if self.headers.get("Metadata-Flavor") != "Google":
-                    status, text = 403, "Missing Metadata-Flavor:Google header."
-                else:
-                    value = server.value(self.path[len(prefix):]) if self.path.startswith(prefix) else None
-                    status, text = (200, value) if value is not None else (404, "not found")
-                body = text.encode()
-                self.send_response(status)
-                self.send_header("Metadata-Flavor", "Google")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
+        return metadata_handler(self.identity)
 
 
-@dataclass
-class Machine:
-    zone: str
-    name: str
-    role: str
-    directory: Path
-    metadata: MetadataServer
-    process: subprocess.Popen
-    ended: bool = False
+class GCEEmulator(Emulator):
+    """Boots the fake's running VMs as bare VMs on ``network``."""
 
+    name = "gce-emulator"
 
-class GCEEmulator:
-    """Boots the fake's new VMs as processes under ``workdir``."""
-
-    def __init__(self, fake: FakeGCP, workdir: Path, interval: float = 0.2):
+    def __init__(self, fake: FakeGCP, network: Network, rootfs: Path, workdir: Path, interval: float = 0.2,
+                 nice: int = 0):
+        super().__init__(network, rootfs, workdir, interval, nice)
         self.fake = fake
-        self.workdir = workdir
-        self.interval = interval
-        self.broken_roles: set[str] = set()  # VMs of these roles boot an image whose Python is broken
-        self.machines: dict[str, Machine] = {}
-        self.booted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gce-emulator", daemon=True)
-        self._bin = workdir / "bin"  # a `shutdown` that does nothing: the emulator stops the VM instead
-        self._bin.mkdir(parents=True, exist_ok=True)
-        _script(self._bin / "shutdown", "#!/bin/sh\nexit 0\n")
-        self._broken_bin = workdir / "broken-bin"
-        self._broken_bin.mkdir(exist_ok=True)
-        _script(self._broken_bin / f"python{sys.version_info.major}.{sys.version_info.minor}", BROKEN_PYTHON)
-        fake.serial_output = self.console
-
-    def start(self) -> "GCEEmulator":
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        for machine in list(self.machines.values()):
-            self._kill(machine)
-
-    # -- what tests do to machines -----------------------------------------------------------
-    def console(self, zone: str, name: str) -> Optional[str]:
-        machine = self.machines.get(name)
-        if machine is None:
-            return None
-        return (machine.directory / "console.log").read_text(errors="replace")
-
-    def running(self) -> list[str]:
-        return [m.name for m in self.machines.values() if m.process.poll() is None]
+        self.broken_roles: set[str] = set()
+        self.identities: dict[str, Identity] = {}
+        self._where: dict[str, tuple[str, str]] = {}  # VM name -> (zone, role)
+        fake.public_address = network.public_address
+        fake.serial_output = lambda zone, name: self.console(name)
+        self.vm_endpoint = "http://" + network.allow("127.0.0.1", urlparse(fake.url).port, alias="gcp.emulator")
 
     def preempt(self, name: str) -> None:
         """GCE announces that it takes this Spot VM back."""
-        self.machines[name].metadata.preempted = True
+        self.identities[name].preempted = True
 
     def tokens(self) -> set[str]:
         """Every access token a VM's metadata server handed out."""
-        return {t for m in self.machines.values() for t in m.metadata.tokens}
+        return {t for identity in list(self.identities.values()) for t in identity.tokens}
 
-    # -- the loop ------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._step()
-            except Exception as exc:  # noqa: BLE001 - keep emulating; the tests see the effects
-                print(f"gce emulator: {type(exc).__name__}: {exc}", file=sys.stderr)
-            self._stop.wait(self.interval)
-
-    def _step(self) -> None:
+    # -- what GCE says -----------------------------------------------------------------------------
+    def listed(self) -> dict[str, Any]:
         with self.fake.lock:
-            instances = {name: dict(i) for (_, name), i in self.fake.instances.items()}
-        for name, instance in instances.items():
-            if name not in self.machines and instance["status"] == "RUNNING":
-                self._boot(instance)
-        for machine in list(self.machines.values()):
-            if machine.ended:
-                continue
-            if machine.name not in instances:  # deleted through the API
-                machine.ended = True
-                threading.Thread(target=self._kill, args=(machine,), daemon=True).start()
-            elif machine.process.poll() is not None:  # powered itself off
-                machine.ended = True
-                self.fake.set_status(machine.zone, machine.name, "TERMINATED")
-                machine.metadata.close()
+            return {name: dict(i) for (_, name), i in self.fake.instances.items() if i["status"] == "RUNNING"}
 
-    def _boot(self, instance: dict) -> None:
-        name, zone = instance["name"], instance["zone"].rsplit("/", 1)[-1]
+    def boot(self, vm_id: str, instance: dict) -> Optional[Boot]:
         items = {i["key"]: i.get("value", "") for i in instance.get("metadata", {}).get("items", [])}
         if "startup-script" not in items:
-            return
-        directory = self.workdir / name
-        (directory / "tmp").mkdir(parents=True)
-        script = directory / "startup-script"
-        script.write_text(items["startup-script"])
-        metadata = MetadataServer(instance, self.fake.project)
+            return None
+        zone = instance["zone"].rsplit("/", 1)[-1]
         role = instance.get("labels", {}).get("coiled-lab-role", "worker")
-        path = [str(self._broken_bin)] if role in self.broken_roles else []
-        path += [str(self._bin), os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]
-        env = {
-            "PATH": os.pathsep.join(path),
-            "HOME": str(directory),
-            "TMPDIR": str(directory / "tmp"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            # What a VM has: a metadata server. No key file, no project variable.
-            "GCE_METADATA_HOST": metadata.host,
-        }
-        with open(directory / "console.log", "wb") as console:
-            process = subprocess.Popen(["/bin/sh", str(script)], cwd=directory, env=env, stdin=subprocess.DEVNULL,
-                                       stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
-        self.machines[name] = Machine(zone, name, role, directory, metadata, process)
-        self.booted += 1
+        self._where[vm_id] = (zone, role)
+        identity = self.identities[vm_id] = Identity(instance, self.fake.project)
+        interface = instance["networkInterfaces"][0]
+        subnet = self._subnetwork(interface["subnetwork"])
+        public = next((c.get("natIP") for c in interface.get("accessConfigs", [])), None)
+        return Boot(
+            vm_id=vm_id, script=items["startup-script"].encode(), private_ip=interface["networkIP"],
+            vpc_id=subnet["network"], vpc_cidr=subnet["ipCidrRange"], public_ip=public,
+            metadata=metadata_handler(identity), hostname=vm_id,
+            script_path="/var/lib/google/startup-script",
+            # What a VM has besides its metadata server: Google's APIs by name (here, the fake's).
+            env={LOGGING_ENDPOINT_ENV: self.vm_endpoint},
+            files=BROKEN_IMAGE_FILES if role in self.broken_roles else {},
+        )
 
-    def _kill(self, machine: Machine) -> None:
-        """Deletion: the machine's processes end (SIGTERM, then SIGKILL)."""
-        machine.ended = True
-        end_group(machine.process)
-        machine.metadata.close()
+    def rules(self, listed: dict[str, Any]) -> dict[str, list[Rule]]:
+        with self.fake.lock:
+            firewalls = [dict(f) for f in self.fake.firewalls.values()]
+        tagged: dict[str, list[str]] = {}
+        for instance in listed.values():
+            for tag in instance.get("tags", {}).get("items", []):
+                tagged.setdefault(tag, []).append(instance["networkInterfaces"][0]["networkIP"])
+        rules: dict[str, list[Rule]] = {}
+        for name, instance in listed.items():
+            network = instance["networkInterfaces"][0].get("network") or self._subnetwork(
+                instance["networkInterfaces"][0]["subnetwork"])["network"]
+            tags = set(instance.get("tags", {}).get("items", []))
+            mine: list[Rule] = []
+            for rule in firewalls:
+                if rule.get("direction", "INGRESS") != "INGRESS" or rule.get("disabled"):
+                    continue
+                if _name(rule.get("network", "")) != _name(network):
+                    continue
+                if rule.get("targetTags") and not tags & set(rule["targetTags"]):
+                    continue
+                sources = list(rule.get("sourceRanges", []))
+                for tag in rule.get("sourceTags", []):
+                    sources += [f"{ip}/32" for ip in tagged.get(tag, [])]
+                sources = [s for s in sources if ipaddress.ip_network(s, strict=False).version == 4]
+                if not sources:
+                    continue
+                for allowed in rule.get("allowed", []):
+                    protocol = str(allowed.get("IPProtocol", "all")).lower()
+                    protocol = {"6": "tcp", "17": "udp", "1": "icmp"}.get(protocol, protocol)
+                    if protocol not in ("tcp", "udp", "icmp", "all"):
+                        continue
+                    for ports in allowed.get("ports") or [None]:
+                        mine.append(Rule(protocol, _ports(ports), tuple(sorted(sources))))
+            rules[name] = mine
+        return rules
+
+    def powered_off(self, vm_id: str) -> None:
+        zone, _ = self._where[vm_id]
+        self.fake.set_status(zone, vm_id, "TERMINATED")
+
+    def _subnetwork(self, link: str) -> dict:
+        region, name = link.split("/regions/", 1)[-1].split("/subnetworks/")
+        with self.fake.lock:
+            return dict(self.fake.subnetworks[(region, name)])
+
+
+def _name(link: str) -> str:
+    return link.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _ports(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    low, _, high = str(text).partition("-")
+    return (int(low), int(high or low))

@@ -140,6 +140,9 @@ class FakeGCP(LocalHTTP):
         self.exhausted: set[str] = set()  # zones, and machine types out of stock everywhere
         self.spot_stockout = False
         self.serial_output: Callable[[str, str], Optional[str]] = lambda zone, name: None
+        # External addresses: the GCE emulator hands out its network's; TEST-NET-2 otherwise.
+        self._external = itertools.count(1)
+        self.public_address: Callable[[], str] = lambda: f"198.51.100.{next(self._external) % 250 + 1}"
         self._faults: dict[str, list[tuple[int, bool, list[int]]]] = {}
         self._by_request_id: dict[str, dict] = {}  # requestId -> the operation it started
         self._ids = itertools.count(4_000_000_000_000_000_000)
@@ -418,7 +421,7 @@ class FakeGCP(LocalHTTP):
         interfaces = []
         for interface in props.get("networkInterfaces", []):
             interfaces.append({**interface, "networkIP": self._address(interface["subnetwork"]),
-                               "accessConfigs": [{**a, "natIP": f"203.0.113.{len(self.instances) % 250 + 1}"}
+                               "accessConfigs": [{**a, "natIP": self.public_address()}
                                                  for a in interface.get("accessConfigs", [])]})
         instance = {
             **props, "kind": "compute#instance", "id": str(next(self._ids)), "name": name,

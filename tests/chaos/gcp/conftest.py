@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from ...gcp.conftest import _no_faults_left, emulator, fake, gcp_env, network, subnet_cidr  # noqa: F401
+from ...gcp.conftest import (  # noqa: F401
+    _no_faults_left, bare_rootfs, emulator, fake, gcp_env, network, subnet_cidr, vm_network,
+)
 from ..clouds import EmulatedGCE
 
 

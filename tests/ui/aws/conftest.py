@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from ...aws.conftest import (  # noqa: F401 - fixtures
-    REGION, _no_faults_left, aws_env, emulator, moto, moto_url, price_list, proxy, vpc_cidr,
+    REGION, _no_faults_left, aws_env, bare_rootfs, emulator, moto, moto_url, price_list, proxy, vm_network, vpc_cidr,
 )
 from ..conftest import ARTIFACTS
 from ..lab import JupyterLab, installed_labextension
