@@ -27,6 +27,7 @@ import dask.config
 import pytest
 
 from ..vm.fixtures import bare_rootfs, vm_network  # noqa: F401 - fixtures
+from . import motofix
 from .emulator import EC2Emulator
 from .proxy import AWSProxy, Response
 
@@ -54,8 +55,10 @@ def _env_name(key: str) -> str:
 
 
 @pytest.fixture(scope="package")
-def moto_url():
+def moto_url(vm_network):
     from moto.server import ThreadedMotoServer
+
+    motofix.apply(vm_network.public_address)  # EC2's behaviour where moto's differs
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -32,7 +32,6 @@ import boto3
 from ..localhttp import LocalHTTP
 from ..vm import Network, Rule
 from ..vm.emulator import BROKEN_IMAGE_FILES, Boot, Emulator
-from . import motofix
 
 PROTOCOLS = {"-1": "all", "tcp": "tcp", "udp": "udp", "icmp": "icmp", "6": "tcp", "17": "udp", "1": "icmp"}
 
@@ -133,7 +132,6 @@ class EC2Emulator(Emulator):
         self._vpc_cidrs: dict[str, str] = {}
         self._ec2 = boto3.client("ec2", region_name=region, endpoint_url=moto_url,
                                  aws_access_key_id="emulator", aws_secret_access_key="emulator")
-        motofix.apply(network.public_address)  # moto hands out the network's public addresses
         port = urlparse(moto_url).port
         self.vm_endpoint = "http://" + network.allow("127.0.0.1", port, alias="aws.emulator")
 

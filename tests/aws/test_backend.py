@@ -5,13 +5,8 @@ silent machines, idempotent stops, and ``coiled-lab cleanup`` finding leftovers 
 from __future__ import annotations
 
 import asyncio
-import base64
-import gzip
-import io
-import json
 import random
 import secrets
-import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +21,7 @@ from coiled_lab.spec import ClusterSpecError, parse_spec
 from coiled_lab.tls import TLSMaterial
 
 from ..conftest import wait_for
+from .unpack import user_data_config
 
 REGION = "us-west-2"
 
@@ -35,7 +31,7 @@ def west(aws_env):
     """``setup aws`` in a region of its own."""
     from coiled_lab.cli import main
 
-    assert main(["setup", "aws", "--region", REGION, "--vpc-cidr", f"127.{random.randint(32, 250)}.0.0/16"]) == 0
+    assert main(["setup", "aws", "--region", REGION, "--vpc-cidr", f"10.{random.randint(200, 254)}.0.0/16"]) == 0
 
 
 def counted_backend() -> tuple[AWSBackend, Counter]:
@@ -101,7 +97,7 @@ def test_gpu_workers_get_the_gpu_image_and_dask_cuda(west, state_dir, proxy):
     assert scheduler_template["LaunchTemplateData.ImageId"] != gpu_image
     [worker_type] = asyncio.run(backend.types.named(REGION, [launched[1].vm_type], "worker_vm_types"))
     assert worker_type.kind == "gpu" and worker_type.gpu_maker == "NVIDIA"
-    assert bootstrap_config(worker_template)["gpu"] is True
+    assert user_data_config(worker_template["LaunchTemplateData.UserData"])["gpu"] is True
     asyncio.run(stop(backend, ctx, launched))
 
 
@@ -183,11 +179,3 @@ def test_cleanup_removes_what_unknown_clusters_left_and_spares_live_ones(west, s
         assert not moto.instances(live["id"], region=REGION)
     finally:
         InProcessControl.reset_shared()
-
-
-def bootstrap_config(template: dict) -> dict:
-    """The config.json inside a launch template's user-data."""
-    script = gzip.decompress(base64.b64decode(template["LaunchTemplateData.UserData"]))
-    offset = int(script.split(b"tail -c +", 1)[1].split(b" ", 1)[0])
-    with tarfile.open(fileobj=io.BytesIO(script[offset - 1:])) as tar:
-        return json.load(tar.extractfile("config.json"))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
-import io
 import json
-import tarfile
 
 import pytest
 
@@ -18,6 +15,7 @@ from coiled_lab.spec import ClusterSpecError, parse_spec
 from coiled_lab.tls import TLSMaterial
 
 from .conftest import REGION
+from .unpack import unpack
 
 GiB = 2**30
 
@@ -112,17 +110,6 @@ def test_images_come_from_public_parameters(aws_env, proxy):
         asyncio.run(images.image(REGION, "gpu"))
     with pytest.raises(AWSError, match="no nvidia-gpu-arm64 image"):
         asyncio.run(images.image(REGION, "nvidia-gpu-arm64"))
-
-
-def unpack(data: bytes) -> tuple[str, dict[str, bytes], dict[str, int]]:
-    """The script, and the files (and modes) of the archive appended to it."""
-    raw = gzip.decompress(data)
-    offset = int(raw.split(b"tail -c +", 1)[1].split(b" ", 1)[0])
-    with tarfile.open(fileobj=io.BytesIO(raw[offset - 1:])) as tar:
-        members = tar.getmembers()
-        files = {m.name: tar.extractfile(m).read() for m in members}
-        modes = {m.name: m.mode for m in members}
-    return raw[: offset - 1].decode(), files, modes
 
 
 def test_user_data_carries_the_bootstrap_and_no_credentials(monkeypatch, tmp_path):

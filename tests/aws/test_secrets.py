@@ -6,8 +6,6 @@ IMDSv2; every dask connection is TLS, and plain TCP is not answered."""
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 
 import pytest
@@ -16,6 +14,7 @@ from distributed import Client
 from coiled_lab import Cluster
 
 from ..conftest import wait_for
+from .unpack import user_data_text
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +32,8 @@ def marked_credentials(aws_env, monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
 
 
-def unpack(user_data: str) -> str:
-    raw = base64.b64decode(user_data)
-    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
-
-
 def test_no_server_credential_reaches_aws_or_the_cluster_and_its_network_is_closed(
-    marked_credentials, aws_control, emulator, proxy, moto
+    marked_credentials, aws_control, emulator, proxy, moto, vm_network
 ):
     first_request = len(proxy.calls())
     with Cluster(n_workers=2, backend="aws", control=aws_control, timeout=120) as cluster:
@@ -62,7 +56,7 @@ def test_no_server_credential_reaches_aws_or_the_cluster_and_its_network_is_clos
         ec2 = moto.client("ec2")
         instances = moto.instances(cid)
         assert len(instances) == 3
-        user_data = {i["InstanceId"]: unpack(ec2.describe_instance_attribute(
+        user_data = {i["InstanceId"]: user_data_text(ec2.describe_instance_attribute(
             InstanceId=i["InstanceId"], Attribute="userData")["UserData"]["Value"]) for i in instances}
         tag = [{"Name": "tag:coiled-lab:cluster", "Values": [cid]}]
         # Launch templates live only while a launch needs them: read them as AWS received them.
@@ -86,7 +80,7 @@ def test_no_server_credential_reaches_aws_or_the_cluster_and_its_network_is_clos
         # Nothing open to the world: scheduler and dashboard ports to the server's address only.
         opened = [(p.get("FromPort"), p.get("ToPort"), r["CidrIp"]) for g in groups for p in g["IpPermissions"]
                   for r in p.get("IpRanges", [])]
-        assert opened == [(8786, 8787, "127.0.0.1/32")]  # the scheduler and dashboard, to this server only
+        assert opened == [(8786, 8787, f"{vm_network.egress_address}/32")]  # the scheduler and dashboard, to this server only
         for group in groups:
             for permission in group["IpPermissions"]:
                 assert not any(r["CidrIp"] == "0.0.0.0/0" for r in permission.get("IpRanges", [])), group
@@ -94,7 +88,7 @@ def test_no_server_credential_reaches_aws_or_the_cluster_and_its_network_is_clos
 
     scanned = {
         "user-data": json.dumps(user_data),
-        "launch templates": json.dumps(templates) + "".join(unpack(t["LaunchTemplateData.UserData"]) for t in templates),
+        "launch templates": json.dumps(templates) + "".join(user_data_text(t["LaunchTemplateData.UserData"]) for t in templates),
         "instance and volume tags": json.dumps([i.get("Tags") for i in instances] + [v.get("Tags") for v in volumes]),
         "CloudWatch lines": "\n".join(lines),
         "/connection": json.dumps(connection),

@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from coiled_lab import config
+from coiled_lab.backends.aws.network import ingress_group_name
 from coiled_lab.cli import main
 
 REGION = "eu-west-1"  # apart from the region the cluster tests use
@@ -67,12 +69,13 @@ def test_setup_is_a_dry_run_then_a_change_then_nothing(aws_env, moto, capsys):
 
     groups = {g["GroupName"]: g for g in managed(ec2, "describe_security_groups", "SecurityGroups",
                                                  Filters=list(vpc_filter))}
-    assert set(groups) == {"coiled-lab-cluster", "coiled-lab-ingress-127.0.0.1-32"}
+    me = config.get("cluster.allow-ingress-from")  # the server's address as the cloud sees it
+    assert set(groups) == {"coiled-lab-cluster", ingress_group_name(me)}
     cluster_group = groups["coiled-lab-cluster"]
     assert [p["UserIdGroupPairs"][0]["GroupId"] for p in cluster_group["IpPermissions"]] == [cluster_group["GroupId"]]
-    [rule] = groups["coiled-lab-ingress-127.0.0.1-32"]["IpPermissions"]
+    [rule] = groups[ingress_group_name(me)]["IpPermissions"]
     assert (rule["FromPort"], rule["ToPort"]) == (8786, 8787)
-    assert [r["CidrIp"] for r in rule["IpRanges"]] == ["127.0.0.1/32"]  # this server, found without internet
+    assert [r["CidrIp"] for r in rule["IpRanges"]] == [me]
     for group in groups.values():  # nothing open to the world
         assert not any(r["CidrIp"] == "0.0.0.0/0" for p in group["IpPermissions"] for r in p.get("IpRanges", []))
 
