@@ -3,6 +3,9 @@ GCE emulator, reached over TLS, logging to the fake's Cloud Logging, scaled, sto
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import pytest
 from distributed import Client
 
@@ -15,13 +18,18 @@ from .conftest import labelled
 pytestmark = pytest.mark.slow
 
 
-def test_cluster_on_gce(gcp_control, emulator, fake, gcp_env):
+def test_cluster_on_gce(gcp_control, emulator, fake, gcp_env, subnet_cidr):
     bulk_before = fake.count("compute.regionInstances.bulkInsert")
-    with Cluster(n_workers=2, backend="gcp", control=gcp_control, timeout=120) as cluster:
+    with Cluster(n_workers=2, backend="gcp", control=gcp_control, timeout=180) as cluster:
         cluster_id = cluster.cluster_id
         (scheduler,) = labelled(fake, cluster_id, "scheduler")
-        address = scheduler["networkInterfaces"][0]["networkIP"]
-        assert cluster.scheduler_address == f"tls://{address}:8786" and address.startswith("127.")
+        # This server is outside the network: it reaches the scheduler at its external
+        # address, and its internal one (where the workers reach it) not at all.
+        interface = scheduler["networkInterfaces"][0]
+        assert cluster.scheduler_address == f"tls://{interface['accessConfigs'][0]['natIP']}:8786"
+        assert ipaddress.ip_address(interface["networkIP"]) in ipaddress.ip_network(subnet_cidr)
+        with pytest.raises(OSError):
+            socket.create_connection((interface["networkIP"], 8786), timeout=2).close()
         workers = labelled(fake, cluster_id, "worker")
         assert len(workers) == 2
         assert {w["zone"] for w in workers} == {scheduler["zone"]}

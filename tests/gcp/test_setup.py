@@ -3,6 +3,7 @@ nothing, and that the scheduler is never opened to the world unless asked."""
 
 from __future__ import annotations
 
+from coiled_lab import config
 from coiled_lab.cli import main
 
 from .conftest import REGION
@@ -15,7 +16,8 @@ def test_setup_is_idempotent_and_opens_the_scheduler_to_this_machine_only(networ
     internal = fake.firewalls["coiled-lab-internal"]
     assert internal["sourceTags"] == internal["targetTags"] == ["coiled-lab"]
     opened = [f for f in fake.firewalls.values() if f.get("sourceRanges")]
-    assert [f["sourceRanges"] for f in opened] == [["127.0.0.1/32"]]  # "me", seen on the route to the fake
+    me = config.get("cluster.allow-ingress-from")  # the server's address as the cloud sees it
+    assert [f["sourceRanges"] for f in opened] == [[me]]
     assert opened[0]["allowed"] == [{"IPProtocol": "tcp", "ports": ["8786-8787"]}]
     assert not any("0.0.0.0/0" in f.get("sourceRanges", []) for f in fake.firewalls.values())
     email = "coiled-lab-vm@coiled-lab-test.iam.gserviceaccount.com"
