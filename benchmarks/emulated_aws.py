@@ -1,6 +1,8 @@
 """AWS without a cloud, for benchmarks: a moto server behind the tests' fault proxy, the
-local Price List endpoint, `coiled-lab setup aws` done on a loopback VPC, and the EC2
-emulator booting every instance's user-data as a local process (the harness of tests/aws).
+local Price List endpoint, `coiled-lab setup aws` done once, and the EC2 emulator booting
+every instance as a bare VM on an emulated network (the harness of tests/aws; root only).
+This process is outside the VPC: it reaches schedulers at their public addresses, opened
+to the network's egress address only.
 """
 
 from __future__ import annotations
@@ -26,18 +28,24 @@ class EmulatedAWS:
     proxy: Any  # tests.aws.proxy.AWSProxy: every request, countable and faultable
     emulator: Any  # tests.aws.emulator.EC2Emulator
     control: Any  # an InProcessControl on a fresh state dir
+    network: Any  # tests.vm.Network: the emulated network (downloads counted by its proxy)
 
 
 @contextmanager
 def emulated_aws(prefix: str, config: Optional[dict[str, Any]] = None, nice: int = 0) -> Iterator[EmulatedAWS]:
     from moto.server import ThreadedMotoServer
 
+    from tests.aws import motofix
     from tests.aws.conftest import console_output
     from tests.aws.emulator import EC2Emulator
     from tests.aws.proxy import AWSProxy
     from tests.pricelist import PriceList
+    from tests.vm import Network, rootfs
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    image = rootfs()  # built and cached on first use
+    network = Network()
+    motofix.apply(network.public_address)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -54,22 +62,24 @@ def emulated_aws(prefix: str, config: Optional[dict[str, Any]] = None, nice: int
     from coiled_lab.control.manager import ClusterManager
 
     dask.config.refresh()
-    if config:
-        dask.config.set(config)
+    dask.config.set({"coiled-lab.aws.connect-via": "public",
+                     "coiled-lab.cluster.allow-ingress-from": f"{network.egress_address}/32",
+                     "coiled-lab.cluster.package-sync": False, **(config or {})})
     with open(os.devnull, "w") as quiet:
         stdout, sys.stdout = sys.stdout, quiet
-        try:  # moto hands out loopback addresses from this range: the dask processes stay on loopback
-            assert cli(["setup", "aws", "--region", REGION, "--vpc-cidr", f"127.{random.randint(32, 250)}.0.0/16"]) == 0
+        try:
+            assert cli(["setup", "aws", "--region", REGION, "--vpc-cidr", f"10.{random.randint(200, 254)}.0.0/16"]) == 0
         finally:
             sys.stdout = stdout
-    emulator = EC2Emulator(moto_url, REGION, work / "ec2", nice=nice).start()
+    emulator = EC2Emulator(moto_url, REGION, network, image, work / "ec2", nice=nice).start()
     proxy.add(console_output(emulator))
     control = InProcessControl(ClusterManager(work / "state"))
     try:
-        yield EmulatedAWS(moto_url, proxy, emulator, control)
+        yield EmulatedAWS(moto_url, proxy, emulator, control, network)
     finally:
         control.close()
         emulator.close()
+        network.close()
         proxy.close()
         prices.close()
         server.stop()

@@ -47,6 +47,9 @@ def test_boot_summary_keeps_the_known_fields_in_their_types():
     assert len(many["skipped"]) == notifications.MAX_SKIPPED and many["skipped_more"] == 100
     assert "and 100 more" in notifications.skipped_packages(many)[0].message
     assert notifications.boot_summary({"installed": True, "phases": "x", "skipped": None}) == {}
+    # As it arrives from the scheduler: distributed's messages decode arrays as tuples.
+    assert notifications.boot_summary({**BOOT, "phases": tuple(BOOT["phases"]),
+                                       "skipped": tuple(BOOT["skipped"])}) == notifications.boot_summary(BOOT)
 
 
 class BootReportingManager(ClusterManager):

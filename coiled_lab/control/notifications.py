@@ -111,19 +111,20 @@ def _seconds_value(value: Any) -> bool:
 def boot_summary(boot: dict[str, Any]) -> dict[str, Any]:
     """The boot report in the shape the cluster's state keeps: ``python`` (the version
     installed), ``python_source``, ``phases`` ([{name, seconds}]), ``installed`` (a count)
-    and ``skipped`` ([{requirement, reason}]); anything else, or of another type, left out."""
+    and ``skipped`` ([{requirement, reason}]); anything else, or of another type, left out.
+    Lists may arrive as tuples: distributed's messages decode arrays so (msgpack)."""
     out: dict[str, Any] = {}
     for key in ("python", "python_source"):
         if isinstance(boot.get(key), str):
             out[key] = _text(boot[key])
     phases = boot.get("phases")
-    if isinstance(phases, list):
+    if isinstance(phases, (list, tuple)):
         out["phases"] = [{"name": _text(p.get("name", "")), "seconds": float(p["seconds"])}
                          for p in phases[:50] if isinstance(p, dict) and _seconds_value(p.get("seconds"))]
     if isinstance(boot.get("installed"), int) and not isinstance(boot.get("installed"), bool):
         out["installed"] = boot["installed"]
     skipped = boot.get("skipped")
-    if isinstance(skipped, list):
+    if isinstance(skipped, (list, tuple)):
         out["skipped"] = [{"requirement": _text(s.get("requirement", "?")), "reason": _text(s.get("reason", ""))}
                           for s in skipped[:MAX_SKIPPED] if isinstance(s, dict)]
         if len(skipped) > MAX_SKIPPED:
