@@ -1,10 +1,11 @@
 """Time to N ready workers on "EC2": coiled_lab.Cluster(backend="aws") through moto and the
-EC2 emulator (every VM's user-data really runs: bootstrap, package_sync check, TLS, log
-shipping to moto's CloudWatch), versus distributed.LocalCluster(n_workers=N), in one run.
+EC2 emulator (every VM boots the bare image: uv, a venv, dask and distributed installed
+through the emulated network's proxy cache, TLS, log shipping to moto's CloudWatch),
+versus distributed.LocalCluster(n_workers=N), in one run.
 
 Both are timed from the constructor call until a Client sees N workers; both run workers
-under nannies. No VM boot time is in it (the emulator starts a process at once): it
-measures what coiled-lab adds on top of dask, on this machine's cores.
+under nannies. The VMs share this machine's cores (a cloud's have their own), and the
+boot's installs are in it: see benchmarks/vm_boot.py for the boot phase by phase.
 
 Usage (from the repository root): python benchmarks/aws_ready.py [--workers 8] [--repeat 1]
 """
