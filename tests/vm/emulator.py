@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -57,7 +58,7 @@ class Boot:
     files: Mapping[str, bytes] = field(default_factory=dict)
 
 
-class Emulator:
+class Emulator(ABC):
     """Boots a cloud's running instances as bare VMs on ``network`` (see the module doc).
 
     Subclasses implement :meth:`listed`, :meth:`boot`, :meth:`rules`, :meth:`powered_off`
@@ -84,21 +85,21 @@ class Emulator:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     # -- what a cloud says ---------------------------------------------------------------------
+    @abstractmethod
     def listed(self) -> dict[str, Any]:
         """The instances that should be running now, by id (the cloud's own description)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def boot(self, vm_id: str, item: Any) -> Optional[Boot]:
         """How ``vm_id`` boots; None when it has nothing to boot (no user-data)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rules(self, listed: dict[str, Any]) -> dict[str, list[Rule]]:
         """The ingress rules of every listed instance, as the cloud's firewall says now."""
-        raise NotImplementedError
 
+    @abstractmethod
     def powered_off(self, vm_id: str) -> None:
         """Tell the cloud that the machine powered itself off."""
-        raise NotImplementedError
 
     def ended(self, vm_id: str) -> None:
         """A machine ended either way: what the cloud deletes with it (e.g. volumes)."""
