@@ -34,6 +34,7 @@ import re
 import select
 import socket
 import ssl
+import sys
 import threading
 import urllib.parse
 from collections import defaultdict
@@ -149,6 +150,13 @@ class _Server(ThreadingHTTPServer):
 
     def server_bind(self) -> None:  # never called: the socket comes bound
         raise AssertionError("bound by the caller")
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up before its answer (uv gives up on a host the proxy cannot
+        reach) is no error of the proxy's; anything else is printed, as socketserver does."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
     def process_request(self, request, client_address) -> None:
         self.track(request)
