@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -83,3 +84,4 @@ def emulated_aws(prefix: str, config: Optional[dict[str, Any]] = None, nice: int
         proxy.close()
         prices.close()
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -74,3 +75,4 @@ def emulated_gcp(prefix: str, config: Optional[dict[str, Any]] = None) -> Iterat
         emulator.close()
         network.close()
         fake.close()
+        shutil.rmtree(work, ignore_errors=True)

@@ -80,6 +80,7 @@ class Emulator(ABC):
         self.booted = 0
         self._ended: set[str] = set()  # machines that ended here (their instances may still be listed)
         self._rules: dict[str, list[Rule]] = {}  # the rules last applied, per running machine
+        self._ending: list[threading.Thread] = []  # machines being killed (terminated through the API)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -112,6 +113,8 @@ class Emulator(ABC):
     def close(self) -> None:
         self._stop.set()
         self._thread.join(30)
+        for thread in self._ending:  # a kill in flight removes its disk before this returns
+            thread.join(60)
         for vm in list(self.machines.values()):
             vm.close()  # idempotent: a machine that ended already is left as it is
             if vm.public_ip:
@@ -144,7 +147,9 @@ class Emulator(ABC):
                 continue
             if vm_id not in listed:  # terminated or deleted through the API
                 self._ended.add(vm_id)
-                threading.Thread(target=self._end, args=(vm,), daemon=True).start()
+                thread = threading.Thread(target=self._end, args=(vm,), daemon=True)
+                self._ending = [t for t in self._ending if t.is_alive()] + [thread]
+                thread.start()
             elif not vm.alive:  # powered itself off
                 self._ended.add(vm_id)
                 self._end(vm)
