@@ -30,12 +30,26 @@ class EmulatedGCP:
     network: Any  # tests.vm.Network
 
 
+def use_fake(fake: Any, work: Path) -> None:
+    """This process's Google credentials: a service account key whose tokens ``fake`` issues
+    (ADC), a state dir under ``work``; as in the tests, no background lookup at
+    iamcredentials.googleapis.com, which no endpoint setting reaches."""
+    import google.oauth2.service_account
+
+    from tests.gcp.conftest import service_account_key
+
+    key = work / "key.json"
+    key.write_text(json.dumps(service_account_key(f"{fake.url}/token")))
+    os.environ.update(GOOGLE_APPLICATION_CREDENTIALS=str(key), NO_GCE_CHECK="True",
+                      DASK_COILED_LAB__STATE_DIR=str(work / "state"))
+    google.oauth2.service_account.Credentials._is_regional_access_boundary_lookup_required = lambda self: False
+
+
 @contextmanager
 def emulated_gcp(prefix: str, config: Optional[dict[str, Any]] = None) -> Iterator[EmulatedGCP]:
     import dask.config
-    import google.oauth2.service_account
 
-    from tests.gcp.conftest import TEST_CONFIG, service_account_key
+    from tests.gcp.conftest import TEST_CONFIG
     from tests.gcp.emulator import GCEEmulator
     from tests.gcp.fakegcp import FakeGCP
     from tests.vm import Network, rootfs
@@ -44,12 +58,7 @@ def emulated_gcp(prefix: str, config: Optional[dict[str, Any]] = None) -> Iterat
     network = Network()
     fake = FakeGCP()
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    key = work / "key.json"
-    key.write_text(json.dumps(service_account_key(f"{fake.url}/token")))
-    os.environ.update(GOOGLE_APPLICATION_CREDENTIALS=str(key), NO_GCE_CHECK="True",
-                      DASK_COILED_LAB__STATE_DIR=str(work / "state"))
-    # As in the tests: no background lookup at iamcredentials.googleapis.com.
-    google.oauth2.service_account.Credentials._is_regional_access_boundary_lookup_required = lambda self: False
+    use_fake(fake, work)
     dask.config.refresh()
     dask.config.set({**TEST_CONFIG,
                      "coiled-lab.gcp.subnet-cidr": f"10.{random.randint(200, 254)}.{16 * random.randint(0, 15)}.0/20",

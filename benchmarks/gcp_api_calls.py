@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import sys
@@ -74,21 +73,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 1000])
     args = parser.parse_args()
 
-    from tests.gcp.conftest import service_account_key
+    from emulated_gcp import use_fake
     from tests.gcp.fakegcp import FakeGCP
 
     fake = FakeGCP()
     work = Path(tempfile.mkdtemp(prefix="coiled-lab-bench-gcp-"))
-    key = work / "key.json"
-    key.write_text(json.dumps(service_account_key(f"{fake.url}/token")))
-    os.environ.update(GOOGLE_APPLICATION_CREDENTIALS=str(key), NO_GCE_CHECK="True",
-                      DASK_COILED_LAB__STATE_DIR=str(work / "state"))
+    use_fake(fake, work)
     import dask.config
-    import google.oauth2.service_account
 
-    # As in the tests: no background lookup at iamcredentials.googleapis.com, which no
-    # endpoint setting reaches (it would count no request here, but would reach out).
-    google.oauth2.service_account.Credentials._is_regional_access_boundary_lookup_required = lambda self: False
     dask.config.refresh()
     dask.config.set({"coiled-lab.gcp.region": REGION, "coiled-lab.gcp.poll-interval": 0.5,
                      "coiled-lab.gcp.subnet-cidr": "10.200.0.0/16",  # nothing boots: any range
