@@ -181,8 +181,13 @@ class APIClient:
         return f"{base}coiled-lab/clusters/{_quote(cluster['id'])}/dashboard/status"
 
     # -- the Control surface -------------------------------------------------------------
-    async def create(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", "clusters", body=spec)
+    async def create(self, spec: dict[str, Any], environment: Any = None) -> dict[str, Any]:
+        return await self._call("POST", "clusters", body={**spec, **({"environment": environment}
+                                                                     if environment is not None else {})})
+
+    async def environment(self, env_hash: str, backend: str, region: Optional[str] = None) -> dict[str, Any]:
+        params = {"backend": backend, **({"region": region} if region else {})}
+        return await self._call("GET", f"environments/{env_hash}", params=params)
 
     async def get(self, name_or_id: str) -> dict[str, Any]:
         return await self._call("GET", f"clusters/{_quote(name_or_id)}", subject=name_or_id)

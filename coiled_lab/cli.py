@@ -61,7 +61,7 @@ def _dispatch(ns, console) -> int:
     control = get_control()
     handler = {
         "start": _start, "estimate": _estimate, "dashboard": _dashboard, "list": _list, "status": _status,
-        "notifications": _notifications,
+        "notifications": _notifications, "env": _env,
         "scale": _scale, "stop": _stop, "logs": _logs, "cleanup": _cleanup,
     }[ns.command]
     return control.run(handler(control, ns, console))
@@ -95,13 +95,15 @@ async def _follow_until(control, cluster_id: str, states: tuple[str, ...], conso
 
 async def _start(control, ns, console) -> int:
     from .display import cluster_detail
+    from .environment import for_request
     from .errors import ClusterError
     from .options import spec_fields
     from .spec import parse_spec
 
     fields = spec_fields(ns)
     spec = parse_spec(fields)  # bad input stops here, before any request
-    record = await control.create(spec.model_dump(mode="json", include=set(fields)))
+    environment = await asyncio.to_thread(for_request, spec, f"the coiled-lab CLI ({sys.executable})")
+    record = await control.create(spec.model_dump(mode="json", include=set(fields)), environment)
     if not ns.json:
         console.print(f"cluster [bold]{record['name']}[/] ({record['id']}) requested on {record['backend']}")
     if not ns.no_wait:
@@ -112,6 +114,22 @@ async def _start(control, ns, console) -> int:
         console.print(cluster_detail(record, control.dashboard_url(record)))
     if record["status"] == "error":
         raise ClusterError(record.get("message") or "cluster failed")
+    return 0
+
+
+async def _env(control, ns, console) -> int:
+    """What a cluster started from this interpreter would sync, and whether it is built."""
+    from . import config
+    from .display import environment_text
+    from .environment import snapshot
+
+    backend = ns.backend or config.get("cluster.backend")
+    env = await asyncio.to_thread(snapshot, f"the coiled-lab CLI ({sys.executable})", None, ns.include, ns.exclude)
+    built = (await control.environment(env.hash, backend, ns.region))["built"]
+    if ns.json:
+        _print_json(console, {**env.summary(), "backend": backend, "built": built})
+    else:
+        console.print(environment_text(env.summary(), built, backend))
     return 0
 
 

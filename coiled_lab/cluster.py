@@ -21,6 +21,7 @@ from distributed.utils import Log, Logs
 from .control import get_control
 from .errors import ClusterError, NotFound
 from .logs import LogRecord
+from .environment import for_request
 from .spec import ClusterSpecError, parse_spec
 from .tls import TLSMaterial
 
@@ -88,7 +89,8 @@ class Cluster(_DistributedCluster):
                     record = found
                     self._check_attach(found)
         if record is None:
-            record = await control.create(self._spec.model_dump(mode="json", include=self._explicit))
+            environment = await asyncio.to_thread(for_request, self._spec)  # the kernel's, taken here
+            record = await control.create(self._spec.model_dump(mode="json", include=self._explicit), environment)
         self.cluster_id = record["id"]
         self.name = record["name"]
         self.record = record

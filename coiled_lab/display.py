@@ -113,3 +113,26 @@ def notifications_lines(notes: list[dict[str, Any]]) -> list[str]:
         f"[{style.get(n['level'], '')}]{n['level']:<7}[/] {n['message']}"
         for n in notes
     ]
+
+
+def environment_text(env: dict[str, Any], built: Optional[bool], backend: str) -> str:
+    """``coiled-lab env`` / ``%coiled env``: what package sync sends from here (a
+    :meth:`~coiled_lab.environment.Environment.summary`) and whether ``backend`` has it built."""
+    lines = [f"software from {env['where']}",
+             f"  python {env['python']} on {env['platform']}: {env['packages']} packages, {env['pinned']} from the "
+             f"package index, {len(env['local'])} local"]
+    for name, size in env["wheels"].items():
+        lines.append(f"  local wheel {name} ({size / 1024:.1f} KiB)")
+    lines.append(f"  files of the working directory: {env['files']} ({env['files_bytes'] / 1024:.1f} KiB packed)")
+    for item in env["skipped"]:
+        lines.append(f"  skipped {item['item']}: {item['reason']}")
+    if env["conda_only"]:
+        lines.append(f"  conda packages not on the package index (not installed on the VMs): "
+                     f"{', '.join(env['conda_only'])}")
+    if env["environ"]:
+        lines.append(f"  environment variables: {', '.join(env['environ'])}")
+    state = {True: "built: clusters unpack it", False: "not built yet: the first cluster builds and uploads it",
+             None: "no environment bucket: every VM installs it" if backend != "local" else
+             "the local backend runs the Jupyter server's own environment"}[built]
+    lines.append(f"  environment {env['hash']} on {backend}: {state}")
+    return "\n".join(lines)

@@ -56,7 +56,7 @@ def _line(line: str):
         return _start(spec_fields(ns), wait=not ns.no_wait, client=not ns.no_client)
     return {
         "list": _list, "status": _status, "scale": _scale, "stop": _stop, "logs": _logs,
-        "estimate": _estimate, "dashboard": _dashboard, "notifications": _notifications,
+        "estimate": _estimate, "dashboard": _dashboard, "notifications": _notifications, "env": _env,
     }[ns.command](ns)
 
 
@@ -82,16 +82,15 @@ def _cell(line: str, cell: str):
 
 def _start(fields: dict[str, Any], wait: bool, client: bool):
     from .cluster import Cluster
+    from .environment import for_request
     from .spec import parse_spec
 
-    parse_spec(fields)  # one-line error before anything starts
+    environment = for_request(parse_spec(fields))  # one-line error before anything starts
+    control = _control()
+    record = control.run(control.create(fields, environment))
     if not wait:
-        control = _control()
-        record = control.run(control.create(fields))
         print(f"cluster {record['name']} ({record['id']}) requested; `%coiled status {record['name']}` to follow")
         return None
-    control = _control()
-    record = control.run(control.create(fields))
     _show_widget(record["id"], control)  # live progress while the cluster starts
     cluster = Cluster(name=record["name"], control=control)
     _clusters[cluster.cluster_id] = cluster
@@ -156,6 +155,23 @@ def _estimate(ns) -> dict[str, Any]:
     est = control.run(control.estimate(spec_fields(ns)))
     _show(estimate_table(est))
     return None
+
+
+def _env(ns) -> None:
+    """What a cluster started from this kernel would sync (``coiled-lab env``'s text)."""
+    from .display import environment_text
+    from .environment import describe_here, snapshot
+
+    control = _control()
+    env = snapshot(describe_here(), include=ns.include, exclude=ns.exclude)
+    built = control.run(control.environment(env.hash, ns.backend or _default_backend(), ns.region))["built"]
+    _show(environment_text(env.summary(), built, ns.backend or _default_backend()))
+
+
+def _default_backend() -> str:
+    from . import config
+
+    return config.get("cluster.backend")
 
 
 def _notifications(ns) -> None:

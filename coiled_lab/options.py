@@ -135,6 +135,15 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
     estimate = sub.add_parser("estimate", help="what a cluster would cost per hour, before starting it")
     add_spec_options(estimate)
 
+    env = sub.add_parser("env", help="what package sync would send from here, and whether it is built")
+    env.add_argument("--backend", choices=["aws", "gcp", "local"], help="whose bucket to look in "
+                                                                       "(default: config coiled-lab.cluster.backend)")
+    env.add_argument("--region", help="the region of that bucket (default: the backend's)")
+    env.add_argument("--include", action="append", metavar="PATTERN",
+                     help="files of the working directory to ship (default: config coiled-lab.sync.include)")
+    env.add_argument("--exclude", action="append", metavar="PATTERN",
+                     help="files not to ship (default: config coiled-lab.sync.exclude)")
+
     notes = sub.add_parser("notifications", help="what coiled-lab told about a cluster")
     notes.add_argument("name", help="cluster name or id")
 
@@ -167,7 +176,7 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
     logs.add_argument("--limit", type=int, default=200, help="at most this many lines (default: 200)")
 
     if cli:
-        for command in (start, estimate, lst, status, scale, stop):
+        for command in (start, estimate, env, lst, status, scale, stop):
             command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         cleanup = sub.add_parser("cleanup", help="stop what runs for clusters the store no longer considers live")
         cleanup.add_argument("--dry-run", action="store_true", help="only show what would be removed")

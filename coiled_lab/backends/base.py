@@ -50,6 +50,9 @@ class ClusterContext:
     directory: Path  # 0700; holds the TLS files and anything the backend keeps on disk
     state: dict[str, Any] = field(default_factory=dict)  # backend-owned ids, persisted by the manager
     instances: list[Instance] = field(default_factory=list)  # live instances the store knows
+    # What package sync installs (:class:`~coiled_lab.environment.Environment`, taken where
+    # the cluster was asked for); None when the spec syncs nothing.
+    environment: Any = None
     # Tell the user something about provisioning (a zone out of capacity and what was done
     # instead, a spot fallback): notify(kind, message).
     notify: Callable[[str, str], None] = lambda kind, message: None
@@ -72,6 +75,11 @@ class Backend(ABC):
     def check_spec(self, spec: ClusterSpec) -> None:
         """Raise :class:`~coiled_lab.spec.ClusterSpecError` for what this backend can tell
         is wrong without asking its cloud (a region it does not have). No cloud call."""
+
+    async def environment_built(self, env_hash: str, region: Optional[str] = None) -> Optional[bool]:
+        """Whether this cloud's environment bucket holds the built environment ``env_hash``;
+        None where there is no bucket (the local backend: it runs this server's)."""
+        return None
 
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         """Make sure network, firewall and the like exist; return state to persist."""

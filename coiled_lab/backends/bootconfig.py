@@ -8,8 +8,10 @@ own config section (``coiled-lab.<cloud>.nanny``, ``death-timeout``, ...). The T
 the cluster's own, made for it alone; no cloud credential is ever part of it.
 
 What the VM installs (:mod:`coiled_lab.bootstrap.packages`) is described by:
-``python_version`` (major.minor: the spec's ``python_version`` if it has one, else this
-interpreter's), ``packages``/``packages_skipped`` (package_sync), ``requirements`` (a
+``python_version`` (major.minor: the spec's ``python_version``, which the manager set from
+the asking environment's), ``packages``/``packages_skipped``/``env`` (package_sync: the
+pins, or where the built environment and its inputs are in the bucket,
+:func:`coiled_lab.backends.envstore.boot_fields`), ``requirements`` (a
 requirements file's content), ``dask_version``/``distributed_version`` (this environment's,
 installed when there are no pins), ``required_packages`` (names besides dask, distributed,
 cloudpickle, msgpack, tornado and toolz without which dask is not started:
@@ -22,15 +24,12 @@ from __future__ import annotations
 import ast
 import functools
 import io
-import logging
 import json
-import os
-import sys
 import tarfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from .. import config
 from ..software import requirements
@@ -38,7 +37,7 @@ from ..spec import ClusterSpec, cluster_python
 from ..tls import TLSMaterial
 from .ingress import DASHBOARD_PORT, SCHEDULER_PORT
 
-BOOTSTRAP_MODULES = ("__init__.py", "logship.py", "packages.py", "vm.py")
+BOOTSTRAP_MODULES = ("__init__.py", "envcache.py", "logship.py", "packages.py", "vm.py")
 # What only one role's or one cloud's VMs need (EC2's user-data has 16 KiB for everything):
 # the scheduler's preloads, the worker's waiting and spot retirement, GCE's metadata and logging.
 ROLE_MODULES = {"scheduler": ("lifetime.py", "watchdog.py"), "worker": ("worker.py",)}
@@ -65,7 +64,7 @@ def bootstrap_config(
     role: str,
     scheduler_address: Optional[str] = None,
     gpu: bool = False,
-    packages: Optional[tuple[list[str], list[str]]] = None,
+    software: Optional[dict[str, Any]] = None,
     **cloud_fields: Any,
 ) -> dict[str, Any]:
     """``config.json`` for one VM (see :func:`coiled_lab.bootstrap.vm.main`);
@@ -76,7 +75,6 @@ def bootstrap_config(
     if role == "scheduler":
         environ.update(lifetime.environment(cluster_id, spec))
         environ.update(watchdog.environment(config.get("telemetry") or {}))
-    pinned, skipped = packages or ([], [])
     return {
         "cloud": cloud,
         "cluster_id": cluster_id,
@@ -87,8 +85,9 @@ def bootstrap_config(
         **cloud_fields,
         "tls": {"cert": tls.cert_pem, "key": tls.key_pem},
         "environ": environ,
-        "packages": pinned,
-        "packages_skipped": skipped,
+        "packages": [],
+        "packages_skipped": [],
+        **(software or {}),
         "requirements": requirements(spec.software, cloud),
         "python_version": cluster_python(spec),
         "dask_version": _installed("dask"),
@@ -110,42 +109,6 @@ def _installed(name: str) -> Optional[str]:
         return None
 
 
-def synced_packages(spec: ClusterSpec, cluster_id: str, cluster_name: str, warned: set[str],
-                    log: logging.Logger) -> tuple[list[str], list[str]]:
-    """What ``package_sync`` pins on the VMs: (pinned, skipped). What it cannot install is
-    logged once per cluster (``warned`` holds the clusters told)."""
-    from ..bootstrap import packages
-
-    if not spec.package_sync or spec.software:
-        return [], []
-    pinned, skipped = _snapshot(packages.snapshot)
-    if skipped and cluster_id not in warned:
-        warned.add(cluster_id)
-        log.warning("cluster %s: package_sync cannot install these on the VMs: %s", cluster_name, "; ".join(skipped))
-    return pinned, skipped
-
-
-_SNAPSHOT: dict[str, Any] = {}
-
-
-def _snapshot(take: Callable[[], tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
-    """This environment's packages, read again only when a directory on ``sys.path``
-    changed (an install or removal touches its site-packages). Reading every installed
-    distribution's metadata takes a few hundred ms of CPU, and launches run on the
-    server's event loop: 20 clusters starting at once would stall every request."""
-    key = tuple(_mtime(p) for p in sys.path)
-    if _SNAPSHOT.get("key") != key:
-        _SNAPSHOT.update(key=key, value=take())
-    return _SNAPSHOT["value"]
-
-
-def _mtime(path: str) -> int:
-    try:
-        return os.stat(path or ".").st_mtime_ns
-    except OSError:
-        return 0
-
-
 def archive(bootstrap: dict[str, Any]) -> bytes:
     """An uncompressed tar: ``coiled_lab/bootstrap/*.py`` (as :func:`for_vm` makes them) and ``config.json``."""
     buf = io.BytesIO()
@@ -164,8 +127,7 @@ def archive(bootstrap: dict[str, Any]) -> bytes:
 
 
 # What only the server uses of the bootstrap modules (top-level names): not shipped.
-SERVER_ONLY = {"packages.py": {"snapshot", "_local_origin", "_NEVER_SYNCED"},
-               "lifetime.py": {"environment"}, "watchdog.py": {"environment"}}
+SERVER_ONLY = {"lifetime.py": {"environment"}, "watchdog.py": {"environment"}}
 
 
 @functools.lru_cache(maxsize=None)

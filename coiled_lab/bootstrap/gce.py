@@ -70,10 +70,10 @@ class Metadata:
         return "preempted" if (self.get("instance/preempted") or "").upper() == "TRUE" else None
 
 
-def on_gce(config: dict[str, Any]) -> tuple[Any, Any, Callable[[], Optional[str]]]:
+def on_gce(config: dict[str, Any]) -> tuple[Any, Any, Callable[[], Optional[str]], Callable[[dict], Any]]:
     """Who this GCE VM is (a :class:`~coiled_lab.bootstrap.vm.Identity`), its Cloud Logging
-    shipper, and its preemption notice."""
-    from . import cloudlogging
+    shipper, its preemption notice, and its environment bucket (with the service account's token)."""
+    from . import cloudlogging, envcache
     from .vm import Identity
 
     metadata = Metadata()
@@ -90,4 +90,4 @@ def on_gce(config: dict[str, Any]) -> tuple[Any, Any, Callable[[], Optional[str]
         {cloudlogging.CLUSTER_LABEL: config["cluster_id"], cloudlogging.ROLE_LABEL: config["role"],
          cloudlogging.INSTANCE_LABEL: me.instance_id},
     )
-    return me, shipper, metadata.preempted
+    return me, shipper, metadata.preempted, lambda store: envcache.open_bucket(store, metadata.token)

@@ -250,9 +250,11 @@ class InstanceRoleCredentials:
 
 
 def sigv4_headers(url: str, headers: dict[str, str], body: bytes, credentials: Credentials, region: str,
-                  service: str, now: Optional[float] = None) -> dict[str, str]:
-    """``headers`` of a POST to ``url`` (no query) plus ``Host``, ``X-Amz-Date``, the
-    session token and ``Authorization``: AWS Signature Version 4, every header signed."""
+                  service: str, now: Optional[float] = None, method: str = "POST",
+                  payload: Optional[str] = None) -> dict[str, str]:
+    """``headers`` of a ``method`` request to ``url`` (no query) plus ``Host``,
+    ``X-Amz-Date``, the session token and ``Authorization``: AWS Signature Version 4, every
+    header signed. ``payload`` replaces the body's sha256 (S3's ``UNSIGNED-PAYLOAD``)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     parts = urllib.parse.urlsplit(url)
     signed = {**headers, "Host": parts.netloc, "X-Amz-Date": stamp}
@@ -260,8 +262,8 @@ def sigv4_headers(url: str, headers: dict[str, str], body: bytes, credentials: C
         signed["X-Amz-Security-Token"] = credentials.token
     canonical = sorted((k.lower(), " ".join(str(v).split())) for k, v in signed.items())
     names = ";".join(k for k, _ in canonical)
-    request = "\n".join(["POST", urllib.parse.quote(parts.path or "/"), "", *(f"{k}:{v}" for k, v in canonical), "",
-                         names, hashlib.sha256(body).hexdigest()])
+    request = "\n".join([method, urllib.parse.quote(parts.path or "/"), "", *(f"{k}:{v}" for k, v in canonical), "",
+                         names, payload or hashlib.sha256(body).hexdigest()])
     scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
     key = ("AWS4" + credentials.secret_key).encode()
     for part in scope.split("/"):

@@ -1,12 +1,7 @@
 """The Python environment of a cluster VM: package_sync's pins, uv, a virtual environment.
 
-:func:`snapshot` runs where the cluster is requested: it records every installed
-distribution and its exact version. Distributions installed from a local directory, an
-editable checkout or a VCS URL cannot be installed on a VM from a package index; they are
-returned separately so the caller can name them in a warning (and the VM's log repeats
-it), never dropped in silence.
-
-The rest runs on the VM, under the image's own ``python3`` (3.9 or newer), before
+What is installed is decided where the cluster is asked for (:mod:`coiled_lab.environment`:
+pins, the user's own wheels); this runs on the VM, under the image's own ``python3`` (3.9 or newer), before
 anything is installed: standard library only. A bare image has no pip, no ``venv``
 module and no compiler, so the VM:
 
@@ -50,58 +45,12 @@ import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Optional
-
-# Tools of the environment itself: the VM's environment gets its own (``uv venv --seed``).
-_NEVER_SYNCED = {"pip", "setuptools", "wheel", "distribute"}
-
 
 def canonical(name: str) -> str:
     """PEP 503 normalized name: ``Foo_Bar`` and ``foo-bar`` are one distribution."""
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _local_origin(dist: metadata.Distribution) -> Optional[str]:
-    """Why a distribution cannot come from an index (PEP 610 direct_url.json), or None."""
-    text = dist.read_text("direct_url.json")
-    if not text:
-        return None
-    try:
-        info = json.loads(text)
-    except ValueError:
-        return "unknown origin"
-    if info.get("dir_info", {}).get("editable"):
-        return f"editable install from {info.get('url', '?')}"
-    if "vcs_info" in info:
-        return f"{info['vcs_info'].get('vcs', 'vcs')} checkout {info.get('url', '?')}"
-    url = info.get("url", "")
-    if url.startswith("file:"):
-        return f"local path {url}"
-    return None  # a wheel/sdist URL on an index-like server: pinning the version works
-
-
-def snapshot(distributions: Optional[Iterable[metadata.Distribution]] = None) -> tuple[list[str], list[str]]:
-    """``(["name==version", ...], ["name: why it cannot be synced", ...])`` for this environment.
-
-    The first distribution of a name on ``sys.path`` wins, as it does for imports.
-    """
-    pinned: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    for dist in distributions if distributions is not None else metadata.distributions():
-        name = dist.metadata["Name"]
-        if not name:
-            continue
-        key = canonical(name)
-        if key in pinned or key in skipped or key in _NEVER_SYNCED:
-            continue
-        origin = _local_origin(dist)
-        if origin:
-            skipped[key] = f"{name} {dist.version}: {origin}"
-        else:
-            pinned[key] = f"{name}=={dist.version}"
-    return sorted(pinned.values(), key=str.lower), sorted(skipped.values(), key=str.lower)
 
 
 # -- on the VM: uv -------------------------------------------------------------------------

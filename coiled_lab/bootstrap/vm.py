@@ -61,6 +61,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import traceback
@@ -70,7 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import packages
+from . import envcache, packages
 from .logship import CloudWatchLogs, InstanceRoleCredentials, LogShipper
 
 DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254"
@@ -212,7 +213,9 @@ def dask_environment(config: dict[str, Any], workdir: Path, venv: Optional[str] 
             "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
             "PYTHONUNBUFFERED": "1",
             # The preload (coiled_lab.bootstrap.lifetime) is importable from here.
-            "PYTHONPATH": os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH")) if p),
+            # The user's code first (package sync ships the working directory's files).
+            "PYTHONPATH": os.pathsep.join(p for p in (str(workdir / "code") if (workdir / "code").is_dir() else "",
+                                                      str(workdir), env.get("PYTHONPATH")) if p),
             "COILED_LAB_BOOT_REPORT": str(workdir / "boot-report.json"),
         }
     )
@@ -222,36 +225,70 @@ def dask_environment(config: dict[str, Any], workdir: Path, venv: Optional[str] 
     return env
 
 
-def _on_ec2(config: dict[str, Any]) -> tuple[Identity, LogShipper, Callable[[], Optional[str]]]:
-    """Who this EC2 VM is, its CloudWatch Logs shipper, and its spot interruption notice."""
+def _on_ec2(config: dict[str, Any]) -> tuple[Identity, LogShipper, Callable[[], Optional[str]], Callable[[dict], Any]]:
+    """Who this EC2 VM is, its CloudWatch Logs shipper, its spot interruption notice, and
+    its environment bucket (signed with the instance role's credentials)."""
     metadata = Metadata()
     me = metadata.identity()
-    shipper = LogShipper(lambda: CloudWatchLogs(me.region, InstanceRoleCredentials(metadata.get)), config["log_group"],
+    credentials = InstanceRoleCredentials(metadata.get)
+    shipper = LogShipper(lambda: CloudWatchLogs(me.region, credentials), config["log_group"],
                          f"{config['cluster_id']}/{config['role']}-{me.instance_id}")
-    return me, shipper, lambda: metadata.get("spot/instance-action")
+    return (me, shipper, lambda: metadata.get("spot/instance-action"),
+            lambda store: envcache.open_bucket(store, credentials))
 
 
-def prepare(config: dict[str, Any], workdir: Path, out: Output, report: BootReport) -> Optional[str]:
-    """uv, the virtual environment and the packages (:mod:`.packages`), each a timed phase,
-    all under ``workdir``. Returns the environment's python, or None when dask cannot
-    start (said at ERROR, the last lines)."""
+def prepare(config: dict[str, Any], workdir: Path, out: Output, report: BootReport,
+            bucket: Optional[envcache.Bucket] = None) -> Optional[str]:
+    """The environment dask runs in, under ``workdir``: unpacked from the bucket when it is
+    built (a worker of a cluster building it waits for it), else uv, the virtual environment
+    and the packages (:mod:`.packages`), each a timed phase. Returns the environment's
+    python, or None when dask cannot start (said at ERROR, the last lines)."""
+    env = config.get("env")
+    if env and bucket is not None and (env["built"] or not env["build"]):
+        started = time.monotonic()
+        try:
+            got = envcache.unpack(bucket, env["archive"], workdir)
+            if not got and not env["built"]:
+                out.say(f"waiting for environment {env['hash']}, which the scheduler installs and uploads")
+                got = envcache.wait_for(bucket, env["archive"], workdir, env["wait"], out.say)
+            python = str(workdir / "venv" / "bin" / "python")
+            if got and subprocess.run([python, "-c", "import dask, distributed"], capture_output=True).returncode == 0:
+                report.phase("environment", started, f" {env['hash']} unpacked")
+                config["env"]["built"] = True
+                return python
+            if got:
+                out.say(f"environment archive {env['archive']} does not run dask; installing instead", "WARNING")
+        except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
+            out.say(f"environment archive {env['archive']} is damaged ({type(exc).__name__}: {exc}); "
+                    "installing instead", "WARNING")
+        envcache.discard(workdir)
+        config["env"]["built"] = False
     index = packages.index_url(config.get("index_url"))
-    env = packages.uv_environment(workdir, index)
+    uv_env = packages.uv_environment(workdir, index)
+    pins = list(config.get("packages") or [])
     try:
+        if env and bucket is not None:
+            started = time.monotonic()
+            envcache.fetch_inputs(bucket, env["inputs"], workdir / "inputs")
+            pins = [x for x in (workdir / "inputs" / "pins.txt").read_text().splitlines() if x.strip()]
+            pins += [str(w) for w in sorted((workdir / "inputs" / "wheels").glob("*.whl"))]
+            if (workdir / "inputs" / "code").exists():
+                (workdir / "inputs" / "code").replace(workdir / "code")
+            report.phase("inputs", started, f" of environment {env['hash']} fetched")
         started = time.monotonic()
         uv = packages.fetch_uv(workdir / "bin", index)
         report.phase("uv", started, f" {packages.UV_VERSION} ready")
         started = time.monotonic()
         wanted = config.get("python_version") or "%d.%d" % sys.version_info[:2]
-        python, version, source = packages.make_venv(uv, wanted, workdir / "venv", env, out)
+        python, version, source = packages.make_venv(uv, wanted, workdir / "venv", uv_env, out)
         report.data.update(python=version, python_source=source)
         report.phase("python", started, f" {version} ({source}) ready")
-    except packages.BootError as exc:
+    except (packages.BootError, OSError) as exc:
         out.say(f"cannot start dask: {exc}", "ERROR")
         return None
     started = time.monotonic()
     outcome = packages.install(
-        packages.Installer(uv, python, env, out, workdir), config.get("packages") or [], out.say,
+        packages.Installer(uv, python, uv_env, out, workdir), pins, out.say,
         config.get("requirements"), {"dask": config.get("dask_version"), "distributed": config.get("distributed_version")},
         bool(config.get("gpu")), config.get("required_packages") or (),
     )
@@ -263,6 +300,20 @@ def prepare(config: dict[str, Any], workdir: Path, out: Output, report: BootRepo
     return None if outcome.fatal else python
 
 
+def upload(bucket: envcache.Bucket, env: dict[str, Any], workdir: Path, say: Callable[..., None]) -> None:
+    """The scheduler that installed a new environment packs and uploads it, while dask runs."""
+    started = time.monotonic()
+    try:
+        archive = envcache.pack(workdir, env["hash"])
+        size = archive.stat().st_size
+        bucket.put(env["archive"], archive)
+        archive.unlink()
+        say(f"environment {env['hash']} archived ({size / 2**20:.0f} MiB) and uploaded to {env['archive']} "
+            f"in {time.monotonic() - started:.1f} s")
+    except Exception as exc:  # noqa: BLE001 - the next cluster builds it again
+        say(f"environment {env['hash']} could not be uploaded: {type(exc).__name__}: {exc}", "WARNING")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     boot_started = time.monotonic()
@@ -271,13 +322,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if config.get("cloud") == "gcp":
         from .gce import on_gce
 
-        me, shipper, notice_of = on_gce(config)
+        me, shipper, notice_of, open_bucket = on_gce(config)
     else:
-        me, shipper, notice_of = _on_ec2(config)
+        me, shipper, notice_of, open_bucket = _on_ec2(config)
     shipper.start()  # lines reach the log service from now on, while everything installs
     out = Output(shipper)
     try:
-        return _boot(config, config_path, me, notice_of, out, boot_started)
+        bucket = open_bucket(config["env"]["store"]) if config.get("env") else None
+        return _boot(config, config_path, me, notice_of, out, boot_started, bucket)
     except Exception:  # noqa: BLE001 - said where the manager reads it, then the machine goes
         for line in traceback.format_exc().rstrip().splitlines():
             out(line)
@@ -289,7 +341,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _boot(config: dict[str, Any], config_path: Path, me: Identity, notice_of: Callable[[], Optional[str]],
-          out: Output, boot_started: float) -> int:
+          out: Output, boot_started: float, bucket: Optional[envcache.Bucket] = None) -> int:
     workdir, role = config_path.parent, config["role"]
     out.say(f"{role} {me.instance_id} ({me.instance_type}, {me.zone}, {'spot' if me.spot else 'on-demand'}) "
             f"of cluster {config['cluster_id']} at {me.private_ip}; this bootstrap runs under {sys.executable} "
@@ -297,7 +349,7 @@ def _boot(config: dict[str, Any], config_path: Path, me: Identity, notice_of: Ca
     for line in config.get("packages_skipped") or ():
         out.say(f"package_sync cannot install {line}", "WARNING")
     report = BootReport(workdir / "boot-report.json", out.say)
-    python = prepare(config, workdir, out, report)
+    python = prepare(config, workdir, out, report, bucket)
     if python is None:
         return 1
 
@@ -337,6 +389,10 @@ def _boot(config: dict[str, Any], config_path: Path, me: Identity, notice_of: Ca
 
     reader = threading.Thread(target=pump, name="coiled-lab-output", daemon=True)
     reader.start()
+    env = config.get("env")
+    if env and bucket is not None and env["build"] and not env["built"]:
+        threading.Thread(target=upload, args=(bucket, env, workdir, out.say), name="coiled-lab-upload",
+                         daemon=True).start()
     if role == "worker" and me.spot:
         retire_worker = lambda: worker.retire_with(python, config_path, me.instance_id, env, out)  # noqa: E731
         threading.Thread(target=worker.watch_spot, args=(notice_of, config["spot_poll_interval"], proc, out.say,

@@ -116,8 +116,11 @@ class InProcessControl:
         return None
 
     # -- the Control surface ---------------------------------------------------------
-    async def create(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return await self.thread.call(self.manager.create(spec))
+    async def create(self, spec: dict[str, Any], environment: Any = None) -> dict[str, Any]:
+        return await self.thread.call(self.manager.create(spec, environment))
+
+    async def environment(self, env_hash: str, backend: str, region: Optional[str] = None) -> dict[str, Any]:
+        return await self.thread.call(self.manager.environment_built(env_hash, backend, region))
 
     async def get(self, name_or_id: str) -> dict[str, Any]:
         return await self.thread.call(self.manager.get(name_or_id))

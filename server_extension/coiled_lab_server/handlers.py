@@ -151,7 +151,26 @@ class ClustersHandler(CoiledLabHandler):
 
     @web.authenticated
     async def post(self) -> None:
-        self.write_json(await self.manager.create(self.json_body()), status=201)
+        body = self.json_body()
+        environment = body.pop("environment", None)  # what package sync installs: not a spec field
+        self.write_json(await self.manager.create(body, environment), status=201)
+
+
+class EnvironmentsHandler(CoiledLabHandler):
+    """An environment sent ahead of a create (the sidebar's, through the notebook's kernel)."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.json_body()
+        self.write_json(await asyncio.to_thread(self.manager.stage_environment, body), status=201)
+
+
+class EnvironmentHandler(CoiledLabHandler):
+    @web.authenticated
+    async def get(self, env_hash: str) -> None:
+        """The summary of a kept environment, and whether a backend's bucket has it built."""
+        self.write_json(await self.manager.environment_built(env_hash, self.query("backend") or "aws",
+                                                            self.query("region")))
 
 
 class ClusterHandler(CoiledLabHandler):
@@ -412,6 +431,8 @@ def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
         (f"{API}{cluster}/usage", UsageHandler, kwargs),
         (f"{API}{cluster}/usage/plot", UsagePlotHandler, kwargs),
         (f"{API}/estimate", EstimateHandler, kwargs),
+        (f"{API}/environments", EnvironmentsHandler, kwargs),
+        (f"{API}/environments/([0-9a-f]{{32}})", EnvironmentHandler, kwargs),
         (f"{API}/catalog", CatalogHandler, kwargs),
         (f"{API}/defaults", DefaultsHandler, kwargs),
         (f"{API}/cleanup", CleanupHandler, kwargs),

@@ -1,4 +1,4 @@
-"""Two places where moto's EC2 differs from EC2 in what the emulated network depends on.
+"""Three places where moto differs from AWS in what the emulated network depends on.
 
 - An instance that ``CreateFleet`` launches from a launch template gets neither the
   template's security groups nor a public address in a subnet that maps one on launch;
@@ -7,8 +7,10 @@
 - moto's public addresses are real ones (``54.214.x.y``). The emulated network routes its
   own range instead (:meth:`tests.vm.network.Network.public_address`), so that no
   connection to an instance's public address can leave this machine.
+- moto reads a bucket name from a dotted host (``aws.emulator``, the name VMs reach it
+  by); S3 on ``s3.<region>.amazonaws.com`` takes a path-style request's bucket from its path.
 
-Both are patched in this process's moto (the tests run moto's server in threads here),
+All are patched in this process's moto (the tests run moto's server in threads here),
 for moto 5.2's internals; a moto that moves them fails loudly at :func:`apply`.
 """
 
@@ -27,7 +29,13 @@ def apply(public_address: Callable[[], str]) -> None:
         _applied[0] = public_address
         return
     _applied.append(public_address)
+    from moto import settings
     from moto.ec2.models import elastic_network_interfaces, fleets, instances
+    from moto.s3 import utils as s3_utils
+
+    # VMs reach moto as aws.emulator:<port>, path-style, as they reach s3.<region>.amazonaws.com;
+    # moto would take the host's first label ("aws") for a virtual-hosted bucket's name.
+    settings.S3_IGNORE_SUBDOMAIN_BUCKETNAME = s3_utils.S3_IGNORE_SUBDOMAIN_BUCKETNAME = "true"
 
     fleet_init = fleets.Fleet.__init__
     run_instances = instances.InstanceBackend.run_instances

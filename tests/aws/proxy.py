@@ -38,6 +38,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    method: str = "POST"
 
 
 @dataclass
@@ -237,10 +238,10 @@ class AWSProxy:
         try:
             headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"content-length"}}
             headers["Content-Length"] = str(len(body))
-            conn.request("POST" if body else "GET", request.path, body=body, headers=headers)
+            conn.request(request.method, request.path, body=body, headers=headers)
             answer = conn.getresponse()
-            return Response(answer.status, answer.read(),
-                            {k: v for k, v in answer.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}})
+            kept = HOP_BY_HOP | ({"content-length"} if request.method != "HEAD" else set())
+            return Response(answer.status, answer.read(), {k: v for k, v in answer.getheaders() if k.lower() not in kept})
         finally:
             conn.close()
 
@@ -269,7 +270,7 @@ class AWSProxy:
 
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                response = proxy._handle(_parse(self.path, dict(self.headers.items()), body))
+                response = proxy._handle(_parse(self.path, dict(self.headers.items()), body, self.command))
                 if response is RESET:
                     # SO_LINGER 0: closing sends a TCP RST, as a dropped connection would.
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -278,24 +279,27 @@ class AWSProxy:
                 self.send_response(response.status)
                 for key, value in response.headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(response.body)))
+                if self.command != "HEAD":  # (a HEAD's length is the object's, from upstream)
+                    self.send_header("Content-Length", str(len(response.body)))
                 self.end_headers()
-                self.wfile.write(response.body)
+                if self.command != "HEAD":
+                    self.wfile.write(response.body)
 
-            do_POST = do_GET = do_PUT = do_DELETE = _serve
+            do_POST = do_GET = do_PUT = do_DELETE = do_HEAD = _serve
 
         return Handler
 
 
-def _parse(path: str, headers: dict[str, str], body: bytes) -> Request:
+def _parse(path: str, headers: dict[str, str], body: bytes, method: str = "POST") -> Request:
     scope = headers.get("Authorization", "").split("Credential=", 1)[-1].split(",", 1)[0].split("/")
     region, service = (scope[2], scope[3]) if len(scope) >= 4 else ("", "")
     target = headers.get("X-Amz-Target")
     if target:
         params = json.loads(body or b"{}")
-        return Request(service, region, target.rsplit(".", 1)[-1], params, True, path, headers, body)
-    params = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)) if body else {}
-    return Request(service, region, params.get("Action", ""), params, False, path, headers, body)
+        return Request(service, region, target.rsplit(".", 1)[-1], params, True, path, headers, body, method)
+    form = "x-www-form-urlencoded" in headers.get("Content-Type", "") or service not in ("s3", "")
+    params = dict(urllib.parse.parse_qsl(body.decode(errors="replace"), keep_blank_values=True)) if body and form else {}
+    return Request(service, region, params.get("Action", ""), params, False, path, headers, body, method)
 
 
 def _stand_in_parameters(request: Request, names: list, send: Callable[[Request], Response]) -> Response:

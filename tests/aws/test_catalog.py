@@ -115,11 +115,12 @@ def test_images_come_from_public_parameters(aws_env, proxy):
 def test_user_data_carries_the_bootstrap_and_no_credentials(monkeypatch, tmp_path):
     spec = parse_spec({"backend": "aws", "idle_timeout": "5m", "environ": {"MY_SETTING": "1"}})
     tls = TLSMaterial.generate("c1")
-    bootstrap = userdata.bootstrap_config("c1", spec, tls, "scheduler", packages=(["dask==2026.8.0"], ["x 1: editable"]))
+    bootstrap = userdata.bootstrap_config("c1", spec, tls, "scheduler", software={
+        "packages": ["dask==2026.8.0"], "packages_skipped": ["x 1: editable"]})
     script, files, modes = unpack(userdata.build(bootstrap))
     assert script.startswith("#!/bin/sh\n") and "trap 'shutdown -h now' EXIT" in script
     assert sorted(files) == ["coiled_lab/__init__.py", "coiled_lab/bootstrap/__init__.py",
-                             "coiled_lab/bootstrap/lifetime.py", "coiled_lab/bootstrap/logship.py",
+                             "coiled_lab/bootstrap/envcache.py", "coiled_lab/bootstrap/lifetime.py", "coiled_lab/bootstrap/logship.py",
                              "coiled_lab/bootstrap/packages.py", "coiled_lab/bootstrap/vm.py",
                              "coiled_lab/bootstrap/watchdog.py", "config.json"]
     assert modes["config.json"] == 0o600
@@ -139,6 +140,6 @@ def test_user_data_carries_the_bootstrap_and_no_credentials(monkeypatch, tmp_pat
     with pytest.raises(ClusterSpecError) as info:
         userdata.bootstrap_config("c1", parse_spec({"backend": "aws", "software": "ghcr.io/me/image:1"}), tls, "worker")
     assert info.value.field == "software"
-    huge = (["package-%d==1.0.%d" % (i, i * 7919 % 10007) for i in range(5000)], [])
-    with pytest.raises(ClusterSpecError, match="16 KiB"):
-        userdata.build(userdata.bootstrap_config("c1", spec, tls, "worker", packages=huge))
+    huge = {"packages": ["package-%d==1.0.%d" % (i, i * 7919 % 10007) for i in range(5000)]}
+    with pytest.raises(ClusterSpecError, match="16 KiB"):  # (without an environment bucket: pins in user-data)
+        userdata.build(userdata.bootstrap_config("c1", spec, tls, "worker", software=huge))

@@ -83,10 +83,24 @@ def test_setup_is_a_dry_run_then_a_change_then_nothing(aws_env, moto, capsys):
     role = iam.get_role(RoleName="coiled-lab-instance")["Role"]
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     inline = iam.get_role_policy(RoleName="coiled-lab-instance", PolicyName="coiled-lab-logs")["PolicyDocument"]
-    assert [s["Action"] for s in inline["Statement"]] == [["logs:CreateLogStream", "logs:PutLogEvents"]]
+    bucket = f"coiled-lab-envs-{moto.client('sts', REGION).get_caller_identity()['Account']}-{REGION}"
+    assert {s["Sid"]: (s["Action"], s["Resource"]) for s in inline["Statement"]} == {
+        "WriteClusterLogStreams": (["logs:CreateLogStream", "logs:PutLogEvents"],
+                                   "arn:aws:logs:*:*:log-group:coiled-lab:log-stream:*"),
+        # the VMs read environments' inputs and archives and upload the archive they built; nothing else
+        "ReadEnvironments": ("s3:GetObject", [f"arn:aws:s3:::{bucket[:-len(REGION)]}*/envs/*",
+                                              f"arn:aws:s3:::{bucket[:-len(REGION)]}*/inputs/*"]),
+        "UploadBuiltEnvironments": ("s3:PutObject", f"arn:aws:s3:::{bucket[:-len(REGION)]}*/envs/*")}
     assert iam.get_instance_profile(InstanceProfileName="coiled-lab-instance")["InstanceProfile"]["Roles"]
     [group] = moto.client("logs", REGION).describe_log_groups(logGroupNamePrefix="coiled-lab")["logGroups"]
     assert group["retentionInDays"] == 30
+
+    s3 = moto.client("s3", REGION)  # the bucket of built environments: private, archives expire
+    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert (rule["Status"], rule["Expiration"]["Days"]) == ("Enabled", 30)
+    assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
+    assert {"s3:CreateBucket", "s3:PutLifecycleConfiguration"} <= setup_actions
+    assert "s3:CreateBucket" not in everyday_actions
 
 
 def test_setup_prepares_an_existing_vpc_and_keeps_its_gateway(aws_env, moto, capsys):

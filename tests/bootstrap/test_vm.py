@@ -93,7 +93,7 @@ def test_the_shipped_bootstrap_imports_with_the_images_python_and_the_standard_l
         pytest.skip(f"neither {IMAGE_PYTHON} nor a Python 3.9 on this machine")
     here = unpack(tmp_path, cloud, role)
     modules = {p.stem for p in (here / "coiled_lab" / "bootstrap").glob("*.py")} - {"__init__", "lifetime", "watchdog"}
-    assert modules == {"vm", "packages", "logship"} | ({"worker"} if role == "worker" else set()) | \
+    assert modules == {"vm", "packages", "logship", "envcache"} | ({"worker"} if role == "worker" else set()) | \
         ({"gce", "cloudlogging"} if cloud == "gcp" else set())
     check = (f"import sys; sys.path.insert(0, {str(here)!r}); "
              + "; ".join(f"import coiled_lab.bootstrap.{m}" for m in sorted(modules))
@@ -188,7 +188,8 @@ def boot(tmp_path: Path, index: Index, cloudwatch: str, pins: list[str], role: s
     log group's name."""
     tls = TLSMaterial.generate("c1")
     config = userdata.bootstrap_config("c1boot", parse_spec({"backend": "aws"}), tls, role, scheduler or None,
-                                       packages=(pins, ["mylib 0.1: editable install from file:///home/me/mylib"]))
+                                       software={"packages": pins, "packages_skipped": [
+                                           "mylib 0.1: editable install from file:///home/me/mylib"]})
     group = f"boot-{time.monotonic_ns()}"
     config.update(log_group=group, index_url=index.simple, python_version="3.11", spot_poll_interval=0.1,
                   dask_version="2026.8.0", distributed_version="2026.8.0")
@@ -325,7 +326,7 @@ def test_a_gce_scheduler_boots_from_its_startup_script_and_logs_to_cloud_logging
     metadata = GCEMetadata(instance, fake.project)
     try:
         config = bootconfig.bootstrap_config("gcp", "c1gce", parse_spec({"backend": "gcp"}), TLSMaterial.generate("c1"),
-                                             "scheduler", packages=(["dask==2026.8.0", "distributed==2026.8.0"], []),
+                                             "scheduler", software={"packages": ["dask==2026.8.0", "distributed==2026.8.0"]},
                                              project=fake.project, log_name="coiled-lab", logging_endpoint=fake.url)
         config.update(index_url=index.simple, python_version="3.11")
         script = tmp_path / "startup-script"

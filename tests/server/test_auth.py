@@ -27,6 +27,8 @@ ROUTES = [
     ("GET", ("coiled-lab/api/clusters", "x", "usage", "plot"), None),
     ("GET", ("coiled-lab/api/defaults",), None),
     ("POST", ("coiled-lab/api/estimate",), {"n_workers": 1}),
+    ("POST", ("coiled-lab/api/environments",), {"python": "3.11", "platform": "linux-x86_64"}),
+    ("GET", ("coiled-lab/api/environments", "0" * 32), None),
     ("GET", ("coiled-lab/api/catalog",), None),
     ("POST", ("coiled-lab/api/cleanup",), {"dry_run": True}),
     ("GET", ("coiled-lab/api/credentials",), None),

@@ -23,9 +23,9 @@ from ... import config
 from ...control.store import Instance
 from ...logs import LogRecord
 from ...spec import ClusterSpec, ClusterSpecError
-from .. import bootconfig
 from ..base import Backend, ClusterContext, check_vm_software, owner_id
-from . import fleet, logs, network, sweep, userdata
+from ..envstore import boot_fields
+from . import envstore, fleet, logs, network, sweep, userdata
 from .catalog import Catalog
 from .images import Images
 from .network import SCHEDULER_PORT
@@ -57,7 +57,7 @@ class AWSBackend(Backend):
         self._views: dict[str, tuple[float, dict[str, Instance]]] = {}
         self._unlisted: dict[str, dict[str, Instance]] = {}
         self._clean: set[str] = set()
-        self._warned: set[str] = set()  # clusters told which packages package_sync cannot install
+        self._stores: dict[tuple[str, str], envstore.S3Store] = {}
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod
@@ -75,8 +75,13 @@ class AWSBackend(Backend):
             OWNER: owner_id(cluster.directory.parent.parent),
         }
 
-    def _packages(self, cluster: ClusterContext) -> tuple[list[str], list[str]]:
-        return bootconfig.synced_packages(cluster.spec, cluster.id, cluster.name, self._warned, logger)
+    async def _software(self, cluster: ClusterContext, role: str) -> dict[str, Any]:
+        """config.json's software fields (:func:`coiled_lab.backends.envstore.boot_fields`)."""
+        bucket, store = cluster.state.get("env_bucket"), None
+        if bucket:
+            store = self._stores.setdefault((self.region(cluster), bucket),
+                                            envstore.S3Store(self.aws, self.region(cluster), bucket))
+        return await boot_fields(cluster.environment, store, role, self.name)
 
     def _instance(self, item: dict[str, Any], region: str) -> Instance:
         tags = as_dict(item.get("Tags"))
@@ -112,6 +117,12 @@ class AWSBackend(Backend):
         _asked_region(spec.region)
         check_vm_software(spec, self.name)
 
+    async def environment_built(self, env_hash: str, region: Optional[str] = None) -> Optional[bool]:
+        from ..envstore import ARCHIVE
+
+        store = await envstore.find(self.aws, _asked_region(region))
+        return None if store is None else await store.exists(ARCHIVE.format(hash=env_hash))
+
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         region = self.region(cluster)
         net = await network.find(self.aws, region, config.get("aws.vpc-id"))
@@ -120,7 +131,9 @@ class AWSBackend(Backend):
                                    f"has subnets in {', '.join(net.subnets)}", "zone")
         cidr = network.resolve_cidr(cluster.spec.allow_ingress_from, self.aws, region)
         ingress = await network.ingress_group(self.aws, region, net, cidr)
-        return {**net.to_state(), "region": region, "ingress_group": ingress, "ingress_cidr": cidr}
+        store = await envstore.find(self.aws, region) if cluster.environment is not None else None
+        return {**net.to_state(), "region": region, "ingress_group": ingress, "ingress_cidr": cidr,
+                "env_bucket": store.bucket if store else None}
 
     async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
         region, spec = self.region(cluster), cluster.spec
@@ -133,7 +146,7 @@ class AWSBackend(Backend):
             raise AWSError(f"no zone of coiled-lab's network in {region} offers both {scheduler_type.name} "
                            f"and any of {', '.join(t.name for t in worker_types)}")
         bootstrap = userdata.bootstrap_config(cluster.id, spec, cluster.tls, "scheduler",
-                                              packages=self._packages(cluster))
+                                              software=await self._software(cluster, "scheduler"))
         tags = self._tags(cluster, "scheduler")
         data = fleet.template_data(
             await self.images.image(region, scheduler_type.kind), config.get("aws.instance-profile"),
@@ -179,7 +192,7 @@ class AWSBackend(Backend):
         bootstrap = userdata.bootstrap_config(
             cluster.id, spec, cluster.tls, "worker",
             scheduler_address=f"tls://{scheduler.data['private_ip']}:{SCHEDULER_PORT}", gpu=kind == "gpu",
-            packages=self._packages(cluster),
+            software=await self._software(cluster, "worker"),
         )
         tags = self._tags(cluster, "worker")
         data = fleet.template_data(

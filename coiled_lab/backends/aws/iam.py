@@ -3,7 +3,8 @@
 Three documents, printed by ``coiled-lab setup aws`` for an admin to attach:
 
 - the **instance role** (made by setup): a VM may only create and write log streams in
-  coiled-lab's log group; it cannot read anything, launch anything or see other VMs;
+  coiled-lab's log group, read environments' inputs and archives in the environment
+  bucket and upload an archive it built; it cannot launch anything or see other VMs;
 - the **setup** policy: creating the VPC, subnets, gateway, routes, security groups, the
   instance role and profile, and the log group (needed once; detach it afterwards);
 - the **everyday** policy: launching and terminating clusters, reading the catalog, the
@@ -27,20 +28,36 @@ def trust_policy() -> dict[str, Any]:
     }
 
 
-def instance_policy(log_group: str) -> dict[str, Any]:
-    """What a VM may do: write its log streams in coiled-lab's group, nothing else."""
+def instance_policy(log_group: str, buckets: str) -> dict[str, Any]:
+    """What a VM may do: write its log streams in coiled-lab's group; read an environment's
+    inputs and archive, and upload the archive it built (``buckets``: the environment
+    buckets' name or pattern); nothing else."""
     return {
         "Version": VERSION,
-        "Statement": [{
-            "Sid": "WriteClusterLogStreams",
-            "Effect": "Allow",
-            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": f"arn:aws:logs:*:*:log-group:{log_group}:log-stream:*",
-        }],
+        "Statement": [
+            {
+                "Sid": "WriteClusterLogStreams",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"arn:aws:logs:*:*:log-group:{log_group}:log-stream:*",
+            },
+            {
+                "Sid": "ReadEnvironments",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": [f"arn:aws:s3:::{buckets}/envs/*", f"arn:aws:s3:::{buckets}/inputs/*"],
+            },
+            {
+                "Sid": "UploadBuiltEnvironments",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{buckets}/envs/*",
+            },
+        ],
     }
 
 
-def setup_policy(role_name: str, log_group: str) -> dict[str, Any]:
+def setup_policy(role_name: str, log_group: str, buckets: str) -> dict[str, Any]:
     """Permissions for ``coiled-lab setup aws``."""
     return {
         "Version": VERSION,
@@ -70,6 +87,14 @@ def setup_policy(role_name: str, log_group: str) -> dict[str, Any]:
             },
             {"Sid": "FindLogGroup", "Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
             {
+                "Sid": "EnvironmentBucket",
+                "Effect": "Allow",
+                "Action": ["s3:CreateBucket", "s3:ListBucket", "s3:PutBucketTagging", "s3:PutBucketPublicAccessBlock",
+                           "s3:GetBucketPublicAccessBlock", "s3:PutLifecycleConfiguration",
+                           "s3:GetLifecycleConfiguration"],
+                "Resource": f"arn:aws:s3:::{buckets}",
+            },
+            {
                 "Sid": "LogGroup",
                 "Effect": "Allow",
                 "Action": ["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:TagResource"],
@@ -79,7 +104,7 @@ def setup_policy(role_name: str, log_group: str) -> dict[str, Any]:
     }
 
 
-def everyday_policy(role_name: str, log_group: str) -> dict[str, Any]:
+def everyday_policy(role_name: str, log_group: str, buckets: str) -> dict[str, Any]:
     """Permissions for starting, watching and stopping clusters."""
     tagged = {"Null": {"aws:ResourceTag/coiled-lab:cluster": "false"}}
     return {
@@ -136,6 +161,16 @@ def everyday_policy(role_name: str, log_group: str) -> dict[str, Any]:
                 "Action": "ssm:GetParameters",
                 "Resource": "arn:aws:ssm:*::parameter/aws/service/*",
             },
+            {"Sid": "FindEnvironmentBucket", "Effect": "Allow", "Action": "s3:ListBucket",
+             "Resource": f"arn:aws:s3:::{buckets}"},
+            {
+                "Sid": "SendEnvironmentsAndSeeWhatIsBuilt",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [f"arn:aws:s3:::{buckets}/inputs/*"],
+            },
+            {"Sid": "SeeWhatIsBuilt", "Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{buckets}/envs/*"},
             {
                 "Sid": "ReadClusterLogs",
                 "Effect": "Allow",

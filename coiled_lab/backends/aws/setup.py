@@ -10,8 +10,12 @@ tagged ``coiled-lab:managed=true``:
   route table sending outbound traffic through it;
 - a security group letting members of a cluster reach each other, and one opening the
   scheduler and dashboard ports to ``allow_ingress_from`` only (default: this server);
-- the VMs' IAM role and instance profile (write their log streams, nothing else);
-- the CloudWatch log group, with its retention (30 days by default).
+- the VMs' IAM role and instance profile (write their log streams, read and upload
+  environment archives, nothing else);
+- the CloudWatch log group, with its retention (30 days by default);
+- the S3 bucket of built environments, private, its objects removed after
+  ``env-expire-days`` (counted from the upload: an environment in use longer than that is
+  built again by the next cluster).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Awaitable, Callable, Optional
 from ... import config
 from ..plan import Plan
 from . import iam
+from .envstore import bucket_name
 from .network import create_ingress_group, ingress_group_name, resolve_cidr
 from .session import AWSError, AWSSession, error_code
 from .tags import INGRESS, MANAGED, PURPOSE, as_dict, managed, tag_filter, tag_list, tag_specs
@@ -55,8 +60,10 @@ async def plan(
     await _plan_routes(aws, p, existing=bool(vpc), new_subnets=new_subnets)
     await _plan_security_groups(aws, p, resolve_cidr(allow_ingress_from or config.get("cluster.allow-ingress-from"),
                                                      aws, region), existing=bool(vpc))
+    p.ids["buckets"] = await buckets_pattern(aws, region)
     await _plan_role(aws, p)
     await _plan_log_group(aws, p)
+    await _plan_bucket(aws, p, await bucket_name(aws, region))
     return p
 
 
@@ -75,9 +82,9 @@ async def run(
     await p.carry_out(emit, dry_run)
     role, group = config.get("aws.instance-profile"), config.get("aws.log-group")
     emit("\nIAM policy for running `coiled-lab setup aws` (detach it once setup is done):")
-    emit(json.dumps(iam.setup_policy(role, group), indent=2))
+    emit(json.dumps(iam.setup_policy(role, group, p.ids["buckets"]), indent=2))
     emit("\nIAM policy for everyday use (starting, watching and stopping clusters):")
-    emit(json.dumps(iam.everyday_policy(role, group), indent=2))
+    emit(json.dumps(iam.everyday_policy(role, group, p.ids["buckets"]), indent=2))
     return p
 
 
@@ -214,7 +221,7 @@ async def _plan_security_groups(aws: AWSSession, p: Plan, ingress_cidr: str, exi
 # -- IAM role and instance profile -------------------------------------------------------
 async def _plan_role(aws: AWSSession, p: Plan) -> None:
     name, group = config.get("aws.instance-profile"), config.get("aws.log-group")
-    policy = iam.instance_policy(group)
+    policy = iam.instance_policy(group, p.ids["buckets"])
     tags = tag_list(managed(name))
     role = await _get_or_none(aws.call("iam", p.region, "get_role", RoleName=name))
     if role is None:
@@ -234,7 +241,7 @@ async def _plan_role(aws: AWSSession, p: Plan) -> None:
                            PolicyDocument=json.dumps(policy))
 
         p.add(f"{'set' if current is None else 'update'} the role's policy: write log streams in "
-              f"{group} only", put_policy)
+              f"{group}, read and upload environment archives", put_policy)
 
     profile = await _get_or_none(aws.call("iam", p.region, "get_instance_profile", InstanceProfileName=name))
     if profile is None:
@@ -283,3 +290,56 @@ async def _plan_log_group(aws: AWSSession, p: Plan) -> None:
             await aws.call("logs", p.region, "put_retention_policy", logGroupName=name, retentionInDays=days)
 
         p.add(f"keep the log group's events for {days} days", set_retention)
+
+
+# -- environment bucket -------------------------------------------------------------------
+async def buckets_pattern(aws: AWSSession, region: str) -> str:
+    """The environment buckets the policies name: the configured one, else this account's
+    of every region (the instance role is global)."""
+    configured = config.get("aws.env-bucket")
+    if configured:
+        return configured
+    account = (await aws.call("sts", region, "get_caller_identity"))["Account"]
+    return f"coiled-lab-envs-{account}-*"
+
+
+async def _plan_bucket(aws: AWSSession, p: Plan, name: str) -> None:
+    """The region's bucket of built environments: private, and objects removed after
+    ``env-expire-days`` (a cluster using an environment older than that rebuilds it)."""
+    if config.get("aws.env-bucket") is False:
+        return
+    days = int(config.get("aws.env-expire-days"))
+    rules = [{"ID": "coiled-lab-expire", "Status": "Enabled", "Filter": {"Prefix": ""},
+              "Expiration": {"Days": days}}]
+    try:
+        await aws.call("s3", p.region, "head_bucket", Bucket=name)
+        exists = True
+    except Exception as exc:
+        if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+        exists = False
+    if not exists:
+        async def create_bucket() -> None:
+            where = {} if p.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": p.region}}
+            await aws.call("s3", p.region, "create_bucket", Bucket=name, **where)
+            await aws.call("s3", p.region, "put_public_access_block", Bucket=name, PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True})
+            await aws.call("s3", p.region, "put_bucket_tagging", Bucket=name,
+                           Tagging={"TagSet": tag_list(managed(NAME))})
+
+        p.add(f"create S3 bucket {name} for built environments (private)", create_bucket)
+        current = None
+    else:
+        try:
+            current = (await aws.call("s3", p.region, "get_bucket_lifecycle_configuration", Bucket=name))["Rules"]
+        except Exception as exc:
+            if error_code(exc) != "NoSuchLifecycleConfiguration":
+                raise
+            current = None
+    if not current or [(r.get("Status"), r.get("Expiration", {}).get("Days")) for r in current] != [("Enabled", days)]:
+        async def set_lifecycle() -> None:
+            await aws.call("s3", p.region, "put_bucket_lifecycle_configuration", Bucket=name,
+                           LifecycleConfiguration={"Rules": rules})
+
+        p.add(f"remove environment archives from {name} after {days} days", set_lifecycle)

@@ -49,10 +49,10 @@ def bootstrap_config(
     role: str,
     scheduler_address: Optional[str] = None,
     gpu: bool = False,
-    packages: Optional[tuple[list[str], list[str]]] = None,
+    software: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """``config.json`` for one EC2 VM: the shared one, shipping logs to the log group."""
-    return bootconfig.bootstrap_config("aws", cluster_id, spec, tls, role, scheduler_address, gpu, packages,
+    return bootconfig.bootstrap_config("aws", cluster_id, spec, tls, role, scheduler_address, gpu, software,
                                        log_group=config.get("aws.log-group"))
 
 

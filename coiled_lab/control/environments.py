@@ -1,0 +1,89 @@
+"""The environments clusters sync, as the server keeps them: ``<state dir>/environments/<hash>.json``.
+
+A kernel or the CLI sends its environment (:class:`~coiled_lab.environment.Environment`)
+once, with a create request or ahead of it (``POST /coiled-lab/api/environments``, which
+the sidebar uses through the notebook's kernel); clusters then name it by hash, so an
+environment sent again is not stored twice. When a request brings none, the cluster syncs
+the server's own environment, and :meth:`Environments.resolve` says so: the server
+never substitutes its own in silence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from ..environment import Environment, snapshot
+from ..spec import ClusterSpec, ClusterSpecError
+
+SERVER = "the Jupyter server's environment (no environment came with the request)"
+
+
+class Environments:
+    def __init__(self, state_dir: Path):
+        self.directory = Path(state_dir) / "environments"
+        self._loaded: dict[str, Environment] = {}
+        self._server: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def stage(self, data: Any) -> Environment:
+        """Check ``data`` (raise :class:`ClusterSpecError` naming the field) and keep it."""
+        env = Environment.from_json(data)
+        path = self.directory / f"{env.hash}.json"
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+            partial.write_text(json.dumps(env.to_json()))
+            partial.replace(path)
+        self._loaded[env.hash] = env
+        return env
+
+    def get(self, env_hash: Optional[str]) -> Optional[Environment]:
+        """A kept environment (read once per process), or None."""
+        if not env_hash:
+            return None
+        env = self._loaded.get(env_hash)
+        if env is None:
+            try:
+                env = Environment.from_json(json.loads((self.directory / f"{env_hash}.json").read_text()))
+            except (OSError, ValueError, ClusterSpecError):
+                return None
+            self._loaded[env_hash] = env
+        return env
+
+    def resolve(self, spec: ClusterSpec, environment: Any) -> Optional[Environment]:
+        """What a new cluster syncs: None when it syncs nothing (local backend, package_sync
+        off, a requirements file); the environment sent (a hash already kept, or the
+        environment itself); else the server's own (its :attr:`~Environment.where` says so)."""
+        if spec.backend == "local" or not spec.package_sync or spec.software:
+            return None
+        if isinstance(environment, str):
+            env = self.get(environment)
+            if env is None:
+                raise ClusterSpecError(f"environment: {environment!r} is not allowed: no environment of that hash was "
+                                       "sent to this server; send the environment itself", "environment")
+            return env
+        if environment is not None:
+            return self.stage(environment)
+        return self.server()
+
+    def server(self) -> Environment:
+        """This server's environment (no files, local packages named but not built), taken
+        again only when a directory on ``sys.path`` changed: taking it reads every
+        distribution's metadata, a few hundred ms."""
+        key = tuple(_mtime(p) for p in sys.path)
+        with self._lock:
+            if self._server.get("key") != key:
+                self._server.update(key=key, value=snapshot(where=SERVER, include=[], environ=[], build=False))
+            return self._server["value"]
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path or ".").st_mtime_ns
+    except OSError:
+        return 0
