@@ -32,15 +32,16 @@ class EmulatedGCP:
 
 def use_fake(fake: Any, work: Path) -> None:
     """This process's Google credentials: a service account key whose tokens ``fake`` issues
-    (ADC), a state dir under ``work``; as in the tests, no background lookup at
-    iamcredentials.googleapis.com, which no endpoint setting reaches."""
+    (ADC), Cloud Storage at ``fake`` (``STORAGE_EMULATOR_HOST``: `setup gcp` makes the
+    environment bucket), a state dir under ``work``; as in the tests, no background lookup
+    at iamcredentials.googleapis.com, which no endpoint setting reaches."""
     import google.oauth2.service_account
 
     from tests.gcp.conftest import service_account_key
 
     key = work / "key.json"
     key.write_text(json.dumps(service_account_key(f"{fake.url}/token")))
-    os.environ.update(GOOGLE_APPLICATION_CREDENTIALS=str(key), NO_GCE_CHECK="True",
+    os.environ.update(GOOGLE_APPLICATION_CREDENTIALS=str(key), NO_GCE_CHECK="True", STORAGE_EMULATOR_HOST=fake.url,
                       DASK_COILED_LAB__STATE_DIR=str(work / "state"))
     google.oauth2.service_account.Credentials._is_regional_access_boundary_lookup_required = lambda self: False
 

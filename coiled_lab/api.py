@@ -185,6 +185,9 @@ class APIClient:
         return await self._call("POST", "clusters", body={**spec, **({"environment": environment}
                                                                      if environment is not None else {})})
 
+    async def stage_environment(self, environment: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "environments", body=environment)
+
     async def environment(self, env_hash: str, backend: str, region: Optional[str] = None) -> dict[str, Any]:
         params = {"backend": backend, **({"region": region} if region else {})}
         return await self._call("GET", f"environments/{env_hash}", params=params)

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from . import config
+from .bootstrap.packages import canonical
 from .spec import ClusterSpecError
 
 # Tools of the environment itself (the VMs' environment gets its own), and coiled-lab:
@@ -63,11 +64,6 @@ SKIPPED_DIRS = (".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", "nod
 MAX_WHEEL_BYTES = 100 * 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WHEEL = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-\d[A-Za-z0-9_]*)?-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+\.whl$")
-
-
-def canonical(name: str) -> str:
-    """PEP 503 normalized name: ``Foo_Bar`` and ``foo-bar`` are one distribution."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _error(field_name: str, why: str) -> ClusterSpecError:
@@ -293,6 +289,15 @@ def for_request(spec: Any, where: Optional[str] = None) -> Optional[dict[str, An
     if spec.backend == "local" or not spec.package_sync or spec.software:
         return None
     return snapshot(where or describe_here()).to_json()
+
+
+def send() -> dict[str, Any]:
+    """Take this kernel's environment and keep it on the server: its summary (with the
+    hash a create request then names). The sidebar runs this in the notebook's kernel."""
+    from .control import get_control
+
+    control = get_control()
+    return control.run(control.stage_environment(snapshot(describe_here()).to_json()))
 
 
 def _origin(dist: metadata.Distribution) -> tuple[str, Optional[str]]:

@@ -112,3 +112,33 @@ def test_estimate_before_anything_starts(state_dir):
     assert est["per_hour"] == 0 and est["n_workers"] == 6 and est["currency"] == "USD"
     assert "$0.00" in cli("estimate", "6").stdout
     assert cluster_processes(state_dir) == []
+
+
+def test_env_shows_what_would_be_synced_from_here(state_dir, tmp_path):
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    (tmp_path / "mymodule.py").write_text("x = 1\n")
+    (tmp_path / ".env").write_text("SECRET=1\n")
+
+    def env(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "coiled_lab.cli", "env", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    shown = json.loads(env("--json", "--backend", "local").stdout)
+    assert shown["where"] == f"the coiled-lab CLI ({sys.executable})"
+    assert shown["python"] == "%d.%d" % sys.version_info[:2] and shown["files"] == 1  # mymodule.py, not .env
+    assert shown["built"] is None and len(shown["hash"]) == 32
+    text = env("--backend", "local").stdout
+    assert "files of the working directory: 1" in text and "runs the Jupyter server's own environment" in text
+
+    # .env is never shipped, even when asked for
+    assert json.loads(env("--json", "--include", "*", "--backend", "local").stdout)["files"] == 1
+    big = tmp_path / "data.bin"
+    big.write_bytes(b"\0" * (2 << 20))
+    too_big = subprocess.run([sys.executable, "-m", "coiled_lab.cli", "start", "1", "--backend", "aws"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                             env={**__import__("os").environ, "DASK_COILED_LAB__SYNC__INCLUDE": '["*"]',
+                                  "DASK_COILED_LAB__SYNC__MAX_BYTES": "1048576"})
+    assert too_big.returncode == 2 and "Traceback" not in too_big.stderr
+    assert "sync.include" in too_big.stderr and "data.bin" in too_big.stderr
+    assert cluster_processes(state_dir) == []

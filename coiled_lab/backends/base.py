@@ -54,8 +54,9 @@ class ClusterContext:
     # the cluster was asked for); None when the spec syncs nothing.
     environment: Any = None
     # Tell the user something about provisioning (a zone out of capacity and what was done
-    # instead, a spot fallback): notify(kind, message).
-    notify: Callable[[str, str], None] = lambda kind, message: None
+    # instead, a spot fallback; where the software comes from): notify(kind, message[, level]),
+    # the level "warning" unless said.
+    notify: Callable[..., None] = lambda kind, message, level="warning": None
 
 
 class Backend(ABC):

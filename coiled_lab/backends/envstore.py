@@ -5,8 +5,9 @@ installing the environment needs besides the package index (``pins.txt``, the us
 wheels, their code as ``files.tar.gz``). The first scheduler with a new hash installs it
 and uploads ``envs/<hash>.tar.gz``; every other VM unpacks that instead
 (:mod:`coiled_lab.bootstrap.envcache`). The VMs read and write with their own identity
-(instance role, service account), which ``setup`` allows on these two prefixes only;
-the bucket's lifecycle rule removes objects unused for ``env-expire-days``.
+(instance role, service account), which ``setup`` lets read the inputs and archives and
+write archives (``envs/``) only; the bucket's lifecycle rule removes objects
+``env-expire-days`` after they were written (the next cluster that needs one builds it again).
 
 What a cloud provides is :class:`EnvStore`: whether a key exists, putting one, and how
 its VMs name the bucket. :func:`boot_fields` is the rest, shared.
@@ -19,7 +20,7 @@ import json
 import logging
 import tarfile
 from abc import ABC, abstractmethod
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..environment import Environment
 from ..spec import ClusterSpecError
@@ -82,15 +83,18 @@ def skipped_lines(env: Environment) -> list[str]:
                                                               "(not on the package index)" for x in env.conda_only]
 
 
-async def boot_fields(env: Optional[Environment], store: Optional[EnvStore], role: str,
-                      cloud: str) -> dict[str, Any]:
+async def boot_fields(env: Optional[Environment], store: Optional[EnvStore], role: str, cloud: str,
+                      notify: Callable[..., None] = lambda kind, message, level="warning": None) -> dict[str, Any]:
     """config.json's software fields for one VM of a cluster syncing ``env``:
     with a bucket, ``env`` (hash, store, archive and inputs keys, whether it is built);
     without one, the pins themselves (every VM installs them from the index), which works
-    only when nothing local is to be shipped."""
+    only when nothing local is to be shipped. For the scheduler, ``notify`` is told the
+    software line (where from, how many packages, built or building)."""
     if env is None:
         return {"packages": [], "packages_skipped": []}
     skipped = skipped_lines(env)
+    if role == "scheduler" and store is None:
+        notify("software", env.line("no environment bucket: every VM installs it from the index"), "info")
     if store is None:
         if env.wheels or env.files:
             shipped = [*env.wheels, *(["the working directory's files"] if env.files else [])]
@@ -101,7 +105,10 @@ async def boot_fields(env: Optional[Environment], store: Optional[EnvStore], rol
         return {"packages": env.pins(), "packages_skipped": skipped}
     key, archive = INPUTS.format(hash=env.hash), ARCHIVE.format(hash=env.hash)
     await store.ensure(key, lambda: inputs(env))
-    built = archive in store._present or await store.exists(archive)
+    built = await store.exists(archive)
+    if role == "scheduler":
+        notify("software", env.line(f"built: unpacked from {store.bucket}" if built else
+                                    "building it once: later clusters unpack it"), "info")
     return {"packages": [], "packages_skipped": skipped, "env": {
         "hash": env.hash, "store": store.vm_store(), "inputs": key, "archive": archive, "built": built,
         "build": role == "scheduler", "wait": WAIT_SECONDS}}

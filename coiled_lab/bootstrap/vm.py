@@ -259,7 +259,7 @@ def prepare(config: dict[str, Any], workdir: Path, out: Output, report: BootRepo
             if got:
                 out.say(f"environment archive {env['archive']} does not run dask; installing instead", "WARNING")
         except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
-            out.say(f"environment archive {env['archive']} is damaged ({type(exc).__name__}: {exc}); "
+            out.say(f"environment archive {env['archive']} could not be used ({type(exc).__name__}: {exc}); "
                     "installing instead", "WARNING")
         envcache.discard(workdir)
         config["env"]["built"] = False

@@ -119,6 +119,9 @@ class InProcessControl:
     async def create(self, spec: dict[str, Any], environment: Any = None) -> dict[str, Any]:
         return await self.thread.call(self.manager.create(spec, environment))
 
+    async def stage_environment(self, environment: dict[str, Any]) -> dict[str, Any]:
+        return self.manager.stage_environment(environment)
+
     async def environment(self, env_hash: str, backend: str, region: Optional[str] = None) -> dict[str, Any]:
         return await self.thread.call(self.manager.environment_built(env_hash, backend, region))
 

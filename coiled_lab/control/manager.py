@@ -39,6 +39,7 @@ from ..pricing import PriceBook, extrapolate
 from ..spec import ClusterSpec, ClusterSpecError, check_place, cluster_python, parse_spec, revise, running_python
 from ..tls import TLSMaterial
 from . import limits, notifications
+from .environments import SERVER, Environments
 from .events import Event, EventBus, Subscription
 from .states import FINAL, State, check_transition
 from .store import ClusterRecord, Instance, NameInUse, Store
@@ -64,6 +65,7 @@ class ClusterManager:
         self.state_dir = Path(state_dir) if state_dir else config.state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store(self.state_dir / "coiled-lab.sqlite")
+        self.environments = Environments(self.state_dir)
         self.prices = PriceBook(self.store)  # backends that have a price API give it their session
         self.bus = EventBus()
         self._backends: dict[str, Backend] = dict(backends or {})
@@ -211,12 +213,16 @@ class ClusterManager:
             setattr(self.prices, name, None)
 
     # == verbs ============================================================================
-    async def create(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
-        """Record a new cluster and start provisioning it in the background; returns at once."""
+    async def create(self, spec: ClusterSpec | dict[str, Any], environment: Any = None) -> dict[str, Any]:
+        """Record a new cluster and start provisioning it in the background; returns at once.
+        ``environment`` is what package sync installs: an environment as
+        :func:`coiled_lab.environment.snapshot` takes it (``to_json()``), or the hash of one
+        sent before; None: this server's own, and a notification says so."""
         if not isinstance(spec, ClusterSpec):
             spec = parse_spec(spec)
         self._check_owner()
         backend = self._checked_backend(spec)  # before the limits: an estimate they ask for may call the cloud
+        env = await asyncio.to_thread(self.environments.resolve, spec, environment)
         await limits.check(spec, len(self.store.list_clusters(live_only=True)), self._estimate)
         await backend.check_access()
         cluster_id = secrets.token_hex(6)
@@ -224,12 +230,16 @@ class ClusterManager:
         # The Python the cluster runs is fixed now (the asking environment's when left out),
         # so that every machine launched later for it, after a restart too, gets the same.
         # Local processes run this server's (a configured default for clouds does not apply).
+        if env is not None and not spec.python_version:
+            spec = spec.model_copy(update={"python_version": env.python})
         python = running_python() if spec.backend == "local" else cluster_python(spec)
-        spec = spec.model_copy(update={"name": name, "python_version": python})
+        spec = spec.model_copy(update={"name": name, "python_version": python,
+                                       "environ": {**(env.environ if env else {}), **spec.environ}})
         now = time.time()
         rec = ClusterRecord(
             id=cluster_id, name=name, backend=spec.backend, spec=spec.public(), status=State.pending,
-            target="running", message=None, state={}, created_at=now, updated_at=now,
+            target="running", message=None, state={"environment": env.hash} if env else {}, created_at=now,
+            updated_at=now,
         )
         data = {"status": str(State.pending), "message": None, "name": name, "time": now}
         try:
@@ -237,8 +247,34 @@ class ClusterManager:
         except NameInUse as exc:
             raise ClusterSpecError(f"name: {name!r} is not allowed: {exc}", "name") from None
         self._publish(Event(cluster_id, "state", data, now, seq))
+        if env is not None:
+            self._tell_software(cluster_id, env)
         self.request(cluster_id)
         return self._json(rec)
+
+    def _tell_software(self, cluster_id: str, env: Any) -> None:
+        """Before launch, when the software is not all the asker's: what of it the VMs will not
+        have, or that the server's own is synced (the backend says where it comes from and
+        whether it is built when it launches the scheduler)."""
+        from ..backends.envstore import skipped_lines
+
+        lines = skipped_lines(env)
+        if not lines and env.where != SERVER:
+            return
+        message = env.line() + (f"; not installed on the VMs: {'; '.join(lines)}" if lines else "")
+        if len(message) > 2000:
+            message = message[:1999] + "…"
+        self.notify(cluster_id, notifications.Notice("software", "software", "warning", message))
+
+    def stage_environment(self, data: Any) -> dict[str, Any]:
+        """Keep an environment a kernel or the CLI sent ahead of a create; its summary."""
+        return self.environments.stage(data).summary()
+
+    async def environment_built(self, env_hash: str, backend: str, region: Optional[str] = None) -> dict[str, Any]:
+        """Whether ``backend``'s bucket holds the environment ``env_hash`` built (None: there
+        is no bucket there)."""
+        return {"hash": env_hash, "backend": backend, "built": await self.backend(backend).environment_built(
+            env_hash, region)}
 
     async def scale(self, name_or_id: str, n_workers: int) -> dict[str, Any]:
         """Change the number of workers; the reconciler launches or retires the difference."""
@@ -752,8 +788,9 @@ class ClusterManager:
             directory=self.cluster_dir(rec.id),
             state=dict(rec.state),
             instances=self.store.instances(rec.id),
-            notify=lambda kind, message: self.notify(
-                rec.id, notifications.Notice(f"{kind}:{message}", kind, "warning", message)
+            environment=self.environments.get(rec.state.get("environment")),
+            notify=lambda kind, message, level="warning": self.notify(
+                rec.id, notifications.Notice(f"{kind}:{message}", kind, level, message)
             ),
         )
 

@@ -53,6 +53,7 @@ class ClusterWidget(w.VBox):
         self.scale_button = w.Button(description="Scale", icon="arrows-v")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop")
         self.message = w.HTML()
+        self.software = w.HTML()  # "software: synced from ... (N packages, M local, built)"
         self.usage = w.HTML()
         self._usage_loaded_at = 0.0
         self.logs = w.Textarea(layout=w.Layout(width="100%", height="180px"), disabled=True)
@@ -67,6 +68,7 @@ class ClusterWidget(w.VBox):
             w.HBox([self.progress, self.counts]),
             w.HBox([self.cost, w.HTML("&nbsp;·&nbsp;"), self.stops, w.HTML("&nbsp;·&nbsp;"), self.dashboard]),
             w.HBox([self.scale_to, self.scale_button, self.stop_button]),
+            self.software,
             self.message,
             self.usage,
         ]
@@ -89,8 +91,19 @@ class ClusterWidget(w.VBox):
 
     async def _follow_events(self) -> None:
         self.update(await self.control.get(self.cluster_id))
-        async for _event in self.control.events(self.cluster_id):
+        for note in await self.control.notifications(self.cluster_id):
+            self._notified(note)
+        async for event in self.control.events(self.cluster_id):
+            if event.kind == "notification":
+                self._notified(event.data)
             self.update(await self.control.get(self.cluster_id))
+
+    def _notified(self, note: dict[str, Any]) -> None:
+        """The latest word on where the cluster's software comes from, as one line."""
+        if note.get("kind") == "software":
+            colour = "#c62828" if note.get("level") == "error" else "#ef6c00" if note.get("level") == "warning" else ""
+            text = html.escape(note["message"])
+            self.software.value = f'<span style="color:{colour}">{text}</span>' if colour else text
 
     async def _tick(self) -> None:
         while True:

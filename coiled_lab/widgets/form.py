@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as w
 
+from ..environment import Environment, describe_here, for_request
 from ..spec import BACKENDS, SPOT_POLICIES, ClusterSpecError, parse_spec
 from .cluster import ClusterWidget
 
@@ -54,6 +55,7 @@ class ClusterForm(w.VBox):
         }
         self.errors = {name: w.HTML() for name in self.fields}
         self.estimate = w.HTML()
+        self.software = w.HTML()  # where a cloud cluster's packages come from: this kernel
         self.create = w.Button(description="Create cluster", button_style="primary", icon="play")
         self.message = w.HTML()
         self.output = w.VBox()
@@ -65,11 +67,17 @@ class ClusterForm(w.VBox):
             field.observe(self._changed(name), names="value")
         self.create.on_click(lambda _: self.submit())
         rows = [w.VBox([field, self.errors[name]]) for name, field in self.fields.items()]
-        super().__init__([*rows, self.estimate, w.HBox([self.create, self.message]), self.output])
+        super().__init__([*rows, self.estimate, self.software, w.HBox([self.create, self.message]), self.output])
         # The first catalog and estimate are fetched before the form is shown, so it
         # appears complete; later ones follow the fields in the background.
         self._load_catalog(wait=True)
         self._refresh_estimate(wait=True)
+        self._show_software()
+
+    def _show_software(self) -> None:
+        """Before Create: that a cloud cluster syncs this kernel's packages (taken on Create)."""
+        cloud = self.fields["backend"].value != "local"
+        self.software.value = html.escape(f"software: synced from {describe_here()} when you create") if cloud else ""
 
     # -- what the user asked for -----------------------------------------------------
     def spec_fields(self) -> dict[str, Any]:
@@ -95,6 +103,7 @@ class ClusterForm(w.VBox):
             self.errors[name].value = ""
             if name == "backend":
                 self._load_catalog()
+                self._show_software()
             self._debounce()
 
         return handler
@@ -169,11 +178,20 @@ class ClusterForm(w.VBox):
             self.show_error(exc)
             return None
 
+        try:  # the kernel's environment, taken here (the form runs in the notebook's kernel)
+            environment = for_request(parse_spec(fields))
+        except ClusterSpecError as exc:
+            self.show_error(exc)
+            return None
+        if environment is not None:
+            env = Environment.from_json(environment)
+            self.software.value = html.escape(env.line())
+
         def created(record: dict[str, Any]) -> None:
             self.widget = ClusterWidget(record["id"], self.control)
             self.output.children = [self.widget]
 
-        return self._call(self.control.create(fields), created)
+        return self._call(self.control.create(fields, environment), created)
 
     def show_error(self, exc: BaseException) -> None:
         field = getattr(exc, "field", None)

@@ -81,6 +81,9 @@ def gcp_env(fake, tmp_path_factory, subnet_cidr, vm_network):
         for key in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCE_METADATA_HOST"):
             mp.delenv(key, raising=False)
         mp.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+        # Cloud Storage (the environment bucket) is found as Google's libraries find an
+        # emulator: no coiled-lab.gcp.endpoints.storage here.
+        mp.setenv("STORAGE_EMULATOR_HOST", fake.url)
         mp.setenv("NO_GCE_CHECK", "True")  # this machine is no GCE VM: google-auth must not ask
         # google-auth looks up a service account's "regional access boundary" at
         # iamcredentials.googleapis.com in the background; no endpoint setting reaches it,

@@ -6,8 +6,10 @@ subnetwork, its external address (when it has an access config) NATed to it, the
 ingress the network's firewall rules allow it (source ranges, and source tags expanded
 to their VMs' addresses, for rules whose target tags it carries), the metadata server
 at 169.254.169.254 / ``metadata.google.internal`` (identity, its service account's
-access tokens, the preemption flag), and Cloud Logging at ``gcp.emulator`` through the
-egress proxy (:data:`LOGGING_ENDPOINT_ENV`). Its ``startup-script`` runs as the guest
+access tokens, the preemption flag), and Cloud Logging and Cloud Storage at
+``gcp.emulator`` through the egress proxy (:data:`LOGGING_ENDPOINT_ENV`,
+``STORAGE_EMULATOR_HOST``); the fake takes the tokens the metadata server handed out as
+the VM's service account's, within its access scopes. Its ``startup-script`` runs as the guest
 agent would. A VM that powers itself off becomes ``TERMINATED``; a VM deleted through
 the API has its machine killed. Serial port output is what the boot printed. VMs of a
 role in :attr:`GCEEmulator.broken_roles` boot with a python3 that cannot start.
@@ -20,9 +22,10 @@ import json
 import secrets
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
+from coiled_lab.backends.gcp.session import STORAGE_EMULATOR_ENV
 from coiled_lab.bootstrap.gce import LOGGING_ENDPOINT_ENV
 
 from ..localhttp import LocalHTTP
@@ -33,11 +36,14 @@ from .fakegcp import FakeGCP
 class Identity:
     """What the metadata server says to one VM, and what it handed out."""
 
-    def __init__(self, instance: dict, project: str):
+    def __init__(self, instance: dict, project: str,
+                 issued: Optional[Callable[[str, str, list[str]], None]] = None):
+        """``issued(token, service account, scopes)`` is told of each token handed out."""
         self.instance = instance
         self.project = project
         self.preempted = False
         self.tokens: set[str] = set()
+        self._issued = issued
 
     def value(self, path: str) -> Optional[str]:
         me = self.instance
@@ -45,6 +51,9 @@ class Identity:
         if path == "instance/service-accounts/default/token":
             token = f"vm-{me['name']}-{secrets.token_hex(6)}"
             self.tokens.add(token)
+            account = (me.get("serviceAccounts") or [{}])[0]
+            if self._issued and account.get("email"):
+                self._issued(token, account["email"], list(account.get("scopes", [])))
             return json.dumps({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
         interface = me["networkInterfaces"][0]
         values = {
@@ -136,7 +145,7 @@ class GCEEmulator(Emulator):
         zone = instance["zone"].rsplit("/", 1)[-1]
         role = instance.get("labels", {}).get("coiled-lab-role", "worker")
         self._where[vm_id] = (zone, role)
-        identity = self.identities[vm_id] = Identity(instance, self.fake.project)
+        identity = self.identities[vm_id] = Identity(instance, self.fake.project, self.fake.accept_token)
         interface = instance["networkInterfaces"][0]
         subnet = self._subnetwork(interface["subnetwork"])
         public = next((c.get("natIP") for c in interface.get("accessConfigs", [])), None)
@@ -146,7 +155,8 @@ class GCEEmulator(Emulator):
             metadata=metadata_handler(identity), hostname=vm_id,
             script_path="/var/lib/google/startup-script",
             # What a VM has besides its metadata server: Google's APIs by name (here, the fake's).
-            env={LOGGING_ENDPOINT_ENV: self.vm_endpoint},
+            env={LOGGING_ENDPOINT_ENV: self.vm_endpoint,
+                 STORAGE_EMULATOR_ENV: self.vm_endpoint.removeprefix("http://")},
             files=BROKEN_IMAGE_FILES if role in self.broken_roles else {},
         )
 

@@ -5,9 +5,9 @@ It answers in the JSON shapes of the real services, so the real clients
 google-auth's ``AuthorizedSession``) are pointed at :attr:`FakeGCP.url` and send real
 requests:
 
-- **Compute Engine** (``/compute/v1/...``): zones, machineTypes (per zone and
-  aggregated), instances insert / get / list / aggregatedList (``labels.<k> = "<v>"``
-  filters) / delete / getSerialPortOutput, regionInstances.bulkInsert (count, name pattern,
+- **Compute Engine** (``/compute/v1/...``): projects.get (the project's number), zones,
+  machineTypes (per zone and aggregated), instances insert / get / list / aggregatedList
+  (``labels.<k> = "<v>"`` filters) / delete / getSerialPortOutput, regionInstances.bulkInsert (count, name pattern,
   location policy), zone/region/global operations get and wait, networks, subnetworks,
   firewalls, images.getFromFamily, and the batch endpoint (``/batch/compute/v1``,
   ``multipart/mixed``). Operations come back ``RUNNING`` and are ``DONE`` once waited for
@@ -16,6 +16,15 @@ requests:
   ``labels."k"`` and ``timestamp`` filters, ``orderBy``, page tokens).
 - **IAM** service accounts (``/v1/projects/<p>/serviceAccounts``) and **Resource
   Manager** ``getIamPolicy`` / ``setIamPolicy`` (etag checked).
+- **Cloud Storage** (JSON API, ``/storage/v1/b...`` and ``/upload/storage/v1/b...``):
+  buckets insert / get / patch, getIamPolicy / setIamPolicy (version 3, conditions),
+  objects get (metadata, or the bytes with ``alt=media``) / list (``prefix``) / delete,
+  media upload (``ifGenerationMatch``); the objects are kept in memory. Its callers are
+  checked: the admin's tokens (from ``/token``) may do anything, as the project's owner; a
+  VM's (:meth:`FakeGCP.accept_token`, which the GCE emulator calls for each token its
+  metadata servers hand out) only what its access scopes and its service account's roles
+  allow, on the bucket's IAM policy or the project's (``resource.name.startsWith(...)``
+  conditions evaluated); any other token is refused (401).
 - **OAuth** ``/token``: google-auth's service-account flow gets an access token here.
   Every other request must carry a bearer token (401 otherwise).
 
@@ -59,6 +68,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from ..localhttp import LocalHTTP
 
 PROJECT = "coiled-lab-test"
+PROJECT_NUMBER = "123456789"  # what the GCE emulator's metadata servers say too
 ZONES = {"us-central1": ["us-central1-a", "us-central1-b", "us-central1-c"], "europe-west1": ["europe-west1-b"]}
 # name: (vCPUs, memory MiB, built-in accelerators (type, count), shared core)
 MACHINE_TYPES: dict[str, tuple[int, int, Optional[tuple[str, int]], bool]] = {
@@ -88,6 +98,20 @@ class Request:
     body: Any
     headers: dict[str, str]
     groups: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""  # the body as sent (media uploads)
+
+    @property
+    def token(self) -> Optional[str]:
+        auth = self.headers.get("authorization", "")
+        return auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+
+
+@dataclass
+class Media:
+    """An answer that is bytes, not JSON (an object read with ``alt=media``)."""
+
+    data: bytes
+    content_type: str = "application/octet-stream"
 
 
 @dataclass
@@ -135,6 +159,12 @@ class FakeGCP(LocalHTTP):
         self.firewalls: dict[str, dict] = {}
         self.service_accounts: dict[str, dict] = {}
         self.policy: dict[str, Any] = {"bindings": [], "etag": "BwAAAA==", "version": 1}
+        self.project_number = PROJECT_NUMBER
+        self.buckets: dict[str, dict] = {}  # name -> bucket JSON
+        self.bucket_policies: dict[str, dict] = {}
+        self.objects: dict[str, dict[str, tuple[dict, bytes]]] = {}  # bucket -> name -> (JSON, data)
+        self.vm_tokens: dict[str, tuple[str, tuple[str, ...]]] = {}  # token -> (service account, scopes)
+        self.storage_refused: list[tuple[str, str, str]] = []  # (principal, permission, resource) refused
         self.entries: list[dict] = []
         self.page_size = 1000  # entries.list pages at most this many entries
         self.exhausted: set[str] = set()  # zones, and machine types out of stock everywhere
@@ -232,13 +262,17 @@ class FakeGCP(LocalHTTP):
                     token = f"ya29.fake-{secrets.token_hex(8)}"
                     fake.tokens.add(token)
                     return self._json(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
-                status, answer = fake.dispatch(self.command, unquote(url.path), query, parsed, headers)
+                status, answer = fake.dispatch(self.command, unquote(url.path), query, parsed, headers, raw)
+                if isinstance(answer, Media):
+                    return self._send(status, answer.data, answer.content_type)
                 self._json(status, answer)
 
             def _json(self, status: int, body: Any) -> None:
                 self._send(status, json.dumps(body).encode(), "application/json")
 
             def _send(self, status: int, data: bytes, ctype: str) -> None:
+                if status == 204:  # no body, or it would be read as the next answer's start
+                    data = b""
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -250,7 +284,7 @@ class FakeGCP(LocalHTTP):
         return Handler
 
     def dispatch(self, method: str, path: str, query: dict[str, str], body: Any,
-                 headers: dict[str, str]) -> tuple[int, Any]:
+                 headers: dict[str, str], raw: bytes = b"") -> tuple[int, Any]:
         auth = headers.get("authorization", "")
         token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
         for route_method, pattern, method_id, handler in self._routes:
@@ -258,7 +292,8 @@ class FakeGCP(LocalHTTP):
             if route_method != method or not match:
                 continue
             with self.lock:
-                self.calls_log.append(Call(method_id, method, path, query, body, token))
+                self.calls_log.append(Call(method_id, method, path, query,
+                                           f"<{len(body)} bytes>" if isinstance(body, bytes) else body, token))
                 pending = self._faults.get(method_id)
                 status, after, done = pending.pop(0) if pending else (None, False, [0])
                 done[0] += 1
@@ -268,7 +303,7 @@ class FakeGCP(LocalHTTP):
                 return self._fault(method_id, status)
             try:
                 with self.lock:
-                    answer = handler(Request(method, path, query, body, headers, match.groupdict()))
+                    answer = handler(Request(method, path, query, body, headers, match.groupdict(), raw))
             except KeyError as exc:
                 answer = google_error(404, f"The resource {exc} was not found", "notFound")
             return self._fault(method_id, status) if status is not None else answer
@@ -344,6 +379,17 @@ class FakeGCP(LocalHTTP):
             lambda q: (200, json.loads(json.dumps(self.policy))))
         add("POST", "cloudresourcemanager.projects.setIamPolicy", r"/v1/projects/(?P<project>[^/:]+):setIamPolicy",
             self._set_policy)
+        add("GET", "compute.projects.get", p, self._project)
+        b = r"/storage/v1/b/(?P<bucket>[^/]+)"
+        add("POST", "storage.buckets.insert", "/storage/v1/b", self._bucket_insert)
+        add("GET", "storage.buckets.get", b, self._bucket_get)
+        add("PATCH", "storage.buckets.patch", b, self._bucket_patch)
+        add("GET", "storage.buckets.getIamPolicy", b + "/iam", self._bucket_get_policy)
+        add("PUT", "storage.buckets.setIamPolicy", b + "/iam", self._bucket_set_policy)
+        add("GET", "storage.objects.list", b + "/o", self._objects_list)
+        add("GET", "storage.objects.get", b + "/o/(?P<object>.+)", self._object_get)
+        add("DELETE", "storage.objects.delete", b + "/o/(?P<object>.+)", self._object_delete)
+        add("POST", "storage.objects.insert", "/upload" + b + "/o", self._object_upload)
 
     # -- compute ---------------------------------------------------------------------------------
     def _link(self, path: str) -> str:
@@ -584,6 +630,260 @@ class FakeGCP(LocalHTTP):
             return 409, {"error": {"code": 409, "message": "etag mismatch", "status": "ABORTED"}}
         self.policy = {**policy, "etag": f"Bw{secrets.token_hex(4)}=="}
         return 200, self.policy
+
+    def _project(self, q: Request) -> tuple[int, Any]:
+        if q.groups["project"] != self.project:
+            return google_error(404, f"The resource 'projects/{q.groups['project']}' was not found", "notFound")
+        return 200, {"kind": "compute#project", "name": self.project, "id": self.project_number,
+                     "selfLink": self._link("")[:-1]}
+
+    # -- Cloud Storage -------------------------------------------------------------------------------
+    def accept_token(self, token: str, service_account: str, scopes: Any) -> None:
+        """A VM's access token (its metadata server handed it out): storage requests with it
+        act as ``service_account``, within ``scopes``."""
+        with self.lock:
+            self.vm_tokens[token] = (service_account, tuple(scopes))
+
+    def add_bucket(self, name: str, project_number: Optional[str] = None, readable: bool = True, **fields: Any) -> dict:
+        """A bucket made outside coiled-lab: another project's (``project_number``), which
+        only answers 403 unless ``readable`` (its owner let everyone read it)."""
+        with self.lock:
+            self.buckets[name] = self._bucket(name, {**fields, "location": fields.get("location", "US")},
+                                              project_number or self.project_number)
+            self.buckets[name]["_readable"] = readable
+            self.bucket_policies[name] = {"version": 1, "etag": "CAE=", "bindings": []}
+            self.objects[name] = {}
+            return self.buckets[name]
+
+    def _bucket(self, name: str, body: dict, number: str) -> dict:
+        iam = body.get("iamConfiguration", {})
+        now = _now()
+        return {"kind": "storage#bucket", "id": name, "name": name, "projectNumber": number,
+                "location": body.get("location", "US").upper(), "storageClass": body.get("storageClass", "STANDARD"),
+                "timeCreated": now, "updated": now, "metageneration": "1", "etag": "CAE=",
+                "iamConfiguration": {
+                    "uniformBucketLevelAccess": {"enabled": bool(iam.get("uniformBucketLevelAccess", {}).get(
+                        "enabled"))},
+                    "publicAccessPrevention": iam.get("publicAccessPrevention", "inherited")},
+                **({"labels": body["labels"]} if body.get("labels") else {}),
+                **({"lifecycle": body["lifecycle"]} if body.get("lifecycle") else {})}
+
+    def _storage_caller(self, q: Request, permission: str, bucket: str,
+                        obj: Optional[str] = None) -> Optional[tuple[int, Any]]:
+        """None if the caller may; else the error GCS answers."""
+        token = q.token
+        resource = f"projects/_/buckets/{bucket}" + (f"/objects/{obj}" if obj is not None else "")
+        if token in self.tokens:
+            found = self.buckets.get(bucket)
+            if found is not None and found["projectNumber"] != self.project_number and not (
+                    found.get("_readable") and permission in ("storage.buckets.get", "storage.objects.get")):
+                self.storage_refused.append(("admin", permission, resource))
+                return google_error(403, f"admin@{self.project}.iam.gserviceaccount.com does not have {permission} "
+                                         f"access to the Google Cloud Storage bucket.", "forbidden")
+            return None  # the project's owner
+        if token not in self.vm_tokens:
+            return google_error(401, "Invalid Credentials", "authError")
+        account, scopes = self.vm_tokens[token]
+        writes = permission not in ("storage.objects.get", "storage.objects.list", "storage.buckets.get")
+        scoped = {f"https://www.googleapis.com/auth/{s}" for s in (
+            "cloud-platform", "devstorage.full_control", "devstorage.read_write",
+            *([] if writes else ["devstorage.read_only"]))}
+        if not scoped & set(scopes):
+            self.storage_refused.append((account, permission, resource))
+            return google_error(403, "Provided scope(s) are not authorized", "insufficientPermissions")
+        found = self.buckets.get(bucket)
+        member = f"serviceAccount:{account}"
+        bindings = list(self.policy.get("bindings", [])) + (
+            list(self.bucket_policies.get(bucket, {}).get("bindings", [])) if found is not None else [])
+        for binding in bindings:
+            if permission in STORAGE_ROLES.get(binding.get("role"), ()) and (
+                    member in binding.get("members", []) or "allUsers" in binding.get("members", [])
+                    or "allAuthenticatedUsers" in binding.get("members", [])) and _condition_holds(
+                    binding.get("condition"), resource):
+                return None
+        if found is not None and found.get("_readable") and permission in ("storage.buckets.get",
+                                                                           "storage.objects.get"):
+            return None
+        self.storage_refused.append((account, permission, resource))
+        return google_error(403, f"{account} does not have {permission} access to the Google Cloud Storage "
+                                 f"{'object' if obj is not None else 'bucket'}. Permission '{permission}' denied on "
+                                 f"resource (or it may not exist).", "forbidden")
+
+    def _bucket_insert(self, q: Request) -> tuple[int, Any]:
+        body, name = q.body or {}, (q.body or {}).get("name", "")
+        if q.query.get("project") not in (self.project, self.project_number):
+            return google_error(400, "Invalid project", "invalid")
+        if (not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", name) or name.startswith("goog")
+                or "google" in name):
+            return google_error(400, f"Invalid bucket name: '{name}'", "invalid")
+        if name in self.buckets:
+            return google_error(409, "Your previous request to create the named bucket succeeded and you already "
+                                     "own it." if self.buckets[name]["projectNumber"] == self.project_number else
+                                "The requested bucket name is not available. The bucket namespace is shared by all "
+                                "users of the system. Please select a different name and try again.", "conflict")
+        denied = self._storage_caller(q, "storage.buckets.create", name)
+        if denied:
+            return denied
+        self.buckets[name] = self._bucket(name, body, self.project_number)
+        self.bucket_policies[name] = {"version": 1, "etag": "CAE=", "bindings": [
+            {"role": "roles/storage.legacyBucketOwner", "members": [f"projectEditor:{self.project}",
+                                                                    f"projectOwner:{self.project}"]},
+            {"role": "roles/storage.legacyBucketReader", "members": [f"projectViewer:{self.project}"]}]}
+        self.objects[name] = {}
+        return 200, self._public(self.buckets[name])
+
+    @staticmethod
+    def _public(item: dict) -> dict:
+        return {k: v for k, v in item.items() if not k.startswith("_")}
+
+    def _found_bucket(self, q: Request, permission: str, obj: Optional[str] = None) -> tuple[Optional[dict], Any]:
+        """(the bucket, None) or (None, the error to answer)."""
+        name = q.groups["bucket"]
+        if name not in self.buckets:
+            return None, google_error(404, "The specified bucket does not exist.", "notFound")
+        denied = self._storage_caller(q, permission, name, obj)
+        return (None, denied) if denied else (self.buckets[name], None)
+
+    def _bucket_get(self, q: Request) -> tuple[int, Any]:
+        found, error = self._found_bucket(q, "storage.buckets.get")
+        return error if error else (200, self._public(found))
+
+    def _bucket_patch(self, q: Request) -> tuple[int, Any]:
+        found, error = self._found_bucket(q, "storage.buckets.update")
+        if error:
+            return error
+        body = q.body or {}
+        if "iamConfiguration" in body:
+            iam = body["iamConfiguration"]
+            if "uniformBucketLevelAccess" in iam:
+                found["iamConfiguration"]["uniformBucketLevelAccess"] = {
+                    "enabled": bool(iam["uniformBucketLevelAccess"].get("enabled"))}
+            if "publicAccessPrevention" in iam:
+                found["iamConfiguration"]["publicAccessPrevention"] = iam["publicAccessPrevention"]
+        if "labels" in body:
+            labels = {**found.get("labels", {}), **body["labels"]}
+            found["labels"] = {k: v for k, v in labels.items() if v is not None}
+        if "lifecycle" in body:
+            found["lifecycle"] = body["lifecycle"]
+        found["metageneration"] = str(int(found["metageneration"]) + 1)
+        found["updated"] = _now()
+        return 200, self._public(found)
+
+    def _bucket_get_policy(self, q: Request) -> tuple[int, Any]:
+        found, error = self._found_bucket(q, "storage.buckets.getIamPolicy")
+        if error:
+            return error
+        policy = self.bucket_policies[found["name"]]
+        if any(b.get("condition") for b in policy["bindings"]) and int(q.query.get("optionsRequestedPolicyVersion")
+                                                                       or 1) < 3:
+            return google_error(400, "Bucket has a condition in its IAM policy: requested policy version must be 3 "
+                                     "or greater", "invalid")
+        return 200, {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{found['name']}",
+                     **json.loads(json.dumps(policy))}
+
+    def _bucket_set_policy(self, q: Request) -> tuple[int, Any]:
+        found, error = self._found_bucket(q, "storage.buckets.setIamPolicy")
+        if error:
+            return error
+        policy, current = q.body or {}, self.bucket_policies[found["name"]]
+        if policy.get("etag") and policy["etag"] != current["etag"]:
+            return google_error(412, "Precondition Failed", "conditionNotMet")
+        if any(b.get("condition") for b in policy.get("bindings", [])):
+            if int(policy.get("version") or 1) < 3:
+                return google_error(400, "IAM conditions need policy version 3", "invalid")
+            if not found["iamConfiguration"]["uniformBucketLevelAccess"]["enabled"]:
+                return google_error(400, "IAM conditions need uniform bucket-level access", "invalid")
+        self.bucket_policies[found["name"]] = {"version": int(policy.get("version") or 1),
+                                               "bindings": policy.get("bindings", []),
+                                               "etag": f"C{secrets.token_hex(3)}="}
+        return 200, {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{found['name']}",
+                     **json.loads(json.dumps(self.bucket_policies[found["name"]]))}
+
+    def _objects_list(self, q: Request) -> tuple[int, Any]:
+        found, error = self._found_bucket(q, "storage.objects.list")
+        if error:
+            return error
+        prefix = q.query.get("prefix", "")
+        return 200, {"kind": "storage#objects", "items": [meta for name, (meta, _) in
+                                                           sorted(self.objects[found["name"]].items())
+                                                           if name.startswith(prefix)]}
+
+    def _object_get(self, q: Request) -> tuple[int, Any]:
+        found, error = self._found_bucket(q, "storage.objects.get", q.groups["object"])
+        if error:
+            return error
+        item = self.objects[found["name"]].get(q.groups["object"])
+        if item is None:
+            return google_error(404, f"No such object: {found['name']}/{q.groups['object']}", "notFound")
+        meta, data = item
+        return (200, Media(data, meta["contentType"])) if q.query.get("alt") == "media" else (200, meta)
+
+    def _object_delete(self, q: Request) -> tuple[int, Any]:
+        found, error = self._found_bucket(q, "storage.objects.delete", q.groups["object"])
+        if error:
+            return error
+        if self.objects[found["name"]].pop(q.groups["object"], None) is None:
+            return google_error(404, f"No such object: {found['name']}/{q.groups['object']}", "notFound")
+        return 204, {}
+
+    def _object_upload(self, q: Request) -> tuple[int, Any]:
+        name = q.query.get("name", "")
+        if q.query.get("uploadType") != "media" or not name:
+            return google_error(400, "the fake takes media uploads with a name only", "invalid")
+        found, error = self._found_bucket(q, "storage.objects.create", name)
+        if error:
+            return error
+        objects = self.objects[found["name"]]
+        present = objects.get(name)
+        wanted = q.query.get("ifGenerationMatch")
+        if wanted is not None and wanted != (present[0]["generation"] if present else "0"):
+            return google_error(412, "At least one of the pre-conditions you specified did not hold.",
+                                "conditionNotMet")
+        if present is not None:  # replacing an object takes delete too
+            denied = self._storage_caller(q, "storage.objects.delete", found["name"], name)
+            if denied:
+                return denied
+        generation = str(next(self._ids))
+        now = _now()
+        meta = {"kind": "storage#object", "id": f"{found['name']}/{name}/{generation}", "name": name,
+                "bucket": found["name"], "generation": generation, "metageneration": "1",
+                "contentType": q.headers.get("content-type", "application/octet-stream"),
+                "size": str(len(q.raw)), "timeCreated": now, "updated": now}
+        objects[name] = (meta, q.raw)
+        return 200, meta
+
+
+_OBJECTS_READ = ("storage.objects.get", "storage.objects.list")
+_OBJECTS_ALL = (*_OBJECTS_READ, "storage.objects.create", "storage.objects.delete", "storage.objects.update")
+_BUCKET_ALL = ("storage.buckets.get", "storage.buckets.update", "storage.buckets.getIamPolicy",
+               "storage.buckets.setIamPolicy", "storage.buckets.create", "storage.buckets.delete")
+# Cloud Storage's predefined roles, the permissions of theirs the fake checks.
+STORAGE_ROLES: dict[str, tuple[str, ...]] = {
+    "roles/storage.objectViewer": _OBJECTS_READ,
+    "roles/storage.objectCreator": ("storage.objects.create",),
+    "roles/storage.objectUser": _OBJECTS_ALL,
+    "roles/storage.objectAdmin": _OBJECTS_ALL,
+    "roles/storage.admin": (*_OBJECTS_ALL, *_BUCKET_ALL),
+    "roles/storage.legacyBucketReader": ("storage.buckets.get", "storage.objects.list"),
+    "roles/storage.legacyBucketWriter": ("storage.buckets.get", "storage.objects.list", "storage.objects.create",
+                                         "storage.objects.delete"),
+    "roles/storage.legacyBucketOwner": ("storage.buckets.get", "storage.buckets.update", "storage.buckets.getIamPolicy",
+                                        "storage.buckets.setIamPolicy", "storage.objects.list",
+                                        "storage.objects.create", "storage.objects.delete"),
+}
+
+
+def _condition_holds(condition: Optional[dict], resource: str) -> bool:
+    """An IAM condition, the kind coiled-lab writes: ``resource.name.startsWith("...")``
+    terms joined by ``||``; anything else does not hold."""
+    if not condition:
+        return True
+    terms = [t.strip() for t in condition.get("expression", "").split("||")]
+    for term in terms:
+        match = re.fullmatch(r"""resource\.name\.startsWith\((["'])(.*)\1\)""", term)
+        if match and resource.startswith(match.group(2)):
+            return True
+    return False
 
 
 def _matches(instance: dict, text: Optional[str]) -> bool:

@@ -79,9 +79,9 @@ class AWSBackend(Backend):
         """config.json's software fields (:func:`coiled_lab.backends.envstore.boot_fields`)."""
         bucket, store = cluster.state.get("env_bucket"), None
         if bucket:
-            store = self._stores.setdefault((self.region(cluster), bucket),
-                                            envstore.S3Store(self.aws, self.region(cluster), bucket))
-        return await boot_fields(cluster.environment, store, role, self.name)
+            store = self._stores.setdefault((self.region(cluster), bucket), envstore.S3Store(
+                self.aws, self.region(cluster), bucket, cluster.state.get("env_bucket_owner")))
+        return await boot_fields(cluster.environment, store, role, self.name, cluster.notify)
 
     def _instance(self, item: dict[str, Any], region: str) -> Instance:
         tags = as_dict(item.get("Tags"))
@@ -133,7 +133,8 @@ class AWSBackend(Backend):
         ingress = await network.ingress_group(self.aws, region, net, cidr)
         store = await envstore.find(self.aws, region) if cluster.environment is not None else None
         return {**net.to_state(), "region": region, "ingress_group": ingress, "ingress_cidr": cidr,
-                "env_bucket": store.bucket if store else None}
+                "env_bucket": store.bucket if store else None,
+                "env_bucket_owner": store.owner if store else None}
 
     async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
         region, spec = self.region(cluster), cluster.spec

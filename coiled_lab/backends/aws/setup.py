@@ -63,7 +63,7 @@ async def plan(
     p.ids["buckets"] = await buckets_pattern(aws, region)
     await _plan_role(aws, p)
     await _plan_log_group(aws, p)
-    await _plan_bucket(aws, p, await bucket_name(aws, region))
+    await _plan_bucket(aws, p, *(await bucket_name(aws, region)))
     return p
 
 
@@ -303,7 +303,7 @@ async def buckets_pattern(aws: AWSSession, region: str) -> str:
     return f"coiled-lab-envs-{account}-*"
 
 
-async def _plan_bucket(aws: AWSSession, p: Plan, name: str) -> None:
+async def _plan_bucket(aws: AWSSession, p: Plan, name: str, owner: Optional[str]) -> None:
     """The region's bucket of built environments: private, and objects removed after
     ``env-expire-days`` (a cluster using an environment older than that rebuilds it)."""
     if config.get("aws.env-bucket") is False:
@@ -312,9 +312,12 @@ async def _plan_bucket(aws: AWSSession, p: Plan, name: str) -> None:
     rules = [{"ID": "coiled-lab-expire", "Status": "Enabled", "Filter": {"Prefix": ""},
               "Expiration": {"Days": days}}]
     try:
-        await aws.call("s3", p.region, "head_bucket", Bucket=name)
+        await aws.call("s3", p.region, "head_bucket", Bucket=name, **({"ExpectedBucketOwner": owner} if owner else {}))
         exists = True
     except Exception as exc:
+        if error_code(exc) in ("403", "AccessDenied"):
+            raise AWSError(f"the S3 bucket {name} exists and is not this account's (or you may not read it); name "
+                           "another in coiled-lab.aws.env-bucket") from None
         if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
             raise
         exists = False

@@ -28,7 +28,8 @@ from ...pricing import PriceBook
 from ...spec import ClusterSpec, ClusterSpecError
 from .. import bootconfig, ingress
 from ..base import Backend, ClusterContext, check_vm_software, owner_id
-from . import instances, logs, network, startup, sweep
+from ..envstore import ARCHIVE, boot_fields
+from . import envstore, instances, logs, network, startup, sweep
 from .catalog import Catalog, Images, MachineType
 from .labels import CLUSTER, NETWORK_TAG, ROLE, cluster_labels
 from .session import GCPError, GCPSession, is_not_found
@@ -47,7 +48,7 @@ class GCPBackend(Backend):
         self.images = Images(self.gcp)
         self._views: dict[str, tuple[float, dict[str, Instance]]] = {}
         self._stopped: dict[str, dict[str, str]] = {}  # cluster -> powered-off VM -> zone, seen once
-        self._warned: set[str] = set()  # clusters told which packages package_sync cannot install
+        self._stores: dict[str, envstore.GCSStore] = {}
 
     @property
     def credentials(self) -> Any:
@@ -65,15 +66,19 @@ class GCPBackend(Backend):
         # ClusterContext.directory is <state dir>/clusters/<id>: the owner is that store.
         return cluster_labels(cluster.spec.tags, cluster.id, role, owner_id(cluster.directory.parent.parent))
 
-    def _packages(self, cluster: ClusterContext) -> tuple[list[str], list[str]]:
-        return bootconfig.synced_packages(cluster.spec, cluster.id, cluster.name, self._warned, logger)
+    async def _software(self, cluster: ClusterContext, role: str) -> dict[str, Any]:
+        """config.json's software fields (:func:`coiled_lab.backends.envstore.boot_fields`)."""
+        bucket, store = cluster.state.get("env_bucket"), None
+        if bucket:
+            store = self._stores.setdefault(bucket, envstore.GCSStore(self.gcp, bucket))
+        return await boot_fields(cluster.environment, store, role, self.name, cluster.notify)
 
-    def _script(self, cluster: ClusterContext, role: str, machine: MachineType,
-                scheduler_address: Optional[str] = None) -> str:
+    async def _script(self, cluster: ClusterContext, role: str, machine: MachineType,
+                      scheduler_address: Optional[str] = None) -> str:
         bootstrap = bootconfig.bootstrap_config(
             "gcp", cluster.id, cluster.spec, cluster.tls, role, scheduler_address, gpu=machine.kind == "gpu",
-            packages=self._packages(cluster), project=self.gcp.project, log_name=config.get("gcp.log-name"),
-            logging_endpoint=self.gcp.endpoint("logging"),
+            software=await self._software(cluster, role), project=self.gcp.project,
+            log_name=config.get("gcp.log-name"), logging_endpoint=self.gcp.endpoint("logging"),
         )
         return startup.build(bootconfig.archive(bootstrap), bootstrap)
 
@@ -121,6 +126,11 @@ class GCPBackend(Backend):
     def check_spec(self, spec: ClusterSpec) -> None:
         check_vm_software(spec, self.name)
 
+    async def environment_built(self, env_hash: str, region: Optional[str] = None) -> Optional[bool]:
+        # One bucket per project, whatever the region.
+        store = await envstore.find(self.gcp)
+        return None if store is None else await store.exists(ARCHIVE.format(hash=env_hash))
+
     async def ensure_network(self, cluster: ClusterContext) -> dict[str, Any]:
         region = self.region(cluster)
         net = await network.find(self.gcp, region)
@@ -131,7 +141,11 @@ class GCPBackend(Backend):
                                        f"{', '.join(zones)}", "zone")
         cidr = ingress.resolve_cidr(cluster.spec.allow_ingress_from, self.gcp.endpoint("compute"), GCPError)
         tag = await network.ensure_ingress(self.gcp, net, cidr)
-        return {**net.to_state(), "region": region, "ingress_tag": tag, "ingress_cidr": cidr}
+        store = None
+        if cluster.environment is not None:
+            store = await envstore.find(self.gcp, lambda message: cluster.notify("software", message))
+        return {**net.to_state(), "region": region, "ingress_tag": tag, "ingress_cidr": cidr,
+                "env_bucket": store.bucket if store else None}
 
     async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
         region, spec = self.region(cluster), cluster.spec
@@ -143,13 +157,14 @@ class GCPBackend(Backend):
             raise GCPError(f"no zone of {region} offers both {scheduler_type.name} and any of "
                            f"{', '.join(t.name for t in worker_types)}")
         image = await self.images.image(scheduler_type.kind)
-        script = self._script(cluster, "scheduler", scheduler_type)
+        script = await self._script(cluster, "scheduler", scheduler_type)
         labels = self._labels(cluster, "scheduler")
         name = f"coiled-lab-{cluster.id}-scheduler"
         zone, refused = await instances.insert_scheduler(
             self.gcp, name, zones,
             lambda z: instances.properties(scheduler_type, z, image, cluster.state["subnetwork"], self.gcp.project,
-                                           script, labels, [NETWORK_TAG, cluster.state["ingress_tag"]], spot=False))
+                                           script, labels, [NETWORK_TAG, cluster.state["ingress_tag"]], spot=False,
+                                           storage=bool(cluster.state.get("env_bucket"))))
         if refused:
             cluster.notify("capacity", f"no capacity for the scheduler ({scheduler_type.name}) in "
                                        f"{', '.join(r.split(':')[0] for r in refused)}; the cluster runs in {zone}")
@@ -179,8 +194,8 @@ class GCPBackend(Backend):
             raise GCPError(f"none of {', '.join(t.name for t in worker_types)} is offered in {', '.join(allowed)}")
         # The types are of one kind: one image and one startup script serve them all.
         image = await self.images.image(offered[0].kind)
-        script = self._script(cluster, "worker", offered[0],
-                              f"tls://{scheduler.data['private_ip']}:{ingress.SCHEDULER_PORT}")
+        script = await self._script(cluster, "worker", offered[0],
+                                    f"tls://{scheduler.data['private_ip']}:{ingress.SCHEDULER_PORT}")
         labels = self._labels(cluster, "worker")
         # One type per bulkInsert: the first choice, and the next one only when GCE has no
         # capacity for it in any zone the workers may use.
@@ -192,7 +207,7 @@ class GCPBackend(Backend):
                     self.gcp, region, zones, all_zones, min(count, instances.MAX_BULK),
                     lambda spot, m=machine: instances.properties(m, None, image, cluster.state["subnetwork"],
                                                                  self.gcp.project, script, labels, [NETWORK_TAG],
-                                                                 spot),
+                                                                 spot, storage=bool(cluster.state.get("env_bucket"))),
                     f"coiled-lab-{cluster.id}-w", spec.spot_policy, machine, cluster.notify)
             except instances.NoCapacity as exc:
                 refused.append(f"{machine.name} in {', '.join(zones)} ({exc.code})")

@@ -33,6 +33,9 @@ SPOT_REFUSED = (*EXHAUSTED, "QUOTA_EXCEEDED")  # no Spot capacity, or no Spot (p
 ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "REPAIRING")
 MAX_BULK = 1000  # instances per bulkInsert, and calls per batch request
 LOG_SCOPE = "https://www.googleapis.com/auth/logging.write"
+# The environment bucket (read, and the scheduler's upload of a new build); what the
+# service account may do there is the bucket's IAM policy's to say.
+STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 
 
 class NoCapacity(GCPError):
@@ -57,9 +60,11 @@ def service_account(project: str) -> str:
 
 
 def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork: str, project: str,
-               script: str, labels: dict[str, str], tags: list[str], spot: bool) -> dict[str, Any]:
+               script: str, labels: dict[str, str], tags: list[str], spot: bool,
+               storage: bool = False) -> dict[str, Any]:
     """An instance (``zone`` given: for ``insert``) or a bulk launch's instance properties
-    (no zone: names instead of zonal URLs)."""
+    (no zone: names instead of zonal URLs). ``storage``: its service account's tokens may
+    reach Cloud Storage (the cluster uses the environment bucket); else Cloud Logging only."""
     def zonal(kind: str, name: str) -> str:
         return f"zones/{zone}/{kind}/{name}" if zone else name
 
@@ -80,7 +85,8 @@ def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork
         }],
         "network_interfaces": [{"subnetwork": subnetwork,
                                 "access_configs": [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}]}],
-        "service_accounts": [{"email": service_account(project), "scopes": [LOG_SCOPE]}],
+        "service_accounts": [{"email": service_account(project),
+                              "scopes": [LOG_SCOPE, *([STORAGE_SCOPE] if storage else [])]}],
         "metadata": {"items": [{"key": "startup-script", "value": script}]},
         "labels": labels,
         "tags": {"items": tags},

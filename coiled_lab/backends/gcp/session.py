@@ -4,7 +4,8 @@ Compute Engine goes through ``google-cloud-compute``'s clients with the REST tra
 Cloud Logging through ``google-cloud-logging``'s HTTP client, and the services neither
 package covers (IAM, Resource Manager, Compute's batch endpoint) through
 ``google.auth.transport.requests.AuthorizedSession``. Each is pointed at
-``coiled-lab.gcp.endpoints.<service>`` when set (the tests' local fake), else Google's.
+``coiled-lab.gcp.endpoints.<service>`` when set (the tests' local fake), else Google's;
+Cloud Storage, as Google's own libraries do, at ``STORAGE_EMULATOR_HOST`` when that is set.
 
 Every call runs in a worker thread (:meth:`GCPSession.call`) so the manager's event loop
 never waits on the network, and is retried on throttling (429) and transient server
@@ -16,6 +17,7 @@ the google packages are imported on first use.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any, Callable, Optional
 
@@ -27,7 +29,9 @@ DEFAULT_ENDPOINTS = {
     "logging": "https://logging.googleapis.com",
     "iam": "https://iam.googleapis.com",
     "resourcemanager": "https://cloudresourcemanager.googleapis.com",
+    "storage": "https://storage.googleapis.com",
 }
+STORAGE_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"  # ``host:port`` or a URL, as google-cloud-storage reads it
 
 
 class GCPError(RuntimeError):
@@ -96,7 +100,11 @@ class GCPSession:
 
     @staticmethod
     def endpoint(service: str) -> str:
-        return (config.get(f"gcp.endpoints.{service}") or DEFAULT_ENDPOINTS[service]).rstrip("/")
+        configured = config.get(f"gcp.endpoints.{service}")
+        if not configured and service == "storage" and os.environ.get(STORAGE_EMULATOR_ENV):
+            host = os.environ[STORAGE_EMULATOR_ENV]
+            configured = host if "://" in host else f"http://{host}"
+        return (configured or DEFAULT_ENDPOINTS[service]).rstrip("/")
 
     # -- clients ----------------------------------------------------------------------------
     def compute(self, name: str) -> Any:

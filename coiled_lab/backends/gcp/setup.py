@@ -10,7 +10,15 @@ everything in place and says so. It makes:
   opening the scheduler and dashboard ports (8786-8787) to ``allow_ingress_from`` only
   (default: this machine's address; never 0.0.0.0/0 unless asked);
 - the VMs' service account ``coiled-lab.gcp.service-account``, with one role on the project:
-  ``roles/logging.logWriter`` (write log entries, nothing else).
+  ``roles/logging.logWriter`` (write log entries, nothing else);
+- the bucket of built environments (:mod:`.envstore`; not with ``coiled-lab.gcp.env-bucket:
+  false``), in the region prepared when it is first made: uniform bucket-level access,
+  public access prevention enforced, a lifecycle rule deleting objects
+  ``coiled-lab.gcp.env-expire-days`` old, label ``coiled-lab=managed``; its IAM policy lets
+  the service account read its objects (``roles/storage.objectViewer``) and write those
+  under ``envs/`` only (``roles/storage.objectUser`` with a condition on the name). An
+  existing bucket whose settings differ is updated; one of that name in another project
+  is an error.
 """
 
 from __future__ import annotations
@@ -20,17 +28,23 @@ from typing import Any, Callable, Optional
 from ... import config
 from .. import ingress
 from ..plan import Plan
-from . import network
+from ..envstore import ARCHIVE
+from . import envstore, network
 from .instances import service_account
-from .session import GCPError, GCPSession, is_not_found
+from .session import GCPError, GCPSession, is_conflict, is_not_found
 
 VM_ROLE = "roles/logging.logWriter"
+BUCKET_READ_ROLE = "roles/storage.objectViewer"
+BUCKET_WRITE_ROLE = "roles/storage.objectUser"  # create, and replace a damaged archive
+WRITTEN_PREFIX = ARCHIVE.split("/", 1)[0] + "/"  # what VMs write: envs/
+MANAGED_LABEL = {"coiled-lab": "managed"}
 SETUP_ROLES = {
     "roles/compute.networkAdmin": "create the network and subnetwork",
     "roles/compute.securityAdmin": "create the firewall rules",
     "roles/iam.serviceAccountAdmin": "create the VMs' service account",
     "roles/resourcemanager.projectIamAdmin": f"grant that service account {VM_ROLE}",
 }
+BUCKET_SETUP_ROLES = {"roles/storage.admin": "create the environment bucket, set its settings and IAM policy"}
 EVERYDAY_ROLES = {
     "roles/compute.instanceAdmin.v1": "launch, list and delete VMs, read their serial output",
     "roles/iam.serviceAccountUser": "run VMs as the coiled-lab service account (grant it on that account only)",
@@ -38,6 +52,10 @@ EVERYDAY_ROLES = {
     "roles/compute.securityAdmin": "open the scheduler to a CIDR no firewall rule opens yet "
                                    "(not needed if every cluster uses the CIDRs setup opened)",
 }
+# On the environment bucket only: storage.buckets.get, storage.objects.get and
+# storage.objects.create (put what a new environment is built from; never replace).
+BUCKET_EVERYDAY_ROLES = ("roles/storage.legacyBucketReader", "roles/storage.objectViewer",
+                         "roles/storage.objectCreator")
 
 
 async def _get(call: Callable[..., Any], **params: Any) -> Optional[Any]:
@@ -126,8 +144,129 @@ async def plan(gcp: GCPSession, region: str, subnet_cidr: Optional[str] = None,
                 binding["members"].append(member)
             await gcp.rest("POST", "resourcemanager", f"{policy_path}:setIamPolicy", {"policy": current})
 
-        p.add(f"grant {email} {VM_ROLE} on project {project} (its only role)", grant)
+        p.add(f"grant {email} {VM_ROLE} on project {project} (its only role on the project)", grant)
+    if config.get("gcp.env-bucket") is not False:
+        await _plan_bucket(p, gcp, region, member)
     return p
+
+
+def bucket_settings(days: int) -> dict[str, Any]:
+    """What setup makes sure of on the environment bucket (besides its IAM policy)."""
+    return {"iamConfiguration": {"uniformBucketLevelAccess": {"enabled": True}, "publicAccessPrevention": "enforced"},
+            "lifecycle": {"rule": [expiry_rule(days)]}, "labels": dict(MANAGED_LABEL)}
+
+
+def expiry_rule(days: int) -> dict[str, Any]:
+    return {"action": {"type": "Delete"}, "condition": {"age": days}}
+
+
+def _is_expiry(rule: dict[str, Any]) -> bool:
+    """A rule deleting objects by age alone: ours (maybe with another number of days)."""
+    return rule.get("action", {}).get("type") == "Delete" and set(rule.get("condition", {})) == {"age"}
+
+
+def bucket_changes(found: dict[str, Any], days: int) -> tuple[list[str], dict[str, Any]]:
+    """How an existing bucket differs from :func:`bucket_settings`: (what, the PATCH body)."""
+    what: list[str] = []
+    patch: dict[str, Any] = {}
+    iam = found.get("iamConfiguration", {})
+    if not iam.get("uniformBucketLevelAccess", {}).get("enabled"):
+        what.append("turn on uniform bucket-level access")
+        patch.setdefault("iamConfiguration", {})["uniformBucketLevelAccess"] = {"enabled": True}
+    if iam.get("publicAccessPrevention") != "enforced":
+        what.append("enforce public access prevention")
+        patch.setdefault("iamConfiguration", {})["publicAccessPrevention"] = "enforced"
+    rules = list(found.get("lifecycle", {}).get("rule", []))
+    if expiry_rule(days) not in rules:
+        what.append(f"delete objects {days} days old")
+        patch["lifecycle"] = {"rule": [r for r in rules if not _is_expiry(r)] + [expiry_rule(days)]}
+    if any(found.get("labels", {}).get(k) != v for k, v in MANAGED_LABEL.items()):
+        what.append("label it coiled-lab=managed")
+        patch["labels"] = dict(MANAGED_LABEL)
+    return what, patch
+
+
+def vm_bindings(bucket: str, member: str) -> list[dict[str, Any]]:
+    """The VMs' grants on the bucket: read everything, write under ``envs/`` only."""
+    return [{"role": BUCKET_READ_ROLE, "members": [member]},
+            {"role": BUCKET_WRITE_ROLE, "members": [member], "condition": {
+                "title": "coiled-lab-envs-written",
+                "description": "coiled-lab VMs write built environments, nothing else",
+                "expression": f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{WRITTEN_PREFIX}")'}}]
+
+
+def _same_condition(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]]) -> bool:
+    return (a or {}).get("expression") == (b or {}).get("expression")
+
+
+def _granted(policy: dict[str, Any], wanted: dict[str, Any], member: str) -> bool:
+    return any(b.get("role") == wanted["role"] and _same_condition(b.get("condition"), wanted.get("condition"))
+               and member in b.get("members", []) for b in policy.get("bindings", []))
+
+
+async def _plan_bucket(p: Plan, gcp: GCPSession, region: str, member: str) -> None:
+    name, days = envstore.bucket_name(gcp), int(config.get("gcp.env-expire-days"))
+    other = ("set coiled-lab.gcp.env-bucket to another name (or to false: no environment bucket, every VM "
+             "installs its environment from the package index)")
+    try:
+        found = await envstore.bucket(gcp, name)
+    except Exception as exc:
+        if getattr(exc, "code", None) == 403:
+            raise GCPError(f"bucket {name}: access refused ({getattr(exc, 'message', exc)}): another project owns a "
+                           f"bucket of that name, or these credentials lack storage.buckets.get; {other}") from None
+        raise
+    if found is not None and await envstore.foreign(gcp, found):
+        raise GCPError(f"a bucket named {name} exists in another project (bucket names are global); {other}")
+    path = f"/storage/v1/b/{name}"
+    if found is None:
+        async def create_bucket() -> None:
+            try:
+                await gcp.rest("POST", "storage", "/storage/v1/b", {"name": name, "location": region,
+                                                                     **bucket_settings(days)},
+                               params={"project": gcp.project})
+            except Exception as exc:
+                if not is_conflict(exc):
+                    raise
+                made = await envstore.bucket(gcp, name)  # made a moment ago by another setup, or taken
+                if made is None or await envstore.foreign(gcp, made):
+                    raise GCPError(f"bucket name {name} is taken (bucket names are global); {other}") from None
+                changes = bucket_changes(made, days)[1]
+                if changes:
+                    await gcp.rest("PATCH", "storage", path, changes)
+
+        p.add(f"create storage bucket {name} in {region} for built environments: uniform bucket-level access, "
+              f"no public access, objects deleted {days} days after they were written", create_bucket)
+        policy: dict[str, Any] = {"bindings": []}
+    else:
+        what, changes = bucket_changes(found, days)
+        if changes:
+            async def update_bucket(changes: dict[str, Any] = changes) -> None:
+                await gcp.rest("PATCH", "storage", path, changes)
+
+            p.add(f"update storage bucket {name}: {', '.join(what)}", update_bucket)
+        policy = await gcp.rest("GET", "storage", f"{path}/iam", params={"optionsRequestedPolicyVersion": 3})
+    missing = [b for b in vm_bindings(name, member) if not _granted(policy, b, member)]
+    if missing:
+        async def grant_bucket() -> None:
+            # Read again just before writing: the etag makes a concurrent change fail, not vanish.
+            current = await gcp.rest("GET", "storage", f"{path}/iam", params={"optionsRequestedPolicyVersion": 3})
+            bindings = current.setdefault("bindings", [])
+            for wanted in vm_bindings(name, member):
+                if _granted(current, wanted, member):
+                    continue
+                binding = next((b for b in bindings if b.get("role") == wanted["role"]
+                                and _same_condition(b.get("condition"), wanted.get("condition"))), None)
+                if binding is None:
+                    bindings.append(wanted)
+                else:
+                    binding.setdefault("members", []).append(member)
+            current["version"] = 3  # conditions
+            await gcp.rest("PUT", "storage", f"{path}/iam", {k: v for k, v in current.items()
+                                                             if k in ("bindings", "etag", "version")})
+
+        email = member.split(":", 1)[1]
+        p.add(f"let {email} read bucket {name} ({BUCKET_READ_ROLE}) and write under {WRITTEN_PREFIX} only "
+              f"({BUCKET_WRITE_ROLE} on that prefix)", grant_bucket)
 
 
 async def run(gcp: GCPSession, region: str, emit: Callable[[str], None], subnet_cidr: Optional[str] = None,
@@ -136,10 +275,14 @@ async def run(gcp: GCPSession, region: str, emit: Callable[[str], None], subnet_
     p = await plan(gcp, region, subnet_cidr, allow_ingress_from)
     emit(f"coiled-lab setup gcp: project {gcp.project}, region {region}")
     await p.carry_out(emit, dry_run)
+    bucket = config.get("gcp.env-bucket") is not False
     emit("\nIAM roles for running `coiled-lab setup gcp` (remove them once setup is done):")
-    for role, why in SETUP_ROLES.items():
+    for role, why in {**SETUP_ROLES, **(BUCKET_SETUP_ROLES if bucket else {})}.items():
         emit(f"  {role}: {why}")
     emit("\nIAM roles for everyday use (starting, watching and stopping clusters):")
     for role, why in EVERYDAY_ROLES.items():
         emit(f"  {role}: {why}")
+    if bucket:
+        emit(f"  {', '.join(BUCKET_EVERYDAY_ROLES)} on bucket {envstore.bucket_name(gcp)} only: find it and put what "
+             f"a new environment is built from ({', '.join(envstore.EVERYDAY_PERMISSIONS)})")
     return p

@@ -9,7 +9,9 @@ coiled_lab.bootstrap.vm`` with it (the bootstrap installs the Python and package
 with itself) and, however that ends, powers the machine off; GCE then stops it (billing
 for its vCPUs and memory ends) and the backend deletes stopped machines of its clusters as
 soon as it sees them. The VM logs to Cloud Logging with its own service account
-(``roles/logging.logWriter`` only).
+(``roles/logging.logWriter`` on the project) and, when the cluster syncs an environment
+through the bucket (:mod:`.envstore`), reads and writes it with that account's token too:
+``config.json`` then names the bucket and the keys instead of carrying the pins.
 """
 
 from __future__ import annotations
