@@ -80,3 +80,12 @@ def test_errors_are_one_line(ip, state_dir, capsys, line, message):
     assert "Traceback" not in shown
     assert result.error_in_exec is not None
     assert cluster_processes(state_dir) == []
+
+
+def test_env_shows_what_this_kernel_would_sync(ip, state_dir, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "analysis.py").write_text("x = 1\n")
+    ip.run_line_magic("coiled", "env --backend local --exclude nothing.py")
+    shown = capsys.readouterr().out
+    assert "python %d.%d on " % __import__("sys").version_info[:2] in shown
+    assert "files of the working directory: 1 " in shown and "runs the Jupyter server's own environment" in shown

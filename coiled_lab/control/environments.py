@@ -59,17 +59,17 @@ class Environments:
         """What a new cluster syncs: None when it syncs nothing (local backend, package_sync
         off, a requirements file); the environment sent (a hash already kept, or the
         environment itself); else the server's own (its :attr:`~Environment.where` says so)."""
-        if spec.backend == "local" or not spec.package_sync or spec.software:
-            return None
+        env = None
         if isinstance(environment, str):
             env = self.get(environment)
             if env is None:
                 raise ClusterSpecError(f"environment: {environment!r} is not allowed: no environment of that hash was "
                                        "sent to this server; send the environment itself", "environment")
-            return env
-        if environment is not None:
-            return self.stage(environment)
-        return self.server()
+        elif environment is not None:  # checked even when unused: bad input is never ignored
+            env = self.stage(environment)
+        if spec.backend == "local" or not spec.package_sync or spec.software:
+            return None
+        return env or self.server()
 
     def server(self) -> Environment:
         """This server's environment (no files, local packages named but not built), taken

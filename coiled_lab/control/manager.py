@@ -230,7 +230,7 @@ class ClusterManager:
         # The Python the cluster runs is fixed now (the asking environment's when left out),
         # so that every machine launched later for it, after a restart too, gets the same.
         # Local processes run this server's (a configured default for clouds does not apply).
-        if env is not None and not spec.python_version:
+        if env is not None and env.where != SERVER and not spec.python_version:
             spec = spec.model_copy(update={"python_version": env.python})
         python = running_python() if spec.backend == "local" else cluster_python(spec)
         spec = spec.model_copy(update={"name": name, "python_version": python,

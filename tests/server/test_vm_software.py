@@ -67,6 +67,15 @@ def test_what_the_vms_cannot_install_is_a_400_with_no_aws_call(service, api, jp_
                 assert (code, reply["field"]) == (400, field), (path, fields, reply)
                 assert says in reply["error"], (path, fields, reply)
                 assert len(counted_aws.calls()) == before, (path, fields, counted_aws.calls()[before:])
+        # The environment package sync sends: checked field by field, before any record or AWS call.
+        for environment, field, says in [({"python": "2.7; rm -rf /", "platform": "linux-x86_64"},
+                                          "environment.python", "is not allowed"),
+                                         ("f" * 32, "environment", "no environment of that hash")]:
+            before = len(counted_aws.calls())
+            body = {"backend": "aws", "environment": environment}
+            code, reply = run(api("POST", "coiled-lab/api", "clusters", body=body))
+            assert (code, reply["field"]) == (400, field) and says in reply["error"], reply
+            assert len(counted_aws.calls()) == before
         # Left out, python_version is the server's Python: one the VMs cannot run is refused too.
         with monkeypatch.context() as patched:
             patched.setattr("coiled_lab.spec.running_python", lambda: "3.9")
