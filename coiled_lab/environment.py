@@ -132,7 +132,8 @@ class Environment:
     def line(self, state: Optional[str] = None) -> str:
         """``software: synced from <where> (N packages, M local, <state>)``: the form's and
         the cluster widget's line."""
-        return (f"software: synced from {self.where} ({len(self.packages)} packages, {len(self.local)} local"
+        count = len(self.packages)
+        return (f"software: synced from {self.where} ({count} package{'' if count == 1 else 's'}, {len(self.local)} local"
                 f"{', ' + state if state else ''})")
 
     # -- the wire ----------------------------------------------------------------------------

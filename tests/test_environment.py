@@ -172,3 +172,54 @@ def test_the_server_keeps_sent_environments_and_says_when_it_uses_its_own(tmp_pa
     assert kept.resolve(parse_spec({"backend": "local"}), sent.to_json()) is None
     assert kept.resolve(parse_spec({"backend": "aws", "package_sync": False}), None) is None
     assert sys.version.startswith(kept.resolve(spec, None).python)
+
+
+class _Offline:
+    """A cloud backend that launches nothing: what create does before any launch."""
+
+    name = "aws"
+    prices = None
+
+    async def check_access(self) -> None:
+        pass
+
+    def check_spec(self, spec) -> None:
+        pass
+
+    async def launch_scheduler(self, cluster):
+        raise RuntimeError("offline")
+
+    async def describe(self, cluster):
+        return []
+
+    async def ensure_network(self, cluster):
+        raise RuntimeError("offline")
+
+    async def cleanup(self, cluster):
+        return []
+
+
+def test_what_the_vms_will_not_have_is_told_once_before_launch(tmp_path):
+    import asyncio
+
+    from coiled_lab.control.manager import ClusterManager
+
+    meta = tmp_path / "conda-meta"
+    meta.mkdir()
+    (meta / "openssl-3.3.1-h0.json").write_text(json.dumps({"name": "openssl", "version": "3.3.1", "files": []}))
+    site = tmp_path / "site"
+    dists = [_dist(site, "numpy", "2.0.1", {"numpy/__init__.py": ""}, installer="conda")]
+    env = snapshot("the kernel", cwd=tmp_path / "empty", include=[], environ=[], distributions=dists, prefix=tmp_path)
+
+    async def create() -> list[dict]:
+        async with ClusterManager(tmp_path / "state", backends={"aws": _Offline()}, check_interval=60) as manager:
+            record = await manager.create({"backend": "aws", "n_workers": 1, "package_sync": True}, env.to_json())
+            assert manager.store.get_cluster(record["id"]).state["environment"] == env.hash
+            assert record["spec"]["python_version"] == env.python
+            return await manager.notifications(record["id"])
+
+    [told] = [n for n in asyncio.run(create()) if n["kind"] == "software"]
+    assert told["level"] == "warning"
+    assert told["message"] == ("software: synced from the kernel (1 package, 0 local); not installed on the VMs: "
+                               "openssl 3.3.1: a conda package with no Python distribution (not on the package index)")
+    assert env.pins() == ["numpy==2.0.1"]
