@@ -41,9 +41,15 @@ def kernel_environment(tmp_path: Path) -> dict[str, Any]:
     versions = [f"{n}=={metadata.version(n)}" for n in ("dask", "distributed", "pydantic", "pyyaml", "pathspec")]
     subprocess.run(["uv", "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *versions, "tabulate",
                     "-e", str(tmp_path / "mylocal")], check=True)
+    return snapshot_of(venv / "bin" / "python", work)
+
+
+def snapshot_of(python: Path, cwd: Path) -> dict[str, Any]:
+    """The environment ``python``'s kernel would send from ``cwd`` (coiled-lab imported from
+    this checkout: it is never synced itself)."""
     take = "import json; from coiled_lab.environment import snapshot; print(json.dumps(snapshot('the kernel').to_json()))"
-    source = str(Path(sys.modules["coiled_lab"].__path__[0]).parent)  # coiled-lab itself is never synced
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", take], cwd=work, capture_output=True, text=True,
+    source = str(Path(sys.modules["coiled_lab"].__path__[0]).parent)
+    out = subprocess.run([str(python), "-c", take], cwd=cwd, capture_output=True, text=True,
                          env={**os.environ, "PATH": f"{Path(shutil.which('uv')).parent}:/usr/bin:/bin",
                               "PYTHONPATH": source})
     assert out.returncode == 0, out.stderr[-2000:]

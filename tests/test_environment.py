@@ -223,3 +223,20 @@ def test_what_the_vms_will_not_have_is_told_once_before_launch(tmp_path):
     assert told["message"] == ("software: synced from the kernel (1 package, 0 local); not installed on the VMs: "
                                "openssl 3.3.1: a conda package with no Python distribution (not on the package index)")
     assert env.pins() == ["numpy==2.0.1"]
+
+
+def test_environments_no_live_cluster_uses_are_removed_after_a_while(tmp_path):
+    import os
+    import time
+
+    kept = Environments(tmp_path)
+    old, used, fresh = (snapshot(f"k{i}", cwd=tmp_path / "empty", include=[], environ=[], prefix=tmp_path,
+                                 distributions=[_dist(tmp_path / f"s{i}", "pandas", f"2.{i}", {"p.py": ""})])
+                        for i in range(3))
+    for env in (old, used, fresh):
+        kept.stage(env.to_json())
+    month_ago = time.time() - 31 * 86400
+    for env in (old, used):
+        os.utime(tmp_path / "environments" / f"{env.hash}.json", (month_ago, month_ago))
+    assert kept.prune(keep={used.hash}) == [old.hash]
+    assert kept.get(old.hash) is None and kept.get(used.hash) and kept.get(fresh.hash)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,13 +35,32 @@ class Environments:
         """Check ``data`` (raise :class:`ClusterSpecError` naming the field) and keep it."""
         env = Environment.from_json(data)
         path = self.directory / f"{env.hash}.json"
-        if not path.exists():
+        if path.exists():
+            path.touch()  # sent again: in use
+        else:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
             partial.write_text(json.dumps(env.to_json()))
             partial.replace(path)
         self._loaded[env.hash] = env
         return env
+
+    def prune(self, keep: set[str], older_than: float = 30 * 86400) -> list[str]:
+        """Remove the kept environments no live cluster uses that were last sent or used
+        more than ``older_than`` seconds ago (a kernel whose files change sends a new one
+        each time); returns their hashes."""
+        removed = []
+        now = time.time()
+        for path in self.directory.glob("*.json") if self.directory.is_dir() else ():
+            env_hash = path.stem
+            try:
+                if env_hash not in keep and now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    self._loaded.pop(env_hash, None)
+                    removed.append(env_hash)
+            except FileNotFoundError:
+                continue
+        return removed
 
     def get(self, env_hash: Optional[str]) -> Optional[Environment]:
         """A kept environment (read once per process), or None."""

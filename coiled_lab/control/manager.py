@@ -249,6 +249,7 @@ class ClusterManager:
         self._publish(Event(cluster_id, "state", data, now, seq))
         if env is not None:
             self._tell_software(cluster_id, env)
+            self.environments.prune({r.state.get("environment") for r in self.store.list_clusters(live_only=True)})
         self.request(cluster_id)
         return self._json(rec)
 
