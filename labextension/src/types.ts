@@ -134,3 +134,22 @@ export interface ICredentialsStatus {
   aws: ICredentialStatus;
   gcp: ICredentialStatus;
 }
+
+/** A software environment the server keeps (`POST /environments`, or `send()` in a kernel). */
+export interface IEnvironmentSummary {
+  hash: string;
+  where: string;
+  python: string;
+  platform: string;
+  /** How many distributions it has. */
+  packages: number;
+  pinned: number;
+  /** What the index lacks: shipped as wheels built from these. */
+  local: { name: string; version: string; origin: string; source: string | null }[];
+  wheels: Record<string, number>;
+  files: number;
+  files_bytes: number;
+  skipped: { item: string; reason: string }[];
+  conda_only: string[];
+  environ: string[];
+}

@@ -1,7 +1,12 @@
 """The lab extension in a real browser against a real ``jupyter lab`` (local backend):
-a cluster's whole life from the sidebar, and the sidebar across a server restart."""
+a cluster's whole life from the sidebar, the sidebar across a server restart, and the
+form taking a cloud cluster's packages from a notebook's kernel."""
 
 from __future__ import annotations
+
+import json
+import re
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect
@@ -9,14 +14,17 @@ from playwright.sync_api import expect
 from tests.conftest import wait_for
 
 from .conftest import docs_screenshot
+from .notebook import run_cell, wait_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 SIDEBAR = ".jp-CoiledLab-panel"
 
 
-def open_sidebar(page, lab) -> None:
-    page.goto(lab.lab_url)
+def open_sidebar(page, lab, goto: bool = True) -> None:
+    """The sidebar, in a freshly loaded lab (``goto``) or in the page as it is."""
+    if goto:
+        page.goto(lab.lab_url)
     page.locator('.lm-TabBar-tab[data-id="coiled-lab-sidebar"]').click()
     page.locator(SIDEBAR).wait_for()
     page.locator(".jp-CoiledLab-connection.jp-mod-connected").wait_for()
@@ -160,6 +168,11 @@ def test_sidebar_reconnects_after_server_restart(page, console, lab, artifacts):
         page.locator(".jp-CoiledLab-connection.jp-mod-reconnecting").wait_for()
         lab.start()
         page.locator(".jp-CoiledLab-connection.jp-mod-connected").wait_for(timeout=60_000)
+    # JupyterLab's own modal may have come up while the server was down (a slow restart): close it.
+    lost = page.locator(".jp-Dialog", has_text="Server Connection Error")
+    if lost.count():
+        lost.get_by_role("button", name="Close").click()
+        lost.wait_for(state="detached")
     assert cluster.get_attribute("data-status") == "running"
     page.screenshot(path=artifacts / "reconnected.png")
 
@@ -197,3 +210,87 @@ def test_sidebar_reconnects_after_server_restart(page, console, lab, artifacts):
     cluster.get_by_role("button", name="Stop").click()
     page.locator(".jp-Dialog button.jp-mod-warn").click()
     cluster.wait_for(state="detached", timeout=120_000)
+
+
+def test_form_takes_packages_from_the_notebook_kernel(page, console, lab, artifacts):
+    """A cloud cluster's packages: the server's with no notebook open, then the new
+    notebook's kernel, which sends its environment on Create (the request names it by
+    hash); a kernel without coiled-lab is refused with the fix; the server's on request.
+    This lab has no AWS (its server would answer 503): the test answers what asks AWS,
+    Create included; the request is what counts."""
+    created: list[dict] = []
+
+    def is_create(request) -> bool:
+        return request.method == "POST" and urlsplit(request.url).path.endswith("/coiled-lab/api/clusters")
+
+    def no_aws(route):
+        request = route.request
+        if is_create(request):
+            created.append(request.post_data_json)
+            route.fulfill(status=400, json={"error": "refused by the test", "field": None})
+        elif "backend=aws" in urlsplit(request.url).query or (request.post_data_json or {}).get("backend") == "aws":
+            route.fulfill(status=400, json={"error": "backend: no AWS in this test", "field": "backend"})
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/coiled-lab/api/(clusters|catalog|estimate)(\?|$)"), no_aws)
+    open_sidebar(page, lab)
+    page.locator(".jp-CoiledLab-newCluster").click()
+    software = page.get_by_role("group", name="software of the workers")
+    line = software.locator(".jp-CoiledLab-softwareText")
+    expect(software).to_have_count(0)  # the local backend runs the server's processes
+    field(page, "backend").locator("select").select_option("aws")
+    expect(line).to_have_text("software: the Jupyter server's environment (no notebook kernel)")
+    expect(software.get_by_role("combobox")).to_have_count(0)
+
+    # A notebook opens: its kernel is the one the form names, with the server's as the other choice.
+    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+    notebook = page.locator(".jp-NotebookPanel").last
+    notebook.wait_for()
+    wait_idle(page, timeout=60_000)
+    kernel = "Python 3 (ipykernel)"
+    expect(line).to_have_text(f"software: from {kernel}")
+    picker = software.get_by_role("combobox", name="take the packages from")
+    expect(picker.locator("option")).to_have_text([re.compile(rf"^Untitled\d*\.ipynb: {re.escape(kernel)}$"),
+                                                   "the Jupyter server's environment"])
+
+    # A kernel without coiled-lab: Create says so and how to fix it, and creates nothing.
+    run_cell(page, notebook, 'import sys; hidden = {k: sys.modules.pop(k, None) for k in ("coiled_lab", '
+                             '"coiled_lab.environment")}; sys.modules.update(dict.fromkeys(hidden))')
+    error = software.locator(".jp-CoiledLab-fieldError")
+    no_coiled_lab = f"the kernel '{kernel}' has no coiled-lab: pip install coiled-lab in it, or pick the server's environment"
+    software.get_by_role("button", name=f"check the packages of {kernel}").click()
+    expect(error).to_have_text(no_coiled_lab, timeout=60_000)
+    page.locator(".jp-CoiledLab-create").click()
+    expect(page.locator(".jp-CoiledLab-create")).to_have_text("Create cluster", timeout=60_000)
+    expect(error).to_have_text(no_coiled_lab)
+    expect(line).to_have_text(f"software: from {kernel}")
+    assert created == []
+    page.screenshot(path=artifacts / "form-software-error.png")
+
+    # With coiled-lab back: Create has the kernel send its environment, then names it by hash.
+    run_cell(page, notebook, "[sys.modules.pop(k) for k in hidden]; "
+                             "sys.modules.update({k: m for k, m in hidden.items() if m})")
+    with page.expect_request(is_create, timeout=120_000):
+        page.locator(".jp-CoiledLab-create").click()
+    expect(page.locator(".jp-CoiledLab-formError")).to_have_text("refused by the test")
+    error.wait_for(state="detached")
+    assert len(created) == 1, created
+    body = created[0]
+    assert body["backend"] == "aws", body
+    assert re.fullmatch(r"[0-9a-f]{32}", body.get("environment", "")), body
+    kept = json.loads((lab.state_dir / "environments" / f"{body['environment']}.json").read_text())
+    assert kept["where"].startswith("the kernel ("), kept["where"]
+    expect(line).to_have_text(re.compile(rf"^software: synced from {re.escape(kernel)} \((\d+) packages, \d+ local\)$"))
+    packages = int(re.search(r"\((\d+) packages", line.inner_text()).group(1))
+    assert packages == len(kept["packages"]), (packages, len(kept["packages"]))
+    assert body["environment"] in line.get_attribute("title")
+    page.locator(SIDEBAR).screenshot(path=artifacts / "form-software.png")
+
+    # The server's environment, picked: Create sends none (the server syncs its own and says so).
+    picker.select_option(label="the Jupyter server's environment")
+    expect(line).to_have_text("software: the Jupyter server's environment")
+    with page.expect_request(is_create):
+        page.locator(".jp-CoiledLab-create").click()
+    expect(page.locator(".jp-CoiledLab-create")).to_have_text("Create cluster")
+    assert len(created) == 2 and "environment" not in created[1], created

@@ -3,13 +3,15 @@
  * its dask config, then the lab settings, then what the user typed), the catalog for the
  * chosen backend and region, a debounced estimate and the
  * errors the server names per field. Only fields the user set (or the lab settings set)
- * are sent: the server fills in the rest from its own config.
+ * are sent: the server fills in the rest from its own config. A cloud cluster that syncs
+ * packages gets the environment of a notebook's kernel (`software`), sent on Create.
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ApiError, requestAPI } from '../request';
 import { ICatalog, ICluster, IEstimate, IFieldDefault } from '../types';
 import { ClustersModel } from './clusters';
+import { SoftwareModel } from './software';
 
 export type FieldValue = string | string[] | boolean;
 export type Sizing = 'types' | 'resources';
@@ -39,6 +41,8 @@ const BY_RESOURCES: ReadonlySet<Field> = new Set(['worker_cpu', 'worker_memory',
 const INTEGERS: ReadonlySet<Field> = new Set(['n_workers', 'worker_cpu', 'worker_gpu']);
 const ALWAYS_SENT: ReadonlySet<Field> = new Set(['backend', 'n_workers']);
 const ESTIMATE_DELAY = 400;
+/** Where the form shows errors about the environment sent (the software line). */
+export const ENVIRONMENT = 'environment';
 
 /** A config or settings value as the form shows it. */
 function display(value: unknown): FieldValue {
@@ -72,7 +76,11 @@ function parseTags(text: string): Record<string, string> {
 }
 
 export class FormModel {
-  constructor(private _clusters: ClustersModel) {}
+  /** `software`: where the packages of a cloud cluster come from (none: the server's). */
+  constructor(
+    private _clusters: ClustersModel,
+    readonly software: SoftwareModel | null = null
+  ) {}
 
   get changed(): ISignal<this, void> {
     return this._changed;
@@ -120,6 +128,18 @@ export class FormModel {
 
   get isLocal(): boolean {
     return this._values.backend === 'local';
+  }
+
+  /** Whether Create sends an environment: a cloud backend syncing packages (no requirements file). */
+  get syncsEnvironment(): boolean {
+    return !this.isLocal && this._values.package_sync === true && String(this._values.software).trim() === '';
+  }
+
+  /** Take the packages from this notebook's kernel (its panel id), or SERVER_CHOICE. */
+  pickSoftware(id: string): void {
+    this._submitErrors.delete(ENVIRONMENT);
+    this.software?.pick(id);
+    this._changed.emit();
   }
 
   /** Whether a field is shown for the chosen backend and way of sizing workers. */
@@ -179,6 +199,9 @@ export class FormModel {
     this._typed.add(field);
     this._estimateErrors.delete(field);
     this._submitErrors.delete(field);
+    if (field === 'backend' || field === 'package_sync' || field === 'software') {
+      this._submitErrors.delete(ENVIRONMENT); // about an environment this form may no longer send
+    }
     // Where and what to run depend on the backend, zones on the region: start those over.
     const stale: Field[] = field === 'backend' ? ['region', 'zone', 'worker_vm_types'] : field === 'region' ? ['zone'] : [];
     for (const name of stale) {
@@ -223,12 +246,27 @@ export class FormModel {
     return body;
   }
 
-  /** Create the cluster; resolves to it, or to null with the errors shown at their fields. */
+  /** Create the cluster; resolves to it, or to null with the errors shown at their fields.
+   * A cloud cluster that syncs packages first has the chosen kernel send its environment
+   * (`software.error` says why it could not: then nothing is created). */
   async submit(): Promise<ICluster | null> {
     this._submitting = true;
     this._changed.emit();
     try {
-      const cluster = await this._clusters.create(this.spec());
+      const body = this.spec();
+      if (this.syncsEnvironment && this.software) {
+        this._submitErrors.delete(ENVIRONMENT);
+        let hash: string | null;
+        try {
+          hash = await this.software.send();
+        } catch {
+          return null; // shown at the software line
+        }
+        if (hash) {
+          body.environment = hash;
+        }
+      }
+      const cluster = await this._clusters.create(body);
       this._values.name = '';
       this._touched.delete('name');
       this._typed.delete('name');
@@ -304,6 +342,9 @@ export class FormModel {
     for (const [field, message] of byField) {
       if ((FIELDS as readonly string[]).includes(field) && this.shown(field as Field)) {
         errors.set(field, message);
+        placed = true;
+      } else if (field.split('.')[0] === ENVIRONMENT && this.syncsEnvironment && !errors.has(ENVIRONMENT)) {
+        errors.set(ENVIRONMENT, message);
         placed = true;
       }
     }

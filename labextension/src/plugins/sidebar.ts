@@ -1,8 +1,10 @@
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Dialog, ICommandPalette, InputDialog, Notification, showDialog } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { FormModel } from '../models/form';
+import { SoftwareModel } from '../models/software';
 import { CommandIDs, ICoiledLab, PALETTE_CATEGORY } from '../tokens';
 import { ClustersSidebar } from '../views/sidebar';
 import { pickCluster } from './pick';
@@ -16,16 +18,18 @@ export const sidebarPlugin: JupyterFrontEndPlugin<void> = {
   description: 'The "Dask clusters in your cloud" sidebar: clusters, new-cluster form, scale and stop.',
   autoStart: true,
   requires: [ICoiledLab, ISettingRegistry],
-  optional: [ILayoutRestorer, ICommandPalette],
+  optional: [ILayoutRestorer, ICommandPalette, INotebookTracker],
   activate: (
     app: JupyterFrontEnd,
     lab: ICoiledLab,
     registry: ISettingRegistry,
     restorer: ILayoutRestorer | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    notebooks: INotebookTracker | null
   ) => {
     const { clusters } = lab;
-    const form = new FormModel(clusters);
+    // Packages of cloud clusters: from the active (or picked) notebook's kernel.
+    const form = new FormModel(clusters, new SoftwareModel(notebooks));
     const sidebar = new ClustersSidebar({
       model: clusters,
       form,

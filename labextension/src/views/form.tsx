@@ -3,7 +3,8 @@ import React, { useEffect, useState } from 'react';
 
 import { bytes, money } from '../format';
 import { CredentialsModel } from '../models/credentials';
-import { Field, FieldValue, FormModel } from '../models/form';
+import { ENVIRONMENT, Field, FieldValue, FormModel } from '../models/form';
+import { SERVER_CHOICE, SoftwareModel } from '../models/software';
 import { CommandIDs } from '../tokens';
 import { ICredentialStatus, IInstanceType } from '../types';
 import { useSignal } from './hooks';
@@ -171,11 +172,91 @@ export function ClusterForm(props: IFormProps): JSX.Element {
         <FieldError model={model} field="package_sync" />
       </label>
       <Estimate model={model} />
+      {model.syncsEnvironment && model.software && <Software model={model} software={model.software} />}
       {model.formError && <div className="jp-CoiledLab-error jp-CoiledLab-formError">{model.formError}</div>}
       <button className="jp-mod-styled jp-mod-accept jp-CoiledLab-create" type="submit" disabled={model.submitting}>
-        {model.submitting ? 'Creating…' : 'Create cluster'}
+        {model.submitting ? (model.software?.sending ? 'Taking the kernel’s packages…' : 'Creating…') : 'Create cluster'}
       </button>
     </form>
+  );
+}
+
+/** Where the workers' packages come from: a notebook's kernel (the active one, or the one
+ * picked), else the server's environment; what that kernel sent once it is known. */
+function Software(props: { model: FormModel; software: SoftwareModel }): JSX.Element {
+  const { model, software } = props;
+  useSignal(software.changed);
+  const choices = software.choices;
+  const choice = software.choice;
+  const summary = software.summary;
+  let line: string;
+  if (choice === null) {
+    line = `software: the Jupyter server's environment${choices.length ? '' : ' (no notebook kernel)'}`;
+  } else if (summary) {
+    line = `software: synced from ${choice.kernel} (${summary.packages} packages, ${summary.local.length} local)`;
+  } else {
+    line = `software: from ${choice.kernel}`;
+  }
+  const details = summary && [
+    `${summary.where}: Python ${summary.python}, ${summary.platform}, environment ${summary.hash}`,
+    ...summary.local.map(p => `local: ${p.name} ${p.version} (${p.origin}${p.source ? ` from ${p.source}` : ''})`),
+    ...summary.skipped.map(s => `not shipped: ${s.item}: ${s.reason}`)
+  ];
+  const error = model.errors.get(ENVIRONMENT) ?? software.error;
+  return (
+    <div
+      className={`jp-CoiledLab-software${error ? ' jp-mod-invalid' : ''}`}
+      data-field={ENVIRONMENT}
+      role="group"
+      aria-label="software of the workers"
+    >
+      <div className="jp-CoiledLab-softwareLine">
+        <span className="jp-CoiledLab-softwareText" aria-live="polite" title={details ? details.join('\n') : undefined}>
+          {line}
+        </span>
+        {choice &&
+          (software.sending ? (
+            <span className="jp-CoiledLab-note" aria-live="polite">
+              {' '}
+              taking it…
+            </span>
+          ) : (
+            <>
+              {' '}
+              <button
+                type="button"
+                className="jp-CoiledLab-link jp-CoiledLab-checkSoftware"
+                aria-label={`check the packages of ${choice.kernel}`}
+                title="Have the kernel take its environment now (it may build wheels of local packages)"
+                onClick={() => void software.check()}
+              >
+                check
+              </button>
+            </>
+          ))}
+      </div>
+      {choices.length > 0 && (
+        <select
+          className="jp-mod-styled"
+          aria-label="take the packages from"
+          value={choice?.id ?? SERVER_CHOICE}
+          disabled={software.sending}
+          onChange={e => model.pickSoftware(e.target.value)}
+        >
+          {choices.map(c => (
+            <option key={c.id} value={c.id}>
+              {c.notebook}: {c.kernel}
+            </option>
+          ))}
+          <option value={SERVER_CHOICE}>the Jupyter server's environment</option>
+        </select>
+      )}
+      {error && (
+        <span className="jp-CoiledLab-fieldError" role="alert">
+          {error}
+        </span>
+      )}
+    </div>
   );
 }
 
