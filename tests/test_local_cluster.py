@@ -4,12 +4,14 @@ reconcile loop, adoption after a crash, faults, and timeouts enforced by the clu
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 from distributed import Client
 
@@ -26,14 +28,26 @@ pytestmark = pytest.mark.slow
 
 
 def roles(state_dir) -> list[str]:
-    return sorted(
-        "scheduler" if any("dask_scheduler" in a for a in p.cmdline()) else "worker"
-        for p in cluster_processes(state_dir)
-    )
+    return roles_of(cluster_processes(state_dir))
+
+
+def roles_of(procs: list[psutil.Process]) -> list[str]:
+    return sorted("scheduler" if any("dask_scheduler" in a for a in p.cmdline()) else "worker" for p in procs)
 
 
 def states(control, cluster_id) -> list[str]:
     return [e["data"]["status"] for e in control.manager.store.events(cluster_id) if e["kind"] == "state"]
+
+
+def zygotes() -> list[psutil.Process]:
+    """The warm Pythons this test process's local backend forks dask processes from."""
+    return [p for p in psutil.Process().children() if "serve_forks" in " ".join(p.cmdline())]
+
+
+def forked(state_dir) -> list[str]:
+    """Roles of the cluster processes that were forked from a zygote of this process."""
+    parents = {z.pid for z in zygotes()}
+    return roles_of([p for p in cluster_processes(state_dir) if p.ppid() in parents])
 
 
 def test_cluster_lifecycle_over_tls(control, state_dir):
@@ -84,6 +98,52 @@ def test_attach_by_name_and_progress_events(control, state_dir):
         assert control.run(control.get("shared"))["status"] == "running"
         first.close()
     assert control.run(control.get(first.cluster_id))["status"] == "stopped"
+
+
+def test_forked_processes_are_detached_found_and_keep_no_secret(control, state_dir, monkeypatch):
+    """The scheduler and workers are forked from a warm, pre-imported Python; each is still
+    a session of its own, found by its command line, with the environment a new Python
+    would get (none of the server's secrets) and random numbers of its own."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the server's")
+    monkeypatch.setenv("DASK_SOMETHING__TOKEN", "the server's")
+    with Cluster(n_workers=2, control=control) as cluster, Client(cluster) as client:
+        assert roles(state_dir) == forked(state_dir) == ["scheduler", "worker", "worker"]
+        assert all(client.run(lambda: os.getsid(0) == os.getpid()).values())
+        assert client.run_on_scheduler(lambda: os.getsid(0) == os.getpid())
+        assert list(client.run(server_secrets).values()) == [[None, None]] * 2
+        assert client.run_on_scheduler(server_secrets) == [None, None]
+        assert client.run_on_scheduler(lambda: os.environ["COILED_LAB_CLUSTER_ID"]) == cluster.cluster_id
+        draws = client.run(lambda: __import__("numpy").random.random())
+        assert len(set(draws.values())) == 2
+        assert client.submit(lambda x: x + 1, 1).result() == 2
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+
+
+def server_secrets() -> list:
+    return [os.environ.get(k) for k in ("AWS_SECRET_ACCESS_KEY", "DASK_SOMETHING__TOKEN")]
+
+
+def test_an_environment_of_its_own_gets_new_pythons(control, state_dir):
+    """Variables a Python reads as it starts could not apply to a fork: a cluster with an
+    environment of its own runs new Pythons."""
+    with Cluster(n_workers=1, environ={"MY_SETTING": "1"}, control=control) as cluster, Client(cluster) as client:
+        assert list(client.run(lambda: os.environ.get("MY_SETTING")).values()) == ["1"]
+        assert forked(state_dir) == []
+
+
+def test_workers_start_after_the_zygote_died(control, state_dir):
+    """A zygote that died (the OOM killer, say) takes nothing with it and is replaced."""
+    cluster = control.run(control.create({"n_workers": 1}))
+    control.run(control.wait(cluster["id"], timeout=60))
+    for zygote in zygotes():
+        zygote.kill()
+        zygote.wait(10)
+    control.run(control.scale(cluster["id"], 2))
+    wait_for(lambda: control.run(control.get(cluster["id"]))["workers"]["ready"] == 2, timeout=60, what="2 ready")
+    assert roles(state_dir) == ["scheduler", "worker", "worker"]
+    assert forked(state_dir) == ["worker"]  # by a new zygote; the first two outlived theirs
+    control.run(control.stop(cluster["id"]))
+    control.run(control.wait(cluster["id"], ("stopped",), 30))
 
 
 def test_bad_input_starts_nothing_and_writes_nothing(control, state_dir, monkeypatch):

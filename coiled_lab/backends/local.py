@@ -6,6 +6,11 @@ VM outlives a laptop; it carries the cluster's directory in its command line, wh
 how :meth:`describe` and :meth:`cleanup` find it (the local analogue of a cloud tag).
 Workers run without a nanny: the manager's reconcile loop replaces lost workers, as it
 does for lost VMs, and a worker process costs one Python start instead of two.
+
+A new Python spends ~1 s of CPU importing distributed, which made time to ready a matter
+of imports. So this process keeps a :class:`Zygote`, a Python that has imported it once,
+and forks dask processes from it: each still starts in a session of its own, with its own
+command line, environment and log, and outlives us as before.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +31,7 @@ from .. import config
 from ..bootstrap import lifetime, watchdog
 from ..control.store import Instance
 from ..logs import LogRecord, parse_lines
+from ..zygote import Zygote
 from .base import Backend, ClusterContext
 
 # Environment variables a dask process may inherit from the server; everything else
@@ -78,23 +85,31 @@ class LocalBackend(Backend):
         return ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
 
     def _spawn(self, cluster: ClusterContext, role: str, instance_id: str, args: list[str], env: dict[str, str]) -> Instance:
+        """Start ``python -m <args>`` detached: forked from the zygote if it can, else as a
+        new Python. Blocks (a cold zygote is waited for): run it in a thread."""
         log_path = self._log_dir(cluster) / f"{role}-{instance_id}.log"
-        with open(log_path, "ab", buffering=0) as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cluster.directory,
-                env=process_environment(env),
-                start_new_session=True,
-                close_fds=True,
-            )
-        self._children[proc.pid] = proc
+        argv = [sys.executable, "-m", *args]
+        env = process_environment(env)
+        warm = zygote()
+        pid = warm.fork(argv, env, cluster.directory, log_path) if warm else None
+        if pid is None:
+            with open(log_path, "ab", buffering=0) as log:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=cluster.directory,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            self._children[proc.pid] = proc
+            pid = proc.pid
         import psutil
 
         try:
-            created = psutil.Process(proc.pid).create_time()
+            created = psutil.Process(pid).create_time()
         except psutil.Error:
             created = time.time()
         return Instance(
@@ -104,7 +119,7 @@ class LocalBackend(Backend):
             vm_type="local-process",
             zone="localhost",
             launched_at=time.time(),
-            data={"pid": proc.pid, "create_time": created, "log": str(log_path)},
+            data={"pid": pid, "create_time": created, "log": str(log_path)},
         )
 
     # -- Backend interface ------------------------------------------------------------
@@ -125,7 +140,7 @@ class LocalBackend(Backend):
             "--preload", "coiled_lab.bootstrap.lifetime",
             "--preload", "coiled_lab.bootstrap.watchdog",
         ]
-        return self._spawn(cluster, "scheduler", "scheduler", args, env)
+        return await asyncio.to_thread(self._spawn, cluster, "scheduler", "scheduler", args, env)
 
     async def scheduler_address(self, cluster: ClusterContext, scheduler: Instance) -> Optional[str]:
         try:
@@ -141,7 +156,7 @@ class LocalBackend(Backend):
         n_total = max(spec.n_workers, 1)
         nthreads = spec.worker_cpu or max(1, (os.cpu_count() or 1) // n_total)
         memory = spec.worker_memory or int(psutil.virtual_memory().total // n_total)
-        out = []
+        commands = []
         for _ in range(count):
             instance_id = f"w{secrets.token_hex(3)}"
             args = [
@@ -159,8 +174,12 @@ class LocalBackend(Backend):
                 "--death-timeout", "60",
                 "--local-directory", str(cluster.directory / "work"),
             ]
-            out.append(self._spawn(cluster, "worker", instance_id, args, dict(spec.environ)))
-        return out
+            commands.append((instance_id, args))
+
+        def spawn() -> list[Instance]:
+            return [self._spawn(cluster, "worker", name, command, dict(spec.environ)) for name, command in commands]
+
+        return await asyncio.to_thread(spawn)
 
     async def stop_instances(self, cluster: ClusterContext, instances: list[Instance]) -> None:
         # Workers first: a worker told to close by a closing scheduler can hang in
@@ -304,3 +323,24 @@ def _alive(proc) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# -- the zygote: a warm Python that dask processes are forked from ----------------------
+_zygote: Optional[Zygote] = None
+_zygote_lock = threading.Lock()
+
+
+def zygote() -> Optional[Zygote]:
+    """This process's zygote for the environment dask processes get now: started, or
+    replaced when that environment changed or it died. None where a forked process could
+    not show a command line of its own (no ``/proc``): there, every process is a new Python."""
+    global _zygote
+    if sys.platform != "linux":
+        return None
+    env = process_environment({})
+    with _zygote_lock:
+        if _zygote is None or _zygote.env != env or not _zygote.alive:
+            if _zygote is not None:
+                _zygote.close()
+            _zygote = Zygote(env)
+        return _zygote
