@@ -106,7 +106,7 @@ def kernel_environment(work: Path) -> dict:
     subprocess.run(["uv", "venv", "-q", str(venv)], check=True)
     subprocess.run(["uv", "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
                     f"dask[complete]=={metadata.version('dask')}", f"distributed=={metadata.version('distributed')}",
-                    *DATA_SCIENCE], check=True)
+                    *DATA_SCIENCE, "pyyaml", "pathspec"], check=True)  # (and what coiled-lab itself needs there)
     (work / "notebooks").mkdir(exist_ok=True)
     return snapshot_of(venv / "bin" / "python", work / "notebooks")
 
