@@ -111,10 +111,13 @@ def test_a_vm_reads_the_bucket_and_writes_built_environments_only(network, fake,
         assert refused.value.code == 403
         assert fake.storage_refused[-1] == (VM_ACCOUNT, "storage.objects.create",
                                             f"projects/_/buckets/{BUCKET}/objects/inputs/vm-test.tar")
-        # A token without the storage scope, or no VM's at all, reads nothing (a 403 reads
-        # as a missing object: the VM installs instead).
+        # A token without the storage scope, or no VM's at all, reads nothing. On GCS a 403
+        # is a permission missing, not an absent object: it is raised, so the VM's log says
+        # it (and the VM installs instead).
         fake.accept_token("vm-logs-only", VM_ACCOUNT, [LOG_SCOPE])
-        assert envcache.gcs(BUCKET, lambda: "vm-logs-only").get("inputs/vm-test.tar") is None
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            envcache.gcs(BUCKET, lambda: "vm-logs-only").get("inputs/vm-test.tar")
+        assert refused.value.code == 403
         assert fake.storage_refused[-1][:2] == (VM_ACCOUNT, "storage.objects.get")
         with pytest.raises(urllib.error.HTTPError) as refused:
             envcache.gcs(BUCKET, lambda: "not-a-token").get("inputs/vm-test.tar")
