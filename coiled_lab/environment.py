@@ -49,7 +49,7 @@ from typing import Any, Iterable, Optional
 
 from . import config
 from .bootstrap.packages import canonical
-from .spec import ClusterSpecError
+from .spec import ENV_NAME, ClusterSpecError
 
 # Tools of the environment itself (the VMs' environment gets its own), and coiled-lab:
 # the VMs run its bootstrap, shipped with their start-up data, not the library.
@@ -62,7 +62,6 @@ SECRET_PATTERNS = (".env", ".env.*", "*.env", ".aws", ".ssh", ".gnupg", ".netrc"
 SKIPPED_DIRS = (".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", "node_modules", ".venv", "venv",
                 ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache")
 MAX_WHEEL_BYTES = 100 * 1024 * 1024
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WHEEL = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-\d[A-Za-z0-9_]*)?-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+\.whl$")
 
 
@@ -226,7 +225,7 @@ def _decode(field_name: str, value: Any, limit: int) -> bytes:
 
 
 def check_variable_name(name: str, field_name: str = "environ") -> None:
-    if not _NAME.fullmatch(name):
+    if not ENV_NAME.fullmatch(name):
         raise _error(field_name, f"{name!r} is not allowed: an environment variable name is letters, digits and "
                                  "underscores, not starting with a digit")
 

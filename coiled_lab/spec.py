@@ -39,7 +39,7 @@ MAX_DURATION = 365 * 24 * 3600.0
 MAX_MEMORY = 32 * 2**40  # the largest VMs of any cloud have less
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 RESERVED_TAG_PREFIX = "coiled-lab:"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
 # Cloud region and zone names: us-east-1, us-east-1b, europe-west4, europe-west4-a.
 _PLACE = re.compile(r"^[a-z]{2,}(-[a-z]+)*-?[a-z]*[0-9]+[a-z]?(-[a-z])?$")
 
@@ -313,7 +313,7 @@ class ClusterSpec(BaseModel):
     @classmethod
     def _check_environ(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not _ENV_NAME.match(key):
+            if not ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not an environment variable name")
         return v
 
