@@ -100,11 +100,11 @@ def fetch_inputs(bucket: Bucket, key: str, dest: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"the environment's inputs {key} are not in the bucket")
     dest.mkdir(parents=True, exist_ok=True)
     with response, tarfile.open(fileobj=response, mode="r|") as tar:
-        tar.extractall(dest, members=_checked(tar, ()))
+        tar.extractall(dest, members=_checked(tar))
     code = dest / "files.tar.gz"
     if code.exists():
         with tarfile.open(code) as tar:
-            tar.extractall(dest / "code", members=_checked(tar, ()))
+            tar.extractall(dest / "code", members=_checked(tar))
     return json.loads((dest / "meta.json").read_text()) if (dest / "meta.json").exists() else {}
 
 
@@ -133,11 +133,11 @@ def unpack(bucket: Bucket, key: str, workdir: Path) -> bool:
     return True
 
 
-def _checked(tar: tarfile.TarFile, linking: tuple[str, ...]) -> Iterator[tarfile.TarInfo]:
-    """The archive's members, each checked before it is written (the images' Pythons, 3.9
-    and 3.11.2, predate tarfile's extraction filters): regular files, directories and
-    links only, every name inside the directory, owners and special bits dropped. Absolute
-    links are allowed only under ``linking``: a venv's link to the image's interpreter."""
+def _checked(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The inputs archive's members, each checked before it is written (the images'
+    Pythons, 3.9 and 3.11.2, predate tarfile's extraction filters): regular files,
+    directories and links only, every name and link inside the directory, owners and
+    special bits dropped."""
     for member in tar:
         name = member.name
         if name.startswith("/") or ".." in Path(name).parts or not (member.isfile() or member.isdir() or member.issym()):
@@ -145,8 +145,7 @@ def _checked(tar: tarfile.TarFile, linking: tuple[str, ...]) -> Iterator[tarfile
         if member.issym():
             target = member.linkname
             inside = os.path.normpath(os.path.join(os.path.dirname(name), target))
-            if os.path.isabs(target) and not name.startswith(linking) or (
-                    not os.path.isabs(target) and (inside == ".." or inside.startswith("../"))):
+            if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
                 raise tarfile.TarError(f"{name} links to {target}: not allowed in an environment archive")
         member.mode &= 0o755
         member.uid = member.gid = 0
