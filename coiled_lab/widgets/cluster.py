@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import threading
 import time
 import urllib.parse
 from concurrent.futures import Future
@@ -42,6 +43,9 @@ class ClusterWidget(w.VBox):
         self.record: dict[str, Any] = {}
         self._fetched_at = time.time()
         self._tasks: list[Future] = []
+        # update() runs on the control's thread, state() in the kernel's: a record is shown
+        # whole (status, counts, buttons) before anyone reads what the widget shows.
+        self._lock = threading.Lock()
 
         self.header = w.HTML()
         self.progress = w.IntProgress(min=0, max=1, value=0, description="workers", bar_style="info")
@@ -141,6 +145,10 @@ class ClusterWidget(w.VBox):
 
     # -- rendering -------------------------------------------------------------------
     def update(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._update(record)
+
+    def _update(self, record: dict[str, Any]) -> None:
         self.record, self._fetched_at = record, time.time()
         workers = record["workers"]
         status = record["status"]
@@ -194,6 +202,10 @@ class ClusterWidget(w.VBox):
 
     def state(self) -> dict[str, Any]:
         """What the widget shows, for tests and for ``repr``."""
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> dict[str, Any]:
         return {
             "status": self.record.get("status"),
             "ready": self.progress.value,

@@ -51,7 +51,7 @@ async def test_demo_notebook_runs_under_the_server(service, state_dir):
     # (else the widget state saved below may be the one before the stop's event).
     nb.cells.append(nbformat.v4.new_code_cell(
         "deadline = time.time() + 10\n"
-        "while widget.state()['counts'] != '0/3 ready' and time.time() < deadline:\n"
+        "while widget.state()['status'] != 'stopped' and time.time() < deadline:\n"
         "    time.sleep(0.1)"
     ))
     client = NotebookClient(nb, timeout=180, kernel_name="python3", store_widget_state=True)
