@@ -73,12 +73,24 @@ class Cluster(_DistributedCluster):
         self._events_task: Optional[asyncio.Task] = None
         self._send_credentials_on_start = send_credentials
         self._credentials_tasks: dict[str, asyncio.Task] = {}  # provider -> its refresh loop
+        self._starting: Optional[asyncio.Future] = None  # the start, once asked (await or sync)
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         if not self.called_from_running_loop:
             self._loop_runner.start()
-            self.sync(self._start)
+            self.sync(self.__aenter__)
 
     # -- start / attach ----------------------------------------------------------------
+    def __await__(self):
+        """``await Cluster(..., asynchronous=True)`` (and ``async with``) starts it, as
+        distributed's SpecCluster does; made in a running loop, nothing has started yet."""
+        async def started() -> "Cluster":
+            if self._starting is None:
+                self._starting = asyncio.ensure_future(self._start())
+            await asyncio.shield(self._starting)
+            return self
+
+        return started().__await__()
+
     async def _start(self) -> None:
         control = self._control
         record = None
@@ -165,7 +177,10 @@ class Cluster(_DistributedCluster):
     async def _send_credentials(self, provider: Optional[str] = None) -> None:
         from . import credentials
 
-        provider = provider or (self._spec.backend if self._spec.backend in credentials.PROVIDERS else "aws")
+        # The cluster's backend as recorded: one attached by name (the magic's) was not
+        # asked for with a spec of this kernel's, whose defaults may name another cloud.
+        backend = self.record.get("backend") or self._spec.backend
+        provider = provider or (backend if backend in credentials.PROVIDERS else "aws")
         plugin = await credentials.send(self.scheduler_comm, provider)
         if provider in self._credentials_tasks:
             self._credentials_tasks[provider].cancel()

@@ -89,3 +89,17 @@ def test_env_shows_what_this_kernel_would_sync(ip, state_dir, capsys, tmp_path, 
     shown = capsys.readouterr().out
     assert "python %d.%d on " % __import__("sys").version_info[:2] in shown
     assert "files of the working directory: 1 " in shown and "runs the Jupyter server's own environment" in shown
+
+
+def test_stop_prints_one_line_in_ipython(state_dir, tmp_path):
+    """In a real IPython (its own process, as a terminal user has it): the stop's wait ends
+    the request it no longer needs, and nothing but the one line reaches the user."""
+    import subprocess
+    import sys
+
+    script = "%load_ext coiled_lab\n_ = %coiled start 1 --name one-line\n%coiled stop one-line\n"
+    done = subprocess.run([sys.executable, "-m", "IPython", "--no-banner", "--colors=NoColor", "-c", script],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1:] == ["one-line: stopped"]
+    assert "Traceback" not in done.stdout + done.stderr and "InvalidStateError" not in done.stderr

@@ -41,6 +41,8 @@ class LoopThread:
             task = asyncio.ensure_future(coro)
 
             def done(t: asyncio.Future) -> None:
+                if result.done():  # the caller cancelled it (and so this task) first
+                    return
                 if t.cancelled():
                     result.cancel()
                 elif t.exception() is not None:
@@ -158,7 +160,7 @@ class InProcessControl:
     async def usage(self, name_or_id: str, since: Optional[float] = None) -> dict[str, Any]:
         return await self.thread.call(self.manager.usage(name_or_id, since))
 
-    async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
+    async def cleanup(self, dry_run: bool = False) -> dict[str, Any]:
         return await self.thread.call(self.manager.cleanup(dry_run))
 
     async def events(self, cluster_id: Optional[str] = None) -> AsyncIterator[Event]:
