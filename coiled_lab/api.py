@@ -235,8 +235,8 @@ class APIClient:
     async def estimate(self, spec: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "estimate", body=spec)
 
-    async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
-        return (await self._call("POST", "cleanup", body={"dry_run": dry_run}))["found"]
+    async def cleanup(self, dry_run: bool = False) -> dict[str, Any]:
+        return await self._call("POST", "cleanup", body={"dry_run": dry_run})
 
     async def wait(
         self, name_or_id: str, states: tuple[str, ...] = ("running",), timeout: Optional[float] = None

@@ -49,7 +49,8 @@ from typing import Any, Iterable, Optional
 
 from . import config
 from .bootstrap.packages import canonical
-from .spec import ENV_NAME, ClusterSpecError
+from .errors import quoted
+from .spec import ENV_NAME, MAX_ENVIRON, ClusterSpecError, check_environ_size
 
 # Tools of the environment itself (the VMs' environment gets its own), and coiled-lab:
 # the VMs run its bootstrap, shipped with their start-up data, not the library.
@@ -161,7 +162,7 @@ class Environment:
         def text(key: str, pattern: str) -> str:
             value = data.get(key)
             if not isinstance(value, str) or not re.fullmatch(pattern, value):
-                raise _error(f"environment.{key}", f"{value!r} is not allowed")
+                raise _error(f"environment.{key}", f"{quoted(value)} is not allowed")
             return value
 
         def strings(key: str, width: int = 0) -> list:
@@ -178,19 +179,24 @@ class Environment:
         packages = []
         for name, version, origin, source in strings("packages", 4):
             if not name or not version or origin not in ORIGINS:
-                raise _error("environment.packages", f"{name!r} {version!r} from {origin!r} is not allowed: origin is "
-                                                     f"one of {', '.join(ORIGINS)}")
+                raise _error("environment.packages", f"{quoted(name)} {quoted(version)} from {quoted(origin)} is "
+                                                     f"not allowed: origin is one of {', '.join(ORIGINS)}")
             packages.append(Package(name, version, origin, source))
         limit = max_bytes if max_bytes is not None else int(config.get("sync.max-bytes"))
         wheels = {}
         for name, encoded in (data.get("wheels") or {}).items():
             if not _WHEEL.fullmatch(str(name)):
-                raise _error("environment.wheels", f"{name!r} is not allowed: a wheel's file name")
+                raise _error("environment.wheels", f"{quoted(name)} is not allowed: a wheel's file name")
             wheels[name] = _decode(f"environment.wheels.{name}", encoded, MAX_WHEEL_BYTES)
         files = _decode("environment.files", data["files"], limit) if data.get("files") else None
         environ = data.get("environ") or {}
-        if not isinstance(environ, dict) or not all(isinstance(v, str) for v in environ.values()):
-            raise _error("environment.environ", "is not allowed: an object of strings")
+        if not isinstance(environ, dict) or not all(isinstance(v, str) for v in environ.values()) or \
+                len(environ) > MAX_ENVIRON:
+            raise _error("environment.environ", f"is not allowed: an object of at most {MAX_ENVIRON} strings")
+        try:
+            check_environ_size(environ)
+        except ValueError as exc:
+            raise _error("environment.environ", f"is not allowed: {exc}") from None
         for key in environ:
             check_variable_name(key, "environment.environ")
         return cls(
@@ -226,7 +232,7 @@ def _decode(field_name: str, value: Any, limit: int) -> bytes:
 
 def check_variable_name(name: str, field_name: str = "environ") -> None:
     if not ENV_NAME.fullmatch(name):
-        raise _error(field_name, f"{name!r} is not allowed: an environment variable name is letters, digits and "
+        raise _error(field_name, f"{quoted(name)} is not allowed: an environment variable name is letters, digits and "
                                  "underscores, not starting with a digit")
 
 

@@ -350,7 +350,33 @@ def test_cleanup_finds_processes_the_store_thinks_are_gone(control, state_dir):
     # between stopping and recording it): cleanup must find them by their command line.
     store.update_cluster(cluster["id"], status="stopped", target="stopped")
     dry = control.run(control.cleanup(dry_run=True))
-    assert [c["id"] for c in dry] == [cluster["id"]] and len(dry[0]["instances"]) == 2
+    assert dry["errors"] == [] and [c["id"] for c in dry["found"]] == [cluster["id"]]
+    assert len(dry["found"][0]["instances"]) == 2
     assert {p.pid for p in cluster_processes(state_dir)} == {p.pid for p in survivors}
     control.run(control.cleanup())
     wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="cleanup stopped them")
+
+
+def test_async_cluster_starts_when_awaited_and_in_async_with(control, state_dir):
+    """From a running loop, as dask-labextension's "+NEW" and async code make clusters."""
+    import asyncio
+
+    from distributed import Client
+
+    from coiled_lab import Cluster
+
+    async def main() -> None:
+        async with Cluster(n_workers=1, asynchronous=True, control=control, name="async-with") as cluster:
+            assert cluster.cluster_id and cluster.record["status"] == "running"
+            async with Client(cluster, asynchronous=True) as client:
+                assert await client.submit(lambda x: x + 1, 1) == 2
+        assert (await control.get(cluster.cluster_id))["status"] == "stopped"
+
+        cluster = await Cluster(n_workers=0, asynchronous=True, control=control, name="awaited")
+        assert cluster.scheduler_address.startswith("tls://")
+        assert await cluster is cluster  # a second await does not start a second cluster
+        assert len([c for c in await control.list() if c["name"] == "awaited"]) == 1
+        await cluster.close()
+        assert (await control.get(cluster.cluster_id))["status"] == "stopped"
+
+    asyncio.run(main())

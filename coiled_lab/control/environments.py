@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..environment import Environment, snapshot
+from ..errors import quoted
 from ..spec import ClusterSpec, ClusterSpecError
 
 SERVER = "the Jupyter server's environment (no environment came with the request)"
@@ -83,7 +84,7 @@ class Environments:
         if isinstance(environment, str):
             env = self.get(environment)
             if env is None:
-                raise ClusterSpecError(f"environment: {environment!r} is not allowed: no environment of that hash was "
+                raise ClusterSpecError(f"environment: {quoted(environment)} is not allowed: no environment of that hash was "
                                        "sent to this server; send the environment itself", "environment")
         elif environment is not None:  # checked even when unused: bad input is never ignored
             env = self.stage(environment)

@@ -5,6 +5,10 @@ resource ids, ``instances``) beside what *should be* (``target``, ``spec``) and 
 policy. Every write is one transaction, so a process killed mid-write leaves the previous
 consistent state (SQLite WAL). The file is created 0600: it may hold cloud resource ids
 and, once the server stores them, admin-provided credentials.
+
+Opening it, its backup and its restore are :mod:`.storefile`'s: a store that is damaged,
+or missing though it existed, is never opened (nor made again empty) and every use
+raises :class:`~coiled_lab.errors.StoreUnavailable` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..errors import StoreUnavailable
+from . import storefile
 from .states import FINAL, State
 
 SCHEMA_VERSION = 2  # 2: the prices cache
@@ -124,37 +130,68 @@ class Store:
     """Thread-safe access to the SQLite file (one connection, one lock, short transactions)."""
 
     def __init__(self, path: str | os.PathLike):
+        """Open the store at ``path``; when it cannot be (damaged, not writable), every use
+        raises why until :meth:`open` succeeds."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Create the file 0600 before SQLite does; its -wal/-shm files inherit the mode.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        os.chmod(self.path, 0o600)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self._db: Optional[sqlite3.Connection] = None
+        self.problem: Optional[StoreUnavailable] = None  # why it is not open, when it is not
+        with suppress(StoreUnavailable):
+            self.open()
+
+    def open(self) -> None:
+        """Open the file if it is not open: StoreUnavailable (naming it, the cause and the
+        fix) when it is damaged, missing though it existed, or cannot be written."""
+        with self._lock:
+            if self._db is not None:
+                return
+            try:
+                self._db = storefile.connect(self.path)
+                self._db.row_factory = sqlite3.Row
+                self._migrate()
+                storefile.mark(self.path)
+            except StoreUnavailable as exc:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                self.problem = exc
+                raise
+            self.problem = None
 
     # -- plumbing ---------------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """The open connection, under the lock; SQLite's errors about the file (a full disk,
+        damage found while running) become StoreUnavailable."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._connection()
+            with storefile.translated(self.path):
+                yield db
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection; StoreUnavailable saying why there is none."""
+        if self._db is None:
+            problem = self.problem
+            raise type(problem)(str(problem)) if problem else StoreUnavailable(f"the store {self.path} is closed")
+        return self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._use() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    db.execute("ROLLBACK")
                 raise
-            else:
-                self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
-        with self._lock:
+        with self._use() as db:
             # executescript runs its own transaction; every statement is idempotent.
-            self._db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
         with self.transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
@@ -170,13 +207,21 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        with self._use() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row["value"])
+
+    def backup(self) -> Path:
+        """Copy the store, open and so checked, to its backup beside it (see
+        :func:`.storefile.backup`); it stays usable meanwhile."""
+        self._connection()
+        return storefile.backup(self.path)
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     # -- clusters ---------------------------------------------------------------------
     @staticmethod
@@ -196,9 +241,13 @@ class Store:
         )
 
     def insert_cluster(self, rec: ClusterRecord, event: Optional[tuple[str, dict]] = None) -> Optional[int]:
-        """Insert a new cluster (and its first event) atomically; NameInUse if a live one has the name."""
+        """Insert a new cluster (and its first event) atomically; NameInUse if a live one has
+        the name, or if any cluster (live or not) has it as its id: a lookup by id wins
+        (:meth:`find_cluster`), so such a name would point at the other cluster."""
         try:
             with self.transaction() as db:
+                if db.execute("SELECT 1 FROM clusters WHERE id = ?", (rec.name,)).fetchone():
+                    raise NameInUse(f"{rec.name!r} is the id of another cluster; names and ids are looked up alike")
                 db.execute(
                     "INSERT INTO clusters VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
@@ -239,14 +288,14 @@ class Store:
         return None
 
     def get_cluster(self, cluster_id: str) -> Optional[ClusterRecord]:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM clusters WHERE id = ?", (cluster_id,)).fetchone()
+        with self._use() as db:
+            row = db.execute("SELECT * FROM clusters WHERE id = ?", (cluster_id,)).fetchone()
         return self._cluster(row) if row else None
 
     def find_cluster(self, name_or_id: str) -> Optional[ClusterRecord]:
         """By id, else the live cluster with that name, else the newest with that name."""
-        with self._lock:
-            row = self._db.execute(
+        with self._use() as db:
+            row = db.execute(
                 "SELECT * FROM clusters WHERE id = ? OR name = ? "
                 "ORDER BY id = ? DESC, status NOT IN ('stopped', 'error') DESC, created_at DESC LIMIT 1",
                 (name_or_id, name_or_id, name_or_id),
@@ -257,8 +306,8 @@ class Store:
         query = "SELECT * FROM clusters"
         if live_only:
             query += " WHERE status NOT IN ('stopped', 'error')"
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at").fetchall()
+        with self._use() as db:
+            rows = db.execute(query + " ORDER BY created_at").fetchall()
         return [self._cluster(r) for r in rows]
 
     def versions(self, live_only: bool = False) -> list[tuple[str, float, str]]:
@@ -267,16 +316,16 @@ class Store:
         query = "SELECT id, updated_at, status FROM clusters"
         if live_only:
             query += " WHERE status NOT IN ('stopped', 'error')"
-        with self._lock:
-            return [tuple(r) for r in self._db.execute(query + " ORDER BY created_at").fetchall()]
+        with self._use() as db:
+            return [tuple(r) for r in db.execute(query + " ORDER BY created_at").fetchall()]
 
     def get_clusters(self, ids: list[str]) -> list[ClusterRecord]:
         out: list[ClusterRecord] = []
-        with self._lock:
+        with self._use() as db:
             for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
                 chunk = ids[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                out += [self._cluster(r) for r in self._db.execute(f"SELECT * FROM clusters WHERE id IN ({marks})", chunk)]
+                out += [self._cluster(r) for r in db.execute(f"SELECT * FROM clusters WHERE id IN ({marks})", chunk)]
         return out
 
     # -- instances --------------------------------------------------------------------
@@ -311,14 +360,14 @@ class Store:
         query = "SELECT * FROM instances WHERE cluster_id = ?"
         if live_only:
             query += " AND terminated_at IS NULL"
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY launched_at, id", (cluster_id,)).fetchall()
+        with self._use() as db:
+            rows = db.execute(query + " ORDER BY launched_at, id", (cluster_id,)).fetchall()
         return [self._instance(r) for r in rows]
 
     # -- prices cache -----------------------------------------------------------------
     def cached_price(self, key: str, max_age: float) -> Optional[dict[str, Any]]:
-        with self._lock:
-            row = self._db.execute("SELECT value, fetched_at FROM prices WHERE key = ?", (key,)).fetchone()
+        with self._use() as db:
+            row = db.execute("SELECT value, fetched_at FROM prices WHERE key = ?", (key,)).fetchone()
         if row is None or time.time() - row["fetched_at"] > max_age:
             return None
         return json.loads(row["value"])
@@ -338,8 +387,8 @@ class Store:
 
     def last_event(self) -> int:
         """The newest event's sequence number (0 when there is none)."""
-        with self._lock:
-            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        with self._use() as db:
+            return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     def add_event(self, cluster_id: str, kind: str, data: dict) -> int:
         with self.transaction() as db:
@@ -351,8 +400,8 @@ class Store:
         if cluster_id:
             query += " AND cluster_id = ?"
             args.append(cluster_id)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        with self._use() as db:
+            rows = db.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
         return [
             {"seq": r["seq"], "cluster_id": r["cluster_id"], "time": r["time"], "kind": r["kind"], "data": json.loads(r["data"])}
             for r in rows

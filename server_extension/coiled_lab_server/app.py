@@ -1,10 +1,15 @@
 """The Jupyter server extension: one ClusterManager for this server, its API and dashboards.
 
-Loading it takes the server's cloud secrets out of the environment kernels inherit
-(:mod:`.credentials`), registers the routes (:mod:`.handlers`) and, once the server's loop
-runs and its port is final, publishes the API URL and kernel token to kernels and starts
-the manager in that loop (:mod:`.service`). Stopping the server closes the manager and
-leaves every cluster running.
+By the time it loads, the server's cloud secrets are already out of the environment
+kernels inherit (:mod:`.secret_env`, when Jupyter first found the extension). Loading it
+makes the shared state (:mod:`.service`) and registers the routes (:mod:`.handlers`);
+once the server's loop runs and its port is final, it publishes the API URL and kernel
+token to kernels and starts the manager in that loop. Stopping the server closes the
+manager and leaves every cluster running.
+
+It fails closed: when the shared state cannot be made (the state dir cannot be created,
+say), every coiled-lab route answers 503 naming why (:mod:`.unavailable`), kernels get
+no API URL, and stopping the server still stops it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from jupyter_server.extension.application import ExtensionApp
 
 from coiled_lab import config
 
+from . import secret_env, unavailable
 from .handlers import routes
 from .service import Service
 
@@ -24,23 +30,42 @@ class CoiledLabServer(ExtensionApp):
     name = "coiled_lab_server"
     description = "Dask clusters driven from JupyterLab: REST and WebSocket API, dashboard proxy"
 
-    service: Service
+    service: Optional[Service] = None
+    failure: Optional[str] = None  # why the extension could not start: what every route answers
     _starting: Optional[asyncio.Future] = None
 
     def initialize_settings(self) -> None:
-        self.service = Service(config.state_dir(), self.serverapp.log)
+        secrets = secret_env.claim()
+        try:
+            self.service = Service(config.state_dir(), self.serverapp.log, secrets)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the routes must say it (503)
+            self.failure = (f"coiled-lab could not start in this Jupyter server: {type(exc).__name__}: {exc}; "
+                            "fix that (coiled-lab.state-dir names its directory) and restart the server")
+            self.serverapp.log.error("%s", self.failure, exc_info=exc)
+            return
         # The HTTP server binds after extensions load (and may move to another port), and
         # the loop is not running yet under `jupyter server`: both are settled by then.
         self.serverapp.io_loop.add_callback(self._loop_started)
 
     def _loop_started(self) -> None:
+        assert self.service is not None
         self.service.publish(self.serverapp)
         self._starting = asyncio.ensure_future(self.service.start())
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(routes(self.service))
+        if self.service is None:
+            self.handlers.extend(unavailable.routes(self.failure or "coiled-lab did not start"))
+        else:
+            self.handlers.extend(routes(self.service))
 
     async def stop_extension(self) -> None:
-        if self._starting is not None:
-            await self._starting
-        await self.service.close()
+        """Never raises: Jupyter awaits this on SIGTERM before it stops its loop, so an
+        exception here would leave the server running for ever."""
+        if self.service is None:
+            return
+        try:
+            if self._starting is not None:
+                await self._starting  # Service.start logs its own failure and returns
+            await self.service.close()
+        except Exception:  # noqa: BLE001 - logged; the server must stop anyway
+            self.serverapp.log.exception("coiled-lab: stopping the extension failed")

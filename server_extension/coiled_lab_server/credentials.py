@@ -5,10 +5,16 @@ Three sources, in this order: credentials an admin stored through ``PUT /credent
 with, and each cloud's standard chain (AWS: profile, SSO, assumed role, instance role;
 GCP: application-default credentials).
 
-Secret environment variables are *taken out* of ``os.environ`` when the extension loads:
-kernels and terminals inherit the server's environment, and a kernel must never see a
-cloud secret (users forward their own data credentials explicitly). The server keeps them
-in memory for its own cloud calls (:meth:`Credentials.botocore_session`).
+Secret environment variables are *taken out* of ``os.environ`` before anything of the
+extension loads (:mod:`.secret_env`): kernels and terminals inherit the server's
+environment, and a kernel must never see a cloud secret (users forward their own data
+credentials explicitly). The server keeps them in memory for its own cloud calls
+(:meth:`Credentials.botocore_session`).
+
+The stored file is written whole or not at all (a unique temporary file renamed over it),
+one writer at a time (an exclusive lock on a file beside it, which threads of this server
+and other processes take alike), so concurrent PUT requests never fail and never leave
+it half-written.
 
 :meth:`Credentials.status` is what the API shows: where the credentials come from, the
 account or project, the region and the last four characters of the key id, all found
@@ -19,28 +25,22 @@ separate accounts, which this module does not pretend to provide.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, MutableMapping, Optional
+from typing import Any, Iterator, MutableMapping, Optional
 
+from coiled_lab.errors import QUOTED_CHARS, quoted
+
+from . import secret_env
 from .errors import BadRequest
 
-# Environment variables that carry a secret (or pair with one); the server keeps them.
-SECRET_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "CLOUDSDK_AUTH_ACCESS_TOKEN",
-    "GOOGLE_OAUTH_ACCESS_TOKEN",
-    # A path, not a secret, but to the server's key: a kernel's Application Default
-    # Credentials (and so Cluster.send_credentials) must be the user's, not this.
-    "GOOGLE_APPLICATION_CREDENTIALS",
-)
 FILE_NAME = "credentials.json"
+LOCK_NAME = "credentials.lock"
 
 _AWS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
 _AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
@@ -56,9 +56,11 @@ _NETWORK_PROVIDERS = ("env", "custom-process", "container-role", "iam-role")
 class Credentials:
     """The server's credentials: stored, captured from the environment, or the standard chains."""
 
-    def __init__(self, state_dir: Path, environ: MutableMapping[str, str] = os.environ):
+    def __init__(self, state_dir: Path, environ: MutableMapping[str, str]):
+        """``environ``: the server's secret variables (:func:`.secret_env.claim`), or an
+        environment they are taken out of."""
         self.path = Path(state_dir) / FILE_NAME
-        self._env = {key: environ.pop(key) for key in SECRET_ENV if key in environ}
+        self._env = secret_env.take(environ)
 
     # -- for the server's own cloud calls ------------------------------------------------
     def botocore_session(self):
@@ -177,17 +179,19 @@ class Credentials:
         provider = body.get("provider")
         if provider not in ("aws", "gcp"):
             raise BadRequest("provider: expected 'aws' or 'gcp'", "provider")
-        stored = self._stored()
         clear = body.get("clear", False)
         if not isinstance(clear, bool):
             raise BadRequest("clear: expected true or false", "clear")
-        if clear:
-            if set(body) - {"provider", "clear"}:
-                raise BadRequest("clear: give no other field when clearing", "clear")
-            stored.pop(provider, None)
-        else:
-            stored[provider] = _validate_aws(body) if provider == "aws" else _validate_gcp(body)
-        self._write(stored)
+        if clear and set(body) - {"provider", "clear"}:
+            raise BadRequest("clear: give no other field when clearing", "clear")
+        entry = None if clear else _validate_aws(body) if provider == "aws" else _validate_gcp(body)
+        with self._one_writer():  # read, change and write as one step: no other PUT's change is lost
+            stored = self._stored()
+            if entry is None:
+                stored.pop(provider, None)
+            else:
+                stored[provider] = entry
+            self._write(stored)
         return self.status()
 
     def _stored(self) -> dict[str, Any]:
@@ -200,13 +204,31 @@ class Credentials:
             return {}
         return data if isinstance(data, dict) else {}
 
+    @contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """Exclusive while the block runs. Each call opens the lock file anew, so the
+        lock also excludes this process's other threads (PUTs run in an executor)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path.with_name(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and with it the lock
+
     def _write(self, data: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        """Replace the file in one rename: a reader sees the old contents or the new, whole."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{FILE_NAME}.", suffix=".tmp")  # 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def _google_file(path: str):
@@ -289,7 +311,8 @@ def _validate_gcp(body: dict[str, Any]) -> dict[str, Any]:
 def _no_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(str(k) for k in set(body) - allowed - {"clear"})
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(allowed))}", unknown[0])
+        raise BadRequest(f"unknown field {quoted(unknown[0])}; allowed fields: {', '.join(sorted(allowed))}",
+                         unknown[0][:QUOTED_CHARS])
 
 
 def _configured(source: str, key_id: Optional[str], region: Optional[str], account: Optional[str]) -> dict[str, Any]:

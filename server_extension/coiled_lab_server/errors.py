@@ -14,7 +14,7 @@ from tornado.web import HTTPError
 from coiled_lab.backends.aws.session import AWSError
 from coiled_lab.backends.gcp.session import GCPError
 from coiled_lab.control.limits import LimitExceeded
-from coiled_lab.errors import Conflict, ManagerBusy, NotFound
+from coiled_lab.errors import Conflict, ManagerBusy, NotFound, Unavailable
 from coiled_lab.spec import ClusterSpecError
 
 
@@ -31,15 +31,21 @@ class BadRequest(ValueError):
         return {"error": self.message, "field": self.field, "errors": [{"field": self.field, "error": self.message}]}
 
 
+class TooLarge(BadRequest):
+    """A request body larger than the route reads (HTTP 413)."""
+
+
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (LimitExceeded, 403),  # valid, but more than the admin allows
     (ClusterSpecError, 400),
+    (TooLarge, 413),
     (BadRequest, 400),
     (NotFound, 404),
     (Conflict, 409),
     (AWSError, 409),  # the cloud is not set up for this (e.g. no network: run `coiled-lab setup aws`)
     (GCPError, 409),  # likewise on GCP (`coiled-lab setup gcp`), or no project named anywhere
     (ManagerBusy, 503),
+    (Unavailable, 503),
 )
 
 

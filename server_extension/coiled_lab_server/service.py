@@ -25,7 +25,7 @@ from tornado.httputil import HTTPServerRequest
 
 from coiled_lab.api import API_PATH, AUTH_SCHEME, ENV_TOKEN, ENV_URL, remove_runtime_file, write_runtime_file
 from coiled_lab.control.manager import ClusterManager
-from coiled_lab.errors import ManagerBusy
+from coiled_lab.errors import ManagerBusy, Unavailable
 
 from .credentials import Credentials
 
@@ -33,11 +33,13 @@ _LOOPBACK_OR_ANY = ("", "localhost", "127.0.0.1", "0.0.0.0", "::", "*")
 
 
 class Service:
-    def __init__(self, state_dir: Path, log: logging.Logger):
+    def __init__(self, state_dir: Path, log: logging.Logger, cloud_secrets: dict[str, str]):
+        """``cloud_secrets``: what the server's environment held (:mod:`.secret_env`), for
+        its own cloud calls only."""
         self.state_dir = Path(state_dir)
         self.log = log
         self.token = secrets.token_urlsafe(32)
-        self.credentials = Credentials(self.state_dir)
+        self.credentials = Credentials(self.state_dir, cloud_secrets)
         self.api_url: Optional[str] = None
         self.sockets: set[Any] = set()  # open event sockets, closed when the server stops
         self.encoded_catalogs: dict[tuple, tuple[Any, str]] = {}  # (backend, region) -> (catalog, its JSON)
@@ -84,7 +86,8 @@ class Service:
     # -- the manager -------------------------------------------------------------------------
     async def manager(self) -> ClusterManager:
         """The started manager, read-only while another process holds the state dir (its
-        changes raise ManagerBusy: 503)."""
+        changes raise ManagerBusy: 503). A manager that cannot start raises Unavailable
+        (503) naming why, on every request until it can."""
         if self._manager.started:
             return self._manager
         if self._closed:
@@ -93,7 +96,13 @@ class Service:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
             if not self._manager.started:
-                await self._manager.start(readonly_ok=True)
+                try:
+                    await self._manager.start(readonly_ok=True)
+                except Unavailable:
+                    raise  # it names its cause and fix already (a damaged store, say)
+                except Exception as exc:  # noqa: BLE001 - every route says why (503), none answers 500
+                    raise Unavailable(f"coiled-lab's control plane could not start: {type(exc).__name__}: {exc}; "
+                                      f"fix that in {self.state_dir} and it starts with the next request") from exc
                 if not self._manager.owner:
                     self.log.warning("coiled-lab: read-only until it is gone: %s", self._manager.busy)
         return self._manager
@@ -105,8 +114,12 @@ class Service:
             write_runtime_file(self.state_dir, self.api_url, self.token)
 
     async def start(self) -> None:
-        """Start the manager at server start."""
-        await self.manager()
+        """Start the manager at server start; a failure is logged here, and every request
+        answers it (503) until the manager can start."""
+        try:
+            await self.manager()
+        except Unavailable as exc:
+            self.log.error("%s", exc, exc_info=exc.__cause__)
 
     def dashboard_host_allowed(self, handler: Any, host: str) -> bool:
         """jupyter-server-proxy's allow-list: only hosts of live clusters' dashboards, as the

@@ -49,7 +49,7 @@ async def test_same_surface_and_exceptions_as_in_process(service, client):
     assert await client.logs("aaaaaaaaaaaa", since="10m", level="info", limit=None) == []
     assert (await client.estimate({"backend": "local", "n_workers": 3}))["per_hour"] == 0.0
     assert (await client.catalog("local"))["backend"] == "local"
-    assert await client.cleanup(dry_run=True) == []
+    assert await client.cleanup(dry_run=True) == {"found": [], "errors": []}
 
     with pytest.raises(NotFound):
         await client.get("no-such-cluster")

@@ -34,7 +34,7 @@ def state_is(status: str) -> Callable[[dict], bool]:
     return lambda e: e["kind"] == "state" and e["data"]["status"] == status
 
 
-async def test_cluster_lifecycle_over_rest(service, api, jp_fetch, jp_ws_fetch, state_dir):
+async def test_cluster_lifecycle_over_rest(service, api, jp_fetch, jp_ws_fetch, jp_base_url, state_dir):
     code, record = await api("POST", "coiled-lab/api/clusters", body={"n_workers": 1, "name": "rest-one"})
     assert code == 201, record
     assert record["status"] == "pending" and record["name"] == "rest-one"
@@ -56,21 +56,24 @@ async def test_cluster_lifecycle_over_rest(service, api, jp_fetch, jp_ws_fetch, 
     processes = cluster_processes(state_dir)
     assert len(processes) == 2  # scheduler and worker
 
-    # The dashboard through Jupyter: the page, then bokeh's WebSocket with the page's token.
-    page = await jp_fetch("coiled-lab", "clusters", cid, "dashboard", "status")
+    # The dashboard through Jupyter: the link leads to the cluster's keyed prefix, whose page
+    # opens bokeh's WebSocket with the page's token (tests/server/test_proxy.py for the rest).
+    link = await jp_fetch("coiled-lab", "clusters", cid, "dashboard", "status", follow_redirects=False,
+                          raise_error=False)
+    keyed = link.headers["Location"]
+    assert link.code == 302 and keyed.startswith(f"{jp_base_url}coiled-lab/dashboards/{cid}/"), keyed
+    page = await jp_fetch(keyed[len(jp_base_url):], headers={"Authorization": ""})  # the key, no Jupyter token
     assert page.code == 200 and b"bokeh" in page.body.lower()
     token = re.search(rb'"token":\s*"([^"]+)"', page.body)
     assert token, "the status page carries no bokeh session token"
-    bokeh = await jp_ws_fetch(
-        "coiled-lab", "clusters", cid, "dashboard", "status", "ws",
-        subprotocols=["bokeh", token.group(1).decode()],
-    )
+    bokeh = await jp_ws_fetch(keyed[len(jp_base_url):] + "/ws", subprotocols=["bokeh", token.group(1).decode()],
+                              headers={"Authorization": ""})
     header = await asyncio.wait_for(bokeh.read_message(), 30)
     assert header is not None and json.loads(header)["msgtype"] == "ACK"
     bokeh.close()
-    root = await jp_fetch("coiled-lab", "clusters", cid, "dashboard", follow_redirects=False, raise_error=False)
+    root = await jp_fetch(keyed[len(jp_base_url):-len("status")], follow_redirects=False, raise_error=False)
     assert root.code in (301, 302)
-    assert root.headers["Location"].endswith(f"/coiled-lab/clusters/{cid}/dashboard/status")
+    assert root.headers["Location"] == keyed  # the dashboard's own redirect, kept under the prefix
 
     code, body = await api("GET", "coiled-lab/api/clusters", cid, "logs", params={"limit": "0"})
     assert code == 200

@@ -81,7 +81,8 @@ class JupyterLab:
         """The lab, with no saved workspace, logging the browser in with the token."""
         return f"{self.url}lab?reset&token={self.token}"
 
-    def start(self, timeout: float = 120) -> None:
+    def start(self, timeout: float = 120, ready: str = "coiled-lab/api/clusters?live=true") -> None:
+        """Start it and wait until ``ready`` answers 200."""
         env = {
             **os.environ,
             "DASK_COILED_LAB__STATE_DIR": str(self.state_dir),
@@ -104,7 +105,7 @@ class JupyterLab:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                if self.api("GET", "coiled-lab/api/clusters?live=true")[0] == 200:
+                if self.api("GET", ready)[0] == 200:
                     return
             except OSError:
                 pass
