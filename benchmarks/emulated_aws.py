@@ -63,8 +63,7 @@ def emulated_aws(prefix: str, config: Optional[dict[str, Any]] = None, nice: int
     from coiled_lab.control.manager import ClusterManager
 
     dask.config.refresh()
-    dask.config.set({"coiled-lab.aws.connect-via": "public",
-                     "coiled-lab.cluster.allow-ingress-from": f"{network.egress_address}/32",
+    dask.config.set({"coiled-lab.address-echo": network.echo_url,
                      "coiled-lab.cluster.package-sync": False, **(config or {})})
     with open(os.devnull, "w") as quiet:
         stdout, sys.stdout = sys.stdout, quiet

@@ -63,7 +63,7 @@ def emulated_gcp(prefix: str, config: Optional[dict[str, Any]] = None) -> Iterat
     dask.config.refresh()
     dask.config.set({**TEST_CONFIG,
                      "coiled-lab.gcp.subnet-cidr": f"10.{random.randint(200, 254)}.{16 * random.randint(0, 15)}.0/20",
-                     "coiled-lab.cluster.allow-ingress-from": f"{network.egress_address}/32",
+                     "coiled-lab.address-echo": network.echo_url,
                      **{f"coiled-lab.gcp.endpoints.{s}": fake.url for s in ("compute", "logging", "iam", "resourcemanager")},
                      **(config or {})})
     from coiled_lab.cli import main as cli

@@ -84,6 +84,8 @@ def main() -> None:
     dask.config.refresh()
     dask.config.set({"coiled-lab.gcp.region": REGION, "coiled-lab.gcp.poll-interval": 0.5,
                      "coiled-lab.gcp.subnet-cidr": "10.200.0.0/16",  # nothing boots: any range
+                     # nothing connects either: no address to learn for "me"
+                     "coiled-lab.cluster.allow-ingress-from": "198.51.100.0/24",
                      **{f"coiled-lab.gcp.endpoints.{s}": fake.url
                         for s in ("compute", "logging", "iam", "resourcemanager")}})
     from coiled_lab.cli import main as cli

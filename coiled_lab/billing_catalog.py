@@ -61,6 +61,21 @@ def skus(get_page: Callable[[dict[str, str]], dict[str, Any]]) -> Iterator[dict[
         params = {**params, "pageToken": token}
 
 
+def read(credentials: Any, endpoint: Optional[str] = None) -> dict[str, dict[str, Any]]:
+    """Every region's rate table (:func:`rate_tables`) from the whole catalog, read page
+    after page with these google-auth credentials (blocking); ``endpoint``: Google's if None."""
+    from google.auth.transport.requests import AuthorizedSession
+
+    url = f"{(endpoint or GOOGLE_ENDPOINT).rstrip('/')}/v1/services/{COMPUTE_ENGINE}/skus"
+    with AuthorizedSession(credentials) as session:
+        def get_page(params: dict[str, str]) -> dict[str, Any]:
+            reply = session.get(url, params=params, timeout=(10, 120))
+            reply.raise_for_status()
+            return reply.json()
+
+        return rate_tables(skus(get_page))
+
+
 def _unit_price(sku: dict[str, Any]) -> Optional[float]:
     """The SKU's current USD rate: the first non-zero tier (a zero first tier is a free tier)."""
     infos = sku.get("pricingInfo") or []

@@ -2,8 +2,9 @@
 
 It reaches the control plane like every other front door (:func:`get_control`): the
 Jupyter server's API when one is running for this state directory, else a manager in
-this process. Exit codes: 0 done, 1 the cluster failed, 2 bad input, 3 conflict or
-store busy, 4 no such cluster, 130 interrupted.
+this process (``store restore`` works on the state directory itself). Exit codes: 0 done,
+1 the cluster failed, 2 bad input, 3 conflict, store busy, damaged or not writable (one
+line says which file and what to do), 4 no such cluster, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT, EXIT_NOT_FOUND = 1, 2, 3, 4
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
-    from .errors import ClusterError, Conflict, ManagerBusy, NotFound
+    from .errors import ClusterError, Conflict, ManagerBusy, NotFound, Unavailable
     from .options import HelpShown, UsageError, build_parser
     from .spec import ClusterSpecError
 
@@ -43,8 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NotFound as exc:
         err.print(f"[red]error:[/] {exc}")
         return EXIT_NOT_FOUND
-    except (Conflict, ManagerBusy) as exc:
-        err.print(f"[red]error:[/] {exc}")
+    except (Conflict, ManagerBusy, Unavailable) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_CONFLICT
     except ClusterError as exc:
         err.print(f"[red]failed:[/] {exc}")
@@ -58,6 +60,8 @@ def _dispatch(ns, console) -> int:
 
     if ns.command == "setup":
         return _setup_gcp(ns, console) if ns.cloud == "gcp" else _setup_aws(ns, console)
+    if ns.command == "store":
+        return _store_restore(ns, console)
     control = get_control()
     handler = {
         "start": _start, "estimate": _estimate, "dashboard": _dashboard, "list": _list, "status": _status,
@@ -227,15 +231,25 @@ async def _logs(control, ns, console) -> int:
 
 
 async def _cleanup(control, ns, console) -> int:
-    found = await control.cleanup(dry_run=ns.dry_run)
+    """Each backend on its own: one that cannot be reached is told (exit status
+    EXIT_FAILED) and the others are still cleaned."""
+    result = await control.cleanup(dry_run=ns.dry_run)
     verb = "would stop" if ns.dry_run else "stopped"
-    for item in found:
+    for item in result["found"]:
         console.print(f"{verb} {len(item['instances'])} instance(s) of {item['name']} ({item['id']})")
-    found += await _cleanup_aws(control, ns, console)
-    found += await _cleanup_gcp(control, ns, console)
-    if not found:
+    found = list(result["found"])
+    failed = [e["error"] for e in result["errors"]]  # each names its backend
+    for cloud, sweep in (("aws", _cleanup_aws), ("gcp", _cleanup_gcp)):
+        try:
+            found += await sweep(control, ns, console)
+        except Exception as exc:  # noqa: BLE001 - one cloud's failure must not stop the other's sweep
+            failed.append(f"{cloud}'s tagged resources were not swept ({type(exc).__name__}: {exc}); "
+                          "run cleanup again once its cloud answers")
+    for line in failed:
+        console.print(line, markup=False)
+    if not found and not failed:
         console.print("nothing to clean up")
-    return 0
+    return EXIT_FAILED if failed else 0
 
 
 async def _cleanup_aws(control, ns, console) -> list:
@@ -287,6 +301,15 @@ async def _cleanup_gcp(control, ns, console) -> list:
     return found
 
 
+def _store_restore(ns, console) -> int:
+    """``coiled-lab store restore``: on this machine's state dir, never through a server (a
+    server whose store is damaged does not hold it, and takes the restored one by itself)."""
+    from .control.manager import ClusterManager
+
+    console.print(ClusterManager().restore_store(empty=ns.empty), markup=False)
+    return 0
+
+
 def _setup_gcp(ns, console) -> int:
     """``coiled-lab setup gcp``: runs here, with this shell's Google credentials (ADC)."""
     import dask.config
@@ -320,6 +343,10 @@ def _setup_aws(ns, console) -> int:
 
     region = ns.region or config.get("aws.region")
     try:
+        if ns.policy:
+            document = asyncio.run(setup.policy(AWSSession(), region, ns.policy))
+            console.print(json.dumps(document, indent=2), markup=False)
+            return 0
         asyncio.run(setup.run(AWSSession(), region, lambda line: console.print(line, markup=False),
                               vpc_id=ns.vpc_id, vpc_cidr=ns.vpc_cidr, dry_run=ns.dry_run))
     except (AWSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

@@ -104,12 +104,12 @@ def estimate_table(est: dict[str, Any]):
 
 
 def notifications_lines(notes: list[dict[str, Any]]) -> list[str]:
-    """One line per notification: time, level, message."""
-    from datetime import datetime
+    """One line per notification: time (UTC), level, message."""
+    from .utc import stamp
 
     style = {"error": "bold red", "warning": "yellow", "info": ""}
     return [
-        f"{datetime.fromtimestamp(n['time']).strftime('%Y-%m-%d %H:%M:%S')} "
+        f"{stamp(n['time'])} "
         f"[{style.get(n['level'], '')}]{n['level']:<7}[/] {n['message']}"
         for n in notes
     ]

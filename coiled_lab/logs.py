@@ -11,20 +11,24 @@ import asyncio
 import re
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Optional
+
+from . import utc
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-# distributed's default format: "2026-11-23 19:49:52,123 - distributed.worker - INFO - message"
+# distributed's default format, its time in UTC marked Z as coiled-lab's processes write it
+# (:mod:`coiled_lab.bootstrap.utclog`): "2026-11-23 19:49:52,123Z - distributed.worker - INFO - message".
+# A stamp with another offset is read with it; one without any is UTC (:func:`coiled_lab.utc.parse`).
 _DASK_LINE = re.compile(
-    r"^(?P<ts>\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?)\s+-\s+(?P<logger>[\w.\-]+)\s+-\s+(?P<level>[A-Z]+)\s+-\s+(?P<msg>.*)$"
+    r"^(?P<ts>\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s+-\s+(?P<logger>[\w.\-]+)"
+    r"\s+-\s+(?P<level>[A-Z]+)\s+-\s+(?P<msg>.*)$"
 )
 
 
 @dataclass(frozen=True)
 class LogRecord:
-    time: float
+    time: float  # epoch seconds
     instance: str
     role: str
     level: str
@@ -34,8 +38,7 @@ class LogRecord:
         return asdict(self)
 
     def format(self) -> str:
-        stamp = datetime.fromtimestamp(self.time).strftime("%H:%M:%S.%f")[:-3]
-        return f"{stamp} {self.role}-{self.instance} {self.level:<7} {self.message}"
+        return f"{utc.clock(self.time)} {self.role}-{self.instance} {self.level:<7} {self.message}"
 
 
 def parse_lines(lines: Iterable[str], instance: str, role: str, fallback_time: float) -> list[LogRecord]:
@@ -49,9 +52,8 @@ def parse_lines(lines: Iterable[str], instance: str, role: str, fallback_time: f
             continue
         m = _DASK_LINE.match(line)
         if m:
-            ts = m["ts"].replace(",", ".")
             try:
-                last_time = datetime.fromisoformat(ts).timestamp()
+                last_time = utc.parse(m["ts"])
             except ValueError:
                 pass
             last_level = m["level"] if m["level"] in LEVELS else "INFO"
@@ -137,7 +139,8 @@ async def follow(
 
 
 def since_from(value: Any) -> Optional[float]:
-    """``since`` as given by a user: epoch seconds, an ISO time, or a duration ago ('10m')."""
+    """``since`` as given by a user: epoch seconds, an ISO time (UTC unless it names an
+    offset, as the times logs show are), or a duration ago ('10m')."""
     if value in (None, ""):
         return None
     if isinstance(value, (int, float)):
@@ -148,7 +151,7 @@ def since_from(value: Any) -> Optional[float]:
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text).timestamp()
+        return utc.parse(text)
     except ValueError:
         pass
     from dask.utils import parse_timedelta

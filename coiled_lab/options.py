@@ -172,7 +172,8 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
     logs.add_argument("--grep", help="only lines containing this text (case-insensitive)")
     logs.add_argument("--level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper,
                       help="minimum level")
-    logs.add_argument("--since", help="epoch seconds, an ISO time, or a duration ago such as 10m")
+    logs.add_argument("--since", help="epoch seconds, an ISO time (UTC unless it names an offset, as the times "
+                                      "shown are), or a duration ago such as 10m")
     logs.add_argument("--limit", type=int, default=200, help="at most this many lines (default: 200)")
 
     if cli:
@@ -187,6 +188,14 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
                              help="also search this GCP region for VMs this store's clusters left "
                                   "(regions of GCP clusters the store knows are always searched)")
 
+        store = sub.add_parser("store", help="the store of clusters (coiled-lab.sqlite in the state dir)")
+        verbs = store.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+        verbs.required = True
+        restore = verbs.add_parser("restore", help="put the backup in place of a damaged store (the damaged "
+                                                   "file is kept); only when the store is damaged")
+        restore.add_argument("--empty", action="store_true",
+                             help="start with an empty store instead (when there is no usable backup)")
+
         setup = sub.add_parser("setup", help="prepare a cloud account for coiled-lab (once per region)")
         clouds = setup.add_subparsers(dest="cloud", metavar="CLOUD", parser_class=_Parser)
         clouds.required = True
@@ -195,6 +204,9 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
         aws.add_argument("--vpc-id", help="prepare this existing VPC instead of creating one")
         aws.add_argument("--vpc-cidr", help="address range of a VPC to create (default: coiled-lab.aws.vpc-cidr)")
         aws.add_argument("--dry-run", action="store_true", help="only show what would change")
+        aws.add_argument("--policy", choices=["setup", "everyday"],
+                         help="only print this IAM policy as JSON, for the admin to attach, and change nothing: "
+                              "'setup' runs this command, 'everyday' starts, watches and stops clusters")
         gcp = clouds.add_parser("gcp", help="network, subnetwork, firewall rules and the VMs' service account on GCP")
         gcp.add_argument("--project", help="project (default: config coiled-lab.gcp.project, else the one "
                                            "Application Default Credentials name)")

@@ -7,9 +7,9 @@ Every front door shows what this module returns: :func:`estimate` before launch,
 Prices come from the cloud's price API (AWS: the Price List API for on-demand and EBS
 prices, ``DescribeSpotPriceHistory`` for spot; GCP: the Cloud Billing Catalog API for
 vCPU, RAM, GPU and disk rates, on-demand and Spot, see :mod:`coiled_lab.billing_catalog`),
-cached in the store for a day. When that cannot be reached (no credentials, no network),
-a bundled snapshot answers, and every estimate says so and from when. The local backend
-costs nothing.
+cached in the store for a day. When that cannot answer in time (no credentials, no
+network, an endpoint that fails or hangs), the bundled snapshot (:mod:`.price_snapshot`)
+answers, and every estimate says so and from when. The local backend costs nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import json
 import time
 import weakref
 from contextlib import suppress
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional
 
-from . import billing_catalog, config
+from . import billing_catalog, config, deadline, price_snapshot
+from .deadline import Deadline, DeadlinePassed
 from .spec import ClusterSpec, ClusterSpecError
 
 CURRENCY = "USD"
@@ -30,10 +30,11 @@ MINIMUM_BILLED_SECONDS = 60
 PRICE_TTL = 24 * 3600
 HOURS_PER_MONTH = 730
 PRICE_LIST_REGION = "us-east-1"  # where the Price List API answers
+# The Price List API's attributes of a Linux on-demand instance in shared tenancy, paid per hour used.
+LINUX_ON_DEMAND = {"operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}
 BILLING_CATALOG = "Cloud Billing Catalog API"
-GCP_SNAPSHOT_REGION = "us-central1"  # what the snapshot prices a region it does not list as
-CATALOG_RETRY = 300  # seconds the snapshot answers after the billing catalog could not be read
-SNAPSHOT = Path(__file__).with_name("prices-snapshot.json")
+CATALOGS = {"aws": "EC2's instance catalog", "gcp": "Compute Engine's machine catalog"}
+API_RETRY = 300  # seconds the snapshot answers at once after a price API failed (same credentials)
 NOTES = {
     "egress": "data leaving the cloud (egress) is billed by the GB and is not included",
     "cross-zone": "traffic between zones (allow_cross_zone) is billed by the GB and is not included",
@@ -41,8 +42,36 @@ NOTES = {
 }
 
 
-def _snapshot() -> dict[str, Any]:
-    return json.loads(SNAPSHOT.read_text())
+class PriceUnknown(ClusterSpecError):
+    """Neither the cloud's price API (in time) nor the bundled snapshot knows a price."""
+
+
+def timeout() -> float:
+    """Seconds an answer that needs prices (an estimate, a cost update) waits for the clouds."""
+    return float(config.get("pricing.timeout"))
+
+
+def reason(exc: BaseException, api: str) -> str:
+    """Why ``api`` gave no price, in a few words (for notes, notifications and errors)."""
+    if isinstance(exc, DeadlinePassed):
+        return str(exc)
+    if "Credentials" in type(exc).__name__:  # botocore's NoCredentialsError, google-auth's DefaultCredentialsError
+        return f"{api}: no credentials found"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{api} could not be used ({type(exc).__name__}{': ' + text if text else ''})"
+
+
+def on_demand_prices(price_list: Iterable[Any], unit: str) -> Iterator[tuple[dict[str, Any], float]]:
+    """Each product of a Price List API ``GetProducts`` answer (JSON text or parsed) with an
+    on-demand price in ``unit`` (``Hrs``, ``GB-Mo``): its attributes and that price in USD."""
+    for item in price_list:
+        product = json.loads(item) if isinstance(item, str) else item
+        for term in product.get("terms", {}).get("OnDemand", {}).values():
+            for dim in term.get("priceDimensions", {}).values():
+                usd = float(dim.get("pricePerUnit", {}).get("USD", 0) or 0)
+                if dim.get("unit") == unit and usd > 0:
+                    yield product.get("product", {}).get("attributes", {}), usd
 
 
 class PriceBook:
@@ -51,17 +80,25 @@ class PriceBook:
     ``aws`` is anything with ``async call(service, region, operation, **params)`` (the AWS
     backend's session); ``gcp`` is google-auth credentials (the GCP backend's); ``store``
     caches what the APIs said for :data:`PRICE_TTL`. Without a store nothing is cached.
+
+    A look-up waits for the API until its :class:`~coiled_lab.deadline.Deadline` (by default
+    :func:`timeout` seconds), then the snapshot answers; the request goes on and its answer,
+    when it comes, is cached for the next look-up. While a request has gone unanswered for
+    longer than that, and for :data:`API_RETRY` seconds after one failed (no credentials,
+    refused, unreachable), the snapshot answers at once: a reconcile pass that updates a
+    cost does not wait on a price API that hangs.
     """
 
     def __init__(self, store: Any = None, aws: Any = None, gcp: Any = None):
         self.store = store
         self.aws = aws
         self.gcp = gcp
-        # After a failed catalog read, the snapshot answers at once for a while (same credentials).
-        self._gcp_failed: tuple[Any, float] = (None, 0.0)
+        self._failed: dict[str, tuple[Any, float, str]] = {}  # cloud -> (credentials, until, why)
+        # what is being asked -> (credentials, request, when it was sent)
+        self._requests: dict[str, tuple[Any, asyncio.Future, float]] = {}
         self._adopted: weakref.WeakSet = weakref.WeakSet()  # backends whose credentials were taken or missed
 
-    async def adopt(self, cloud: str, backend: Any) -> None:
+    async def adopt(self, cloud: str, backend: Any, within: Optional[Deadline] = None) -> None:
         """Ask ``cloud``'s price API with ``backend``'s credentials, unless the book has
         some: the estimate and the accrued cost then use the prices the cluster's own
         account sees. A backend without credentials is asked once."""
@@ -69,26 +106,72 @@ class PriceBook:
             return
         self._adopted.add(backend)
         if cloud == "gcp" and self.gcp is None:
-            self.gcp = await asyncio.get_running_loop().run_in_executor(None, _credentials_of, backend)
+            with suppress(DeadlinePassed):  # finding ADC may ask a metadata server that is not there
+                self.gcp = await (within or Deadline(timeout())).wait(
+                    deadline.blocking(_credentials_of, backend), "looking for GCP credentials")
         elif cloud == "aws" and self.aws is None:
             self.aws = getattr(backend, "aws", None)
 
-    async def aws_on_demand(self, region: str, vm_type: str) -> dict[str, Any]:
-        filters = {"instanceType": vm_type, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
-                   "preInstalledSw": "NA", "capacitystatus": "Used"}
-        return await self._quote(f"aws:{region}:{vm_type}", filters, "Hrs",
-                                 lambda snap: snap["on_demand"].get(vm_type), f"{vm_type} in {region}", region)
+    # -- AWS ------------------------------------------------------------------------------
+    async def aws_on_demand(self, region: str, vm_type: str, field: str = "worker_vm_types",
+                            within: Optional[Deadline] = None) -> dict[str, Any]:
+        """$/hour of a Linux on-demand instance; ``field`` is named when it is not known."""
+        filters = {"instanceType": vm_type, "regionCode": region, **LINUX_ON_DEMAND}
+        return await self._quote(f"aws:{region}:{vm_type}", filters, "Hrs", price_snapshot.aws_on_demand(region, vm_type),
+                                 f"{vm_type} in {region}", region, field, within)
 
-    async def aws_storage(self, region: str, volume: str = "gp3") -> dict[str, Any]:
+    async def aws_storage(self, region: str, volume: str = "gp3", within: Optional[Deadline] = None) -> dict[str, Any]:
+        """$/GB-month of an EBS volume type."""
         filters = {"productFamily": "Storage", "volumeApiName": volume, "regionCode": region}
-        return await self._quote(f"aws:{region}:ebs:{volume}", filters, "GB-Mo",
-                                 lambda snap: snap["ebs_gb_month"].get(volume), f"EBS {volume} in {region}", region)
+        return await self._quote(f"aws:{region}:ebs:{volume}", filters, "GB-Mo", price_snapshot.aws_ebs(region, volume),
+                                 f"EBS {volume} in {region}", region, None, within)
 
-    async def gcp_machine(self, region: str, machine: dict[str, Any], spot: bool,
-                          field: str = "worker_vm_types") -> dict[str, Any]:
+    async def _quote(self, key: str, filters: dict[str, str], unit: str, snapshot: Optional[tuple[float, str]],
+                     what: str, region: str, field: Optional[str], within: Optional[Deadline]) -> dict[str, Any]:
+        if self.store is not None:
+            cached = self.store.cached_price(key, PRICE_TTL)
+            if cached:
+                return cached
+        api = "the AWS Price List API"
+        why = self._unusable("aws", self.aws, "no AWS credentials", key, api)
+        if why is None:
+            try:
+                return await (within or Deadline(timeout())).wait(
+                    self._request("aws", key, self.aws, lambda: self._price_list(key, filters, unit, what, field), api),
+                    api)
+            except PriceUnknown:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no credentials, denied, unreachable, slow: the snapshot answers
+                why = reason(exc, api)
+        if snapshot is None:
+            where = (f"the bundled snapshot ({price_snapshot.label(price_snapshot.as_of('aws'))}) "
+                     + ("does not list it" if region in price_snapshot.regions("aws") else f"has no prices for {region}"))
+            raise PriceUnknown(f"{field + ': ' if field else ''}no price is known for {what}: {why}, and {where}",
+                               field)
+        return price_snapshot.quote(*snapshot, why)
+
+    async def _price_list(self, key: str, filters: dict[str, str], unit: str, what: str,
+                          field: Optional[str]) -> dict[str, Any]:
+        """Ask the Price List API (in a daemon thread: the session's); cache the answer."""
+        reply = await self.aws.call(
+            "pricing", PRICE_LIST_REGION, "get_products", ServiceCode="AmazonEC2", FormatVersion="aws_v1",
+            Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()], MaxResults=100,
+        )
+        prices = [usd for _, usd in on_demand_prices(reply.get("PriceList", []), unit)]
+        if not prices:
+            raise PriceUnknown(f"{field + ': ' if field else ''}AWS publishes no Linux on-demand price for {what}",
+                               field)
+        quote = {"price": min(prices), "source": "AWS Price List API", "as_of": time.time(), "snapshot": False}
+        if self.store is not None:
+            self.store.cache_price(key, quote)
+        return quote
+
+    # -- GCP ------------------------------------------------------------------------------
+    async def gcp_machine(self, region: str, machine: dict[str, Any], spot: bool, field: str = "worker_vm_types",
+                          within: Optional[Deadline] = None) -> dict[str, Any]:
         """$/hour of a Compute Engine machine (``{"name", "vcpus", "memory_gib", "gpus",
         "gpu_type"}``), on-demand or Spot; a bad or unpriced type names ``field``."""
-        table, source = await self._gcp_table(region)
+        table, source = await self._gcp_table(region, within)
         price = billing_catalog.machine_price(table, machine, spot, _where(region, source), field)
         return {**source, "price": price}
 
@@ -97,7 +180,11 @@ class PriceBook:
         """$/hour of each machine (shapes as for :meth:`gcp_machine`) by name, None for one
         whose rates are not published, from one read of the region's table: ordering the
         types that fit a size by price asks about many at once."""
-        table, source = await self._gcp_table(region)
+        machines = list(machines)
+        try:
+            table, source = await self._gcp_table(region)
+        except PriceUnknown:  # a region the snapshot lacks, offline: no order by price
+            return {machine["name"]: None for machine in machines}
         out: dict[str, Optional[float]] = {}
         for machine in machines:
             try:
@@ -106,12 +193,16 @@ class PriceBook:
                 out[machine["name"]] = None
         return out
 
-    async def gcp_disk(self, region: str, disk_type: str) -> dict[str, Any]:
+    async def gcp_disk(self, region: str, disk_type: str, within: Optional[Deadline] = None) -> dict[str, Any]:
         """$/GiB-month of a persistent disk type (``pd-standard``, ``pd-balanced``, ``pd-ssd``)."""
-        table, source = await self._gcp_table(region)
-        return {**source, "price": billing_catalog.disk_price(table, disk_type, _where(region, source))}
+        table, source = await self._gcp_table(region, within)
+        try:
+            price = billing_catalog.disk_price(table, disk_type, _where(region, source))
+        except ClusterSpecError as exc:
+            raise PriceUnknown(str(exc), None) from None
+        return {**source, "price": price}
 
-    async def _gcp_table(self, region: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _gcp_table(self, region: str, within: Optional[Deadline] = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The region's rate table and where it came from: the store's copy of the catalog
         if younger than :data:`PRICE_TTL`, else the whole catalog read again (every region's
         table cached from that one read), else the snapshot."""
@@ -119,141 +210,153 @@ class PriceBook:
         cached = self.store.cached_price(key, PRICE_TTL) if self.store is not None else None
         if cached:
             return cached["table"], {"source": BILLING_CATALOG, "as_of": cached["as_of"], "snapshot": False}
-        failed_with, until = self._gcp_failed
-        if self.gcp is None or (failed_with is self.gcp and time.monotonic() < until):
-            return self._gcp_snapshot(region)
-        try:
-            tables, now = await asyncio.get_running_loop().run_in_executor(None, self._read_catalog)
-        except Exception:  # noqa: BLE001 - no network, refused, throttled: use the snapshot
-            # One estimate asks for several quotes: wait for one timeout, not one each.
-            self._gcp_failed = (self.gcp, time.monotonic() + CATALOG_RETRY)
-            return self._gcp_snapshot(region)
-        if region not in tables:
-            raise ClusterSpecError(f"region: Compute Engine publishes no prices for {region!r}; priced regions: "
-                                   f"{', '.join(sorted(r for r in tables if r != 'global'))}", "region")
-        return tables[region], {"source": BILLING_CATALOG, "as_of": now, "snapshot": False}
+        api = f"the {BILLING_CATALOG}"
+        why = self._unusable("gcp", self.gcp, "no GCP credentials", "gcp:catalog", api)
+        if why is None:
+            try:
+                tables, now = await (within or Deadline(timeout())).wait(self._request(
+                    "gcp", "gcp:catalog", self.gcp, lambda: deadline.blocking(self._read_catalog, self.gcp), api), api)
+            except Exception as exc:  # noqa: BLE001 - no network, refused, throttled, slow: the snapshot answers
+                why = reason(exc, api)  # (a slow read goes on and fills the cache)
+            else:
+                if region not in tables:
+                    raise ClusterSpecError(f"region: Compute Engine publishes no prices for {region!r}; priced "
+                                           f"regions: {', '.join(sorted(r for r in tables if r != 'global'))}",
+                                           "region")
+                return tables[region], {"source": BILLING_CATALOG, "as_of": now, "snapshot": False}
+        found = price_snapshot.gcp_table(region)
+        if found is None:
+            raise PriceUnknown(
+                f"region: no Compute Engine prices are known for {region!r}: {why}, and the bundled snapshot "
+                f"({price_snapshot.label(price_snapshot.as_of('gcp'))}) prices only "
+                f"{', '.join(price_snapshot.regions('gcp'))}", "region")
+        table, as_of = found
+        return table, {k: v for k, v in price_snapshot.quote(0.0, as_of, why).items() if k != "price"}
 
-    def _read_catalog(self) -> tuple[dict[str, dict[str, Any]], float]:
-        """All Compute Engine SKUs, page after page, as per-region tables, each cached in
-        the store; and when they were read (blocking)."""
-        from google.auth.transport.requests import AuthorizedSession
-
-        endpoint = (config.get("gcp.endpoints.billing") or billing_catalog.GOOGLE_ENDPOINT).rstrip("/")
-        url = f"{endpoint}/v1/services/{billing_catalog.COMPUTE_ENGINE}/skus"
-        with AuthorizedSession(self.gcp) as session:
-            def get_page(params: dict[str, str]) -> dict[str, Any]:
-                reply = session.get(url, params=params, timeout=(10, 120))
-                reply.raise_for_status()
-                return reply.json()
-
-            tables = billing_catalog.rate_tables(billing_catalog.skus(get_page))
+    def _read_catalog(self, credentials: Any) -> tuple[dict[str, dict[str, Any]], float]:
+        """Every region's rate table, each cached in the store; and when they were read (blocking)."""
+        tables = billing_catalog.read(credentials, config.get("gcp.endpoints.billing"))
         now = time.time()
         if self.store is not None:
             for name, table in tables.items():
                 self.store.cache_price(f"gcp:{name}", {"table": table, "as_of": now})
         return tables, now
 
-    @staticmethod
-    def _gcp_snapshot(region: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        snap = _snapshot()["gcp"]
-        regions = snap["regions"]
-        where = "" if region in regions else f"; {region} is priced as {GCP_SNAPSHOT_REGION}"
-        source = f"snapshot of {snap['as_of']} ({snap['source']}){where}"
-        return regions.get(region) or regions[GCP_SNAPSHOT_REGION], {
-            "source": source, "as_of": snap["as_of"], "snapshot": True}
+    # -- what both clouds share -------------------------------------------------------------
+    def _request(self, cloud: str, key: str, credentials: Any, make: Callable[[], Awaitable[Any]],
+                 api: str) -> asyncio.Future:
+        """The request for ``key`` under way with these credentials, or a new one: look-ups
+        that time out while it runs (each quote of several estimates) do not ask again. Its
+        failure, whenever it comes, makes ``cloud``'s API unused for :data:`API_RETRY` seconds."""
+        running = self._requests.get(key)
+        if running is None or running[0] is not credentials or running[1].done():
+            request = asyncio.ensure_future(make())
+            request.add_done_callback(lambda done: self._settled(cloud, credentials, api, done))
+            running = self._requests[key] = (credentials, request, time.monotonic())
+        return running[1]
 
-    async def _quote(self, key: str, filters: dict[str, str], unit: str, from_snapshot: Callable[[dict], Any],
-                     what: str, region: str) -> dict[str, Any]:
-        if self.store is not None:
-            cached = self.store.cached_price(key, PRICE_TTL)
-            if cached:
-                return cached
-        try:
-            price = await self._price_list(filters, unit)
-        except Exception as exc:  # noqa: BLE001 - no credentials, no network, throttled: use the snapshot
-            return self._from_snapshot(from_snapshot, what, region, reason=type(exc).__name__)
-        if price is None:
-            raise ClusterSpecError(f"worker_vm_types: AWS publishes no Linux on-demand price for {what}", "worker_vm_types")
-        quote = {"price": price, "source": "AWS Price List API", "as_of": time.time(), "snapshot": False}
-        if self.store is not None:
-            self.store.cache_price(key, quote)
-        return quote
+    def _settled(self, cloud: str, credentials: Any, api: str, done: asyncio.Future) -> None:
+        error = None if done.cancelled() else done.exception()
+        if error is not None and not isinstance(error, PriceUnknown):  # (no such price: an answer, not a failure)
+            # One estimate asks for several quotes: one failure each time, not one per quote.
+            self._failed[cloud] = (credentials, time.monotonic() + API_RETRY, reason(error, api))
 
-    async def _price_list(self, filters: dict[str, str], unit: str) -> Optional[float]:
-        if self.aws is None:
-            raise LookupError("no AWS session")
-        reply = await self.aws.call(
-            "pricing", PRICE_LIST_REGION, "get_products", ServiceCode="AmazonEC2", FormatVersion="aws_v1",
-            Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()], MaxResults=100,
-        )
-        prices = []
-        for item in reply.get("PriceList", []):
-            product = json.loads(item) if isinstance(item, str) else item
-            for term in product.get("terms", {}).get("OnDemand", {}).values():
-                for dim in term.get("priceDimensions", {}).values():
-                    usd = float(dim.get("pricePerUnit", {}).get("USD", 0) or 0)
-                    if dim.get("unit") == unit and usd > 0:
-                        prices.append(usd)
-        return min(prices) if prices else None
-
-    @staticmethod
-    def _from_snapshot(pick: Callable[[dict], Any], what: str, region: str, reason: str) -> dict[str, Any]:
-        snap = _snapshot()
-        regions = snap["aws"]
-        table = regions.get(region) or regions["us-east-1"]
-        price = pick(table)
-        if price is None:
-            raise ClusterSpecError(
-                f"worker_vm_types: no price is known for {what}: the AWS Price List API could not be reached "
-                f"({reason}) and the bundled snapshot does not list it", "worker_vm_types")
-        where = "" if region in regions else f"; {region} is priced as us-east-1"
-        return {"price": price, "source": f"snapshot of {snap['as_of']} ({snap['source']}){where}",
-                "as_of": snap["as_of"], "snapshot": True}
+    def _unusable(self, cloud: str, credentials: Any, without: str, key: str, api: str) -> Optional[str]:
+        """Why ``cloud``'s price API is not to be asked about ``key`` now, or None."""
+        if credentials is None:
+            return without
+        failed_with, until, why = self._failed.get(cloud, (None, 0.0, ""))
+        if failed_with is credentials and time.monotonic() < until:
+            return why
+        running = self._requests.get(key)
+        if running and running[0] is credentials and not running[1].done() and \
+                time.monotonic() - running[2] > timeout():
+            return f"{api} has not answered for {time.monotonic() - running[2]:.0f} s"
+        return None
 
 
 async def estimate(spec: ClusterSpec, backend: Any = None, book: Optional[PriceBook] = None) -> dict[str, Any]:
     """$/hour for a spec before launch: scheduler + n_workers x worker (+ storage).
 
     ``backend`` says which instance types the spec would get and what they cost on spot
-    (:meth:`~coiled_lab.backends.base.Backend.price_inputs`); ``book`` has the prices.
+    (:meth:`~coiled_lab.backends.base.Backend.price_inputs`); ``book`` has the prices. It
+    answers within :func:`timeout` seconds whatever the clouds do: what is not live by
+    then comes from the snapshot (sizes from the backend's ``offline_inputs``), labelled.
     """
     if spec.backend == "local":
         return _estimate_json(spec, 0.0, 0.0, 0.0, 0.0, "local processes on this machine cost nothing", time.time(), [])
     if backend is None or book is None:
         raise ClusterSpecError(f"backend: {spec.backend!r} has no price source here", "backend")
-    await book.adopt(spec.backend, backend)
-    inputs = await backend.price_inputs(spec)
-    quotes = await (_gcp_quotes if spec.backend == "gcp" else _aws_quotes)(spec, book, inputs)
+    within = Deadline(timeout())
+    await book.adopt(spec.backend, backend, within)
+    inputs = await _inputs(spec, backend, within)
+    quotes = await (_gcp_quotes if spec.backend == "gcp" else _aws_quotes)(spec, book, inputs, within)
     scheduler, worker, storage = quotes["scheduler"], quotes["worker"], quotes["storage"]
-    storage_hour = storage["price"] * inputs.get("volume_gb", 0) * (spec.n_workers + 1) / HOURS_PER_MONTH
+    notes = [NOTES["egress"], *quotes["notes"]]
+    storage_hour = 0.0
+    if storage is not None:
+        storage_hour = storage["price"] * inputs["volume_gb"] * (spec.n_workers + 1) / HOURS_PER_MONTH
     worker_each = worker["price"]
     spot_savings = 0.0
-    notes = [NOTES["egress"]]
     spot_price = quotes["spot_price"]
     if spec.spot_policy != "on-demand" and spot_price:
         spot_savings = max(0.0, worker_each - spot_price) * spec.n_workers
         worker_each = spot_price
         notes.append(NOTES["spot"])
+    elif spec.spot_policy != "on-demand":
+        notes.append("no spot price is known now: the workers are priced on demand")
     if spec.allow_cross_zone:
         notes.append(NOTES["cross-zone"])
-    used = [scheduler, worker, storage]
-    snapshot = next((q for q in used if q.get("snapshot")), None)
-    if snapshot:
-        source = snapshot["source"]
-        notes.append(f"prices from a snapshot dated {snapshot['as_of']}, not today's")
-    elif spec.backend == "gcp":
-        source = BILLING_CATALOG
+    used = [q for q in (scheduler, worker, storage) if q is not None]
+    offline = [q for q in used if q.get("snapshot")]
+    if offline:
+        as_of = min(q["as_of"] for q in offline)
+        source = f"snapshot: {price_snapshot.label(as_of)}"
+        why = [inputs["offline"]] if inputs.get("offline") else []
+        for q in offline:
+            why += [q["reason"]] if q["reason"] not in why else []
+        notes.append(f"not live: {'; '.join(why)}")
     else:
-        source = "AWS Price List API" + (" and spot price history" if spot_savings else "")
-    est = _estimate_json(spec, scheduler["price"], worker_each, storage_hour, spot_savings, source,
-                         snapshot["as_of"] if snapshot else min(q["as_of"] for q in used), notes)
+        as_of = min(q["as_of"] for q in used)
+        source = BILLING_CATALOG if spec.backend == "gcp" else \
+            "AWS Price List API" + (" and spot price history" if spot_savings else "")
+    est = _estimate_json(spec, scheduler["price"], worker_each, storage_hour, spot_savings, source, as_of, notes)
     est["worker_vm_type"], est["scheduler_vm_type"] = inputs["worker_type"], inputs["scheduler_type"]
     return est
 
 
+async def catalog_view(live: Awaitable[dict[str, Any]], offline: Callable[[], Awaitable[dict[str, Any]]],
+                       what: str) -> dict[str, Any]:
+    """A backend's catalog (regions, types) for forms: the cloud's, if it answers within
+    :func:`timeout` seconds (a slower answer is still cached for next time), else the
+    snapshot's, saying so (``source``) and why (``offline``). Bad input is raised."""
+    try:
+        return await Deadline(timeout()).wait(live, what)
+    except ClusterSpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no credentials, no network, slow: the snapshot's types
+        view = await offline()
+        as_of = price_snapshot.as_of(view["backend"])
+        return {**view, "source": f"snapshot: {price_snapshot.label(as_of)}", "offline": reason(exc, what)}
+
+
+async def _inputs(spec: ClusterSpec, backend: Any, within: Deadline) -> dict[str, Any]:
+    """What the backend says the spec would get (asking its cloud); when the cloud cannot
+    answer in time, what its snapshot says (``offline`` tells why)."""
+    try:
+        return await within.wait(backend.price_inputs(spec), CATALOGS[spec.backend])
+    except ClusterSpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no credentials, no network, slow: sizes from the snapshot
+        offline = getattr(backend, "offline_inputs", None)
+        if offline is None:
+            raise
+        return {**(await offline(spec)), "offline": reason(exc, CATALOGS[spec.backend])}
+
+
 def _where(region: str, source: dict[str, Any]) -> str:
     """A region and where its prices came from, for error messages."""
-    return f"{region} (snapshot of {source['as_of']})" if source["snapshot"] else f"{region} ({source['source']})"
+    return f"{region} ({source['source']})"
 
 
 def _credentials_of(backend: Any) -> Any:
@@ -265,27 +368,42 @@ def _credentials_of(backend: Any) -> Any:
         return None
 
 
-async def _aws_quotes(spec: ClusterSpec, book: PriceBook, inputs: dict[str, Any]) -> dict[str, Any]:
+async def _storage(quote: Callable[[], Awaitable[dict[str, Any]]], inputs: dict[str, Any],
+                   notes: list[str]) -> Optional[dict[str, Any]]:
+    """The disks' $/GB-month, or None (and a note) when their size or price is not known."""
+    if inputs.get("volume_gb") is None:
+        notes.append("the disks are not included: their size is known only from the cloud's image catalog")
+        return None
+    try:
+        return await quote()
+    except PriceUnknown as exc:
+        notes.append(f"the disks are not included: {exc}")
+        return None
+
+
+async def _aws_quotes(spec: ClusterSpec, book: PriceBook, inputs: dict[str, Any], within: Deadline) -> dict[str, Any]:
     """On-demand quotes from the Price List API; the spot price is the backend's (spot history)."""
-    region = inputs["region"]
-    return {"scheduler": await book.aws_on_demand(region, inputs["scheduler_type"]),
-            "worker": await book.aws_on_demand(region, inputs["worker_type"]),
-            "storage": await book.aws_storage(region, inputs.get("volume_type", "gp3")),
-            "spot_price": inputs.get("spot_price")}
+    region, notes = inputs["region"], []
+    return {"scheduler": await book.aws_on_demand(region, inputs["scheduler_type"], "scheduler_vm_type", within),
+            "worker": await book.aws_on_demand(region, inputs["worker_type"], "worker_vm_types", within),
+            "storage": await _storage(lambda: book.aws_storage(region, inputs.get("volume_type") or "gp3", within),
+                                      inputs, notes),
+            "spot_price": inputs.get("spot_price"), "notes": notes}
 
 
-async def _gcp_quotes(spec: ClusterSpec, book: PriceBook, inputs: dict[str, Any]) -> dict[str, Any]:
+async def _gcp_quotes(spec: ClusterSpec, book: PriceBook, inputs: dict[str, Any], within: Deadline) -> dict[str, Any]:
     """On-demand and Spot machine quotes and the disk's, all from the billing catalog."""
-    region = inputs["region"]
+    region, notes = inputs["region"], []
     spot = None
     if spec.spot_policy != "on-demand":
         with suppress(ClusterSpecError):  # no Spot rate published: priced on-demand, no saving shown
-            spot = (await book.gcp_machine(region, inputs["worker_machine"], spot=True))["price"]
+            spot = (await book.gcp_machine(region, inputs["worker_machine"], spot=True, within=within))["price"]
     return {"scheduler": await book.gcp_machine(region, inputs["scheduler_machine"], spot=False,
-                                                field="scheduler_vm_type"),
-            "worker": await book.gcp_machine(region, inputs["worker_machine"], spot=False),
-            "storage": await book.gcp_disk(region, inputs.get("volume_type") or "pd-balanced"),
-            "spot_price": spot}
+                                                field="scheduler_vm_type", within=within),
+            "worker": await book.gcp_machine(region, inputs["worker_machine"], spot=False, within=within),
+            "storage": await _storage(lambda: book.gcp_disk(region, inputs.get("volume_type") or "pd-balanced", within),
+                                      inputs, notes),
+            "spot_price": spot, "notes": notes}
 
 
 def _estimate_json(spec: ClusterSpec, scheduler: float, worker_each: float, storage: float, spot_savings: float,
@@ -323,9 +441,17 @@ def accrued(
     return {"accrued": total, "per_hour": per_hour, "currency": CURRENCY, "as_of": now}
 
 
+def unknown_cost(why: str, now: Optional[float] = None) -> dict[str, Any]:
+    """A cost that cannot be worked out (a price is not known): ``accrued`` and ``per_hour``
+    are None, ``unknown`` says why; front doors show "unknown"."""
+    return {"accrued": None, "per_hour": None, "currency": CURRENCY, "as_of": time.time() if now is None else now,
+            "unknown": why}
+
+
 def extrapolate(cost: Optional[dict[str, Any]], now: Optional[float] = None) -> Optional[dict[str, Any]]:
-    """A stored cost brought up to now at its $/hour (between two cost updates)."""
-    if not cost:
-        return None
+    """A stored cost brought up to now at its $/hour (between two cost updates); an
+    unknown cost stays unknown."""
+    if not cost or cost.get("accrued") is None:
+        return cost or None
     now = time.time() if now is None else now
     return {**cost, "accrued": cost["accrued"] + cost["per_hour"] * max(0.0, now - cost["as_of"]) / 3600, "as_of": now}

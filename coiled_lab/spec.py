@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from . import config
+from .errors import QUOTED_CHARS, quoted
 
 BACKENDS = ("local", "aws", "gcp")
 SPOT_POLICIES = ("on-demand", "spot", "spot_with_fallback")
@@ -38,6 +39,16 @@ MAX_WORKERS = 10_000  # hard ceiling for any backend; admins set lower limits in
 MAX_DURATION = 365 * 24 * 3600.0
 MAX_MEMORY = 32 * 2**40  # the largest VMs of any cloud have less
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# Size limits of every free-form field (the field's help and the README say them): far
+# above any real value, and low enough that no request can bloat the store, the cluster
+# list every UI polls, or a VM's start-up data.
+MAX_NAME = 63  # a cluster name, an instance type, a region or zone
+MAX_VM_TYPES = 32  # worker_vm_types entries
+MAX_TEXT = 64  # a CIDR, a duration, a size, a Python version
+MAX_PATH = 4096  # software: a file path
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 32, 128, 256  # within both clouds' limits with coiled-lab's own tags
+MAX_ENVIRON, MAX_ENVIRON_CHARS = 64, 16384  # variables; all names and values together
+MAX_ERRORS = 10  # errors listed in one answer
 RESERVED_TAG_PREFIX = "coiled-lab:"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
 # Cloud region and zone names: us-east-1, us-east-1b, europe-west4, europe-west4-a.
@@ -48,7 +59,7 @@ _TYPE_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,62}$")  # m6i.xlarge, n2-standa
 
 def _check_type_name(name: str) -> None:
     if not _TYPE_NAME.match(name):
-        raise ValueError(f"{name!r} is not an instance type name (such as 'm6i.xlarge' or 'n2-standard-4')")
+        raise ValueError(f"{quoted(name)} is not an instance type name (such as 'm6i.xlarge' or 'n2-standard-4')")
 
 
 def running_python() -> str:
@@ -72,7 +83,7 @@ def _python_version(value: Any) -> Optional[str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         raise ValueError(f"expected a major.minor version as a string such as '3.11' (a number loses digits: "
                          f"3.10 reads as 3.1); supported: {_supported()}")
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
         raise ValueError(f"expected a major.minor version as a string such as '3.11'; supported: {_supported()}")
     text = value.strip()
     if not re.fullmatch(r"[0-9]+\.[0-9]+", text):
@@ -99,12 +110,20 @@ def cluster_python(spec: "ClusterSpec") -> str:
 
 def check_place(field: str, value: Optional[str]) -> Optional[str]:
     """A region or zone name, as the clouds spell them (``us-east-1``, ``europe-west4-a``)."""
-    if value is not None and not _PLACE.match(value):
+    if value is not None and (len(value) > MAX_NAME or not _PLACE.match(value)):
         raise ClusterSpecError(
-            f"{field}: {value!r} is not allowed: expected a {field} name such as "
-            f"{'us-east-1' if field == 'region' else 'us-east-1a'} or "
+            f"{field}: {quoted(value)} is not allowed: expected a {field} name of at most {MAX_NAME} characters "
+            f"such as {'us-east-1' if field == 'region' else 'us-east-1a'} or "
             f"{'europe-west4' if field == 'region' else 'europe-west4-a'}", field)
     return value
+
+
+def check_environ_size(environ: dict[str, str]) -> None:
+    """Raise ValueError when environment variables for the dask processes are more than
+    :data:`MAX_ENVIRON_CHARS` characters of names and values in all."""
+    size = sum(len(k) + len(v) for k, v in environ.items())
+    if size > MAX_ENVIRON_CHARS:
+        raise ValueError(f"expected at most {MAX_ENVIRON_CHARS} characters of names and values in all, got {size}")
 
 
 class ClusterSpecError(ValueError):
@@ -125,7 +144,8 @@ def _duration(value: Any) -> Optional[float]:
     """Seconds from ``20m``, ``"1 hour"``, ``90`` (seconds); ``None``/``"off"`` disables."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none", "never")):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or \
+            (isinstance(value, str) and len(value) > MAX_TEXT):
         raise ValueError("expected a duration such as '20m', '1h' or a number of seconds")
     if isinstance(value, (int, float)) and value <= 0:
         raise ValueError("expected a positive duration such as '20m', or 'off'")
@@ -144,7 +164,8 @@ def _memory(value: Any) -> Optional[int]:
     """Bytes from ``"16 GiB"``, ``"8GB"`` or an integer."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or \
+            (isinstance(value, str) and len(value) > MAX_TEXT):
         raise ValueError("expected a size such as '16 GiB'")
     from dask.utils import parse_bytes
 
@@ -177,7 +198,9 @@ class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
     name: Optional[str] = Field(
-        None, description="Cluster name (lower-case letters, digits, '-'); generated when left out"
+        None,  # its pattern bounds its length
+        description=f"Cluster name (at most {MAX_NAME} lower-case letters, digits, '-'; not another cluster's id); "
+                    "generated when left out",
     )
     backend: Literal["local", "aws", "gcp"] = Field(
         default_factory=_default("backend"), description="Where the cluster runs"
@@ -187,7 +210,8 @@ class ClusterSpec(BaseModel):
     )
     worker_vm_types: Optional[list[str]] = Field(
         default_factory=_default("worker_vm_types"),
-        description="Instance types for workers, in order of preference",
+        max_length=MAX_VM_TYPES,
+        description=f"Instance types for workers, in order of preference (at most {MAX_VM_TYPES})",
     )
     worker_cpu: Optional[int] = Field(
         default_factory=_default("worker_cpu"), ge=1, le=448, description="vCPUs per worker"
@@ -199,20 +223,26 @@ class ClusterSpec(BaseModel):
         default_factory=_default("worker_gpu"), ge=0, le=16, description="GPUs per worker"
     )
     scheduler_vm_type: Optional[str] = Field(
-        default_factory=_default("scheduler_vm_type"), description="Instance type for the scheduler"
+        default_factory=_default("scheduler_vm_type"), max_length=MAX_NAME,
+        description="Instance type for the scheduler",
     )
     spot_policy: Literal["on-demand", "spot", "spot_with_fallback"] = Field(
         default_factory=_default("spot_policy"), description="Purchase option for workers"
     )
-    region: Optional[str] = Field(default_factory=_default("region"), description="Cloud region")
-    zone: Optional[str] = Field(default_factory=_default("zone"), description="Availability zone")
+    region: Optional[str] = Field(default_factory=_default("region"), max_length=MAX_NAME, description="Cloud region")
+    zone: Optional[str] = Field(default_factory=_default("zone"), max_length=MAX_NAME, description="Availability zone")
     allow_cross_zone: bool = Field(
         default_factory=_default("allow_cross_zone"),
         description="Spread workers over zones (cross-zone traffic costs money)",
     )
     allow_ingress_from: str = Field(
-        default_factory=_default("allow_ingress_from"),
+        default_factory=_default("allow_ingress_from"), max_length=MAX_TEXT,
         description="CIDR allowed to reach scheduler and dashboard; 'me' = this server's address",
+    )
+    connect_via: Literal["auto", "public", "private"] = Field(
+        default_factory=_default("connect_via"),
+        description="How this server reaches the scheduler: its public or private address; "
+                    "auto = private from inside the cluster's network",
     )
     idle_timeout: Duration = Field(
         default_factory=_default("idle_timeout"), description="Stop after this long with no work"
@@ -224,15 +254,21 @@ class ClusterSpec(BaseModel):
     max_lifetime: Duration = Field(
         default_factory=_default("max_lifetime"), description="Stop after this long whatever happens"
     )
-    tags: dict[str, str] = Field(default_factory=_default("tags"), description="Tags/labels on every resource")
+    tags: dict[str, str] = Field(
+        default_factory=_default("tags"),
+        description=f"Tags/labels on every resource (at most {MAX_TAGS}; keys of at most {MAX_TAG_KEY} characters, "
+                    f"values of at most {MAX_TAG_VALUE})",
+    )
     environ: dict[str, str] = Field(
-        default_factory=_default("environ"), description="Environment variables for the dask processes"
+        default_factory=_default("environ"),
+        description=f"Environment variables for the dask processes (at most {MAX_ENVIRON}, "
+                    f"{MAX_ENVIRON_CHARS} characters of names and values in all)",
     )
     package_sync: bool = Field(
         default_factory=_default("package_sync"), description="Install this environment's packages on the VMs"
     )
     software: Optional[str] = Field(
-        default_factory=_default("software"),
+        default_factory=_default("software"), max_length=MAX_PATH,
         description="Requirements file (a .txt path on the Jupyter server) to install instead of package sync",
     )
     python_version: Optional[str] = Field(
@@ -254,6 +290,8 @@ class ClusterSpec(BaseModel):
     @classmethod
     def _one_or_many_types(cls, v: Any) -> Any:
         if isinstance(v, str):
+            if len(v) > MAX_VM_TYPES * (MAX_NAME + 2):
+                raise ValueError(f"expected at most {MAX_VM_TYPES} instance type names")
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
 
@@ -297,24 +335,34 @@ class ClusterSpec(BaseModel):
         except ValueError:
             raise ValueError("expected 'me' or a CIDR such as '203.0.113.0/24'") from None
 
+    @field_validator("tags", "environ", mode="before")
+    @classmethod
+    def _few_entries(cls, v: Any, info: ValidationInfo) -> Any:
+        # Before each entry is checked: a map of a million bad entries is one error, not a million.
+        most = MAX_TAGS if info.field_name == "tags" else MAX_ENVIRON
+        if isinstance(v, dict) and len(v) > most:
+            raise ValueError(f"expected at most {most} entries, got {len(v)}")
+        return v
+
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            if not key or len(key) > 128:
-                raise ValueError(f"tag key {key!r} must have 1 to 128 characters")
+            if not key or len(key) > MAX_TAG_KEY:
+                raise ValueError(f"tag key {quoted(key)} must have 1 to {MAX_TAG_KEY} characters")
             if key.startswith(RESERVED_TAG_PREFIX):
-                raise ValueError(f"tag key {key!r} uses the reserved prefix {RESERVED_TAG_PREFIX!r}")
-            if len(value) > 256:
-                raise ValueError(f"tag {key!r} has a value longer than 256 characters")
+                raise ValueError(f"tag key {quoted(key)} uses the reserved prefix {RESERVED_TAG_PREFIX!r}")
+            if len(value) > MAX_TAG_VALUE:
+                raise ValueError(f"tag {quoted(key)} has a value longer than {MAX_TAG_VALUE} characters")
         return v
 
     @field_validator("environ")
     @classmethod
     def _check_environ(cls, v: dict[str, str]) -> dict[str, str]:
+        check_environ_size(v)
         for key in v:
             if not ENV_NAME.match(key):
-                raise ValueError(f"{key!r} is not an environment variable name")
+                raise ValueError(f"{quoted(key)} is not an environment variable name")
         return v
 
     @model_validator(mode="after")
@@ -401,27 +449,30 @@ def revise(stored: dict[str, Any], changes: Optional[dict[str, Any]] = None) -> 
 def spec_error(exc: ValidationError, data: dict[str, Any] | None = None) -> ClusterSpecError:
     """Turn pydantic's error list into one ClusterSpecError naming field, value and what is allowed."""
     errors = []
-    for err in exc.errors(include_url=False):
+    found = exc.errors(include_url=False)
+    for err in found[:MAX_ERRORS]:
         loc = [str(p) for p in err.get("loc", ())]
         field = loc[0] if loc else None
         if err["type"] == "extra_forbidden":
-            message = f"unknown field {field!r}; allowed fields: {', '.join(FIELDS)}"
+            message = f"unknown field {quoted(field)}; allowed fields: {', '.join(FIELDS)}"
         else:
             ctx_error = (err.get("ctx") or {}).get("error")
             if isinstance(ctx_error, _CombinationError):
                 field = ctx_error.field
                 value = (data or {}).get(field)
-                message = f"{field}: {value!r} is not allowed: {ctx_error}"
+                message = f"{field}: {quoted(value)} is not allowed: {ctx_error}"
             else:
                 msg = err["msg"]
                 if msg.startswith("Value error, "):
                     msg = msg[len("Value error, ") :]
-                where = ".".join(loc) if loc else "spec"
+                where = ".".join(p if len(p) <= MAX_TEXT else quoted(p) for p in loc) if loc else "spec"
                 value = err.get("input")
                 if data is not None and field in data and len(loc) == 1:
                     value = data[field]
-                message = f"{where}: {value!r} is not allowed: {msg}"
-        errors.append({"field": field, "error": message})
+                message = f"{where}: {quoted(value)} is not allowed: {msg}"
+        errors.append({"field": field[:QUOTED_CHARS] if field else field, "error": message})
+    if len(found) > MAX_ERRORS:
+        errors.append({"field": None, "error": f"and {len(found) - MAX_ERRORS} more errors"})
     first = errors[0] if errors else {"field": None, "error": str(exc)}
     return ClusterSpecError(first["error"], first["field"], errors)
 

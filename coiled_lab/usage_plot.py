@@ -24,6 +24,8 @@ import html
 import time
 from typing import Any, Optional
 
+from .utc import stamp
+
 HEIGHT = 120
 
 
@@ -32,6 +34,8 @@ def series(record: dict[str, Any], usage: dict[str, Any]) -> dict[str, list[Any]
     samples = usage.get("samples") or []
     target = (record.get("workers") or {}).get("target", 0)
     cost = record.get("cost") or None
+    if cost and cost.get("accrued") is None:  # unknown: no dollars drawn
+        cost = None
     out: dict[str, list[Any]] = {"time": [], "workers": [], "target": [], "cpu": [], "gpu": [], "dollars": []}
     for s in samples:
         workers = list((s.get("per_worker") or {}).values())
@@ -83,7 +87,9 @@ def figures(record: dict[str, Any], usage: dict[str, Any]):
 
     cost = record.get("cost") or {}
     title = "$ accrued"
-    if cost:
+    if cost and cost.get("accrued") is None:
+        title += " (unknown: a price is not known)"
+    elif cost:
         title += f" (≈ back from ${cost['accrued']:.2f} at ${cost['per_hour']:.2f}/hour)"
     dollars = figure(title=title, **common)
     dollars.line("time", "dollars", source=source, line_width=2, color="darkorange")
@@ -114,7 +120,7 @@ def html_page(record: dict[str, Any], usage: dict[str, Any], now: Optional[float
     from bokeh.embed import file_html
     from bokeh.resources import INLINE
 
-    title = f"{record.get('name', 'cluster')}: usage at {time.strftime('%H:%M:%S', time.localtime(now))}"
+    title = f"{record.get('name', 'cluster')}: usage at {stamp(time.time() if now is None else now)}"
     if not usage.get("samples"):  # nothing to plot: no need for 1.3 MB of BokehJS either
         return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
                 "<body style='font: 12px sans-serif; color: #777'>No usage samples yet: the scheduler's "

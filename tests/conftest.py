@@ -72,3 +72,18 @@ def control(state_dir):
     ctl = InProcessControl(ClusterManager(state_dir))
     yield ctl
     ctl.close()
+
+
+@pytest.fixture
+def no_cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """No AWS credentials anywhere, no Application Default Credentials, no metadata server:
+    a laptop that was never set up. Returns the environment, for subprocesses."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_PRICING", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "gcloud").mkdir()
+    for key, value in {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                       "AWS_EC2_METADATA_DISABLED": "true", "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+                       "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}.items():
+        monkeypatch.setenv(key, value)
+    return dict(os.environ)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -13,9 +16,9 @@ from .conftest import cluster_processes, wait_for
 pytestmark = pytest.mark.slow
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "coiled_lab.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "coiled_lab.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -68,6 +71,36 @@ def test_follow_logs_until_the_cluster_stops_itself_and_reads_while_busy(state_d
     assert follower.returncode == 0
     assert "coiled-lab: stopping cluster: idle_timeout" in out
     assert json.loads(cli("status", "followed", "--json").stdout)["status"] == "stopped"
+    wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
+
+
+def test_a_follow_in_los_angeles_shows_new_lines_at_their_utc_time(state_dir):
+    """The CLI's control plane, the dask processes it starts and the follower all run in Los
+    Angeles' local time (UTC-7 or -8): the lines still come, at the UTC time they were written."""
+    los_angeles = {**os.environ, "TZ": "America/Los_Angeles"}
+    assert cli("start", "1", "--name", "la", "--idle-timeout", "15s", env=los_angeles).returncode == 0
+    began = time.time()
+    follower = subprocess.Popen([sys.executable, "-m", "coiled_lab.cli", "logs", "la", "--follow"],
+                                stdout=subprocess.PIPE, text=True, env=los_angeles)
+    try:
+        out, _ = follower.communicate(timeout=90)  # ends by itself once the cluster stopped
+    finally:
+        follower.kill()
+    ended = time.time()
+    assert follower.returncode == 0
+    shown = [(re.match(r"(\d\d):(\d\d):(\d\d\.\d{3})Z ", line), line) for line in out.splitlines()]
+    assert shown and all(m for m, _ in shown), out  # every line starts with its time, marked UTC
+
+    def utc_time(m: re.Match) -> float:
+        """The epoch time of a shown time of day: the one within 12 hours of now."""
+        day = (int(m[1]) * 60 + int(m[2])) * 60 + float(m[3])
+        return ended + ((day - ended % 86400 + 43200) % 86400 - 43200)
+
+    # Lines written after the follow began (the scheduler stopped itself 15 s after it
+    # started idling) came, and every line is shown at the time it was written.
+    (stopping,) = [m for m, line in shown if "coiled-lab: stopping cluster: idle_timeout" in line]
+    assert began - 1 < utc_time(stopping) < ended
+    assert all(began - 120 < utc_time(m) < ended for m, _ in shown)
     wait_for(lambda: not cluster_processes(state_dir), timeout=15, what="no process left")
 
 
@@ -142,3 +175,38 @@ def test_env_shows_what_would_be_synced_from_here(state_dir, tmp_path):
     assert too_big.returncode == 2 and "Traceback" not in too_big.stderr
     assert "sync.include" in too_big.stderr and "data.bin" in too_big.stderr
     assert cluster_processes(state_dir) == []
+
+
+def test_cleanup_goes_past_an_unreachable_cloud(state_dir):
+    """An AWS cluster in the store's history and AWS unreachable (a port where nothing
+    listens): the CLI says so, exits 1, and still stops a local cluster's leftovers."""
+    import socket
+
+    from coiled_lab.control.states import State
+    from coiled_lab.control.store import ClusterRecord, Store
+
+    assert cli("start", "0", "--name", "left-running").returncode == 0
+    store = Store(state_dir / "coiled-lab.sqlite")
+    try:
+        local = store.find_cluster("left-running")
+        store.update_cluster(local.id, status="stopped", target="stopped")  # a crash left its scheduler running
+        now = time.time()
+        store.insert_cluster(ClusterRecord(
+            id="a0a0a0a0a0a0", name="on-aws", backend="aws", spec={"n_workers": 1, "region": "us-east-1"},
+            status=State.stopped, target="stopped", message=None, state={}, created_at=now, updated_at=now))
+    finally:
+        store.close()
+    assert len(cluster_processes(state_dir)) == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAUNREACHABLE00001", "AWS_SECRET_ACCESS_KEY": "x",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true",
+           "DASK_COILED_LAB__AWS__MAX_ATTEMPTS": "1"}
+    done = cli("cleanup", env=env)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"stopped 1 instance(s) of left-running ({local.id})" in done.stdout
+    assert "aws was not cleaned up" in done.stdout and "aws's tagged resources were not swept" in done.stdout
+    assert "Traceback" not in done.stderr
+    wait_for(lambda: not cluster_processes(state_dir), timeout=30, what="the leftover scheduler stopped")

@@ -213,7 +213,8 @@ def test_what_the_vms_will_not_have_is_told_once_before_launch(tmp_path):
 
     async def create() -> list[dict]:
         async with ClusterManager(tmp_path / "state", backends={"aws": _Offline()}, check_interval=60) as manager:
-            record = await manager.create({"backend": "aws", "n_workers": 1, "package_sync": True}, env.to_json())
+            record = await manager.create({"backend": "aws", "n_workers": 1, "package_sync": True,
+                                           "allow_ingress_from": "198.51.100.0/24"}, env.to_json())
             assert manager.store.get_cluster(record["id"]).state["environment"] == env.hash
             assert record["spec"]["python_version"] == env.python
             return await manager.notifications(record["id"])

@@ -1,9 +1,27 @@
 import asyncio
+import logging
 import time
+from datetime import datetime, timezone
 
 import pytest
 
+from coiled_lab import utc
+from coiled_lab.bootstrap.logship import utc_stamps
 from coiled_lab.logs import LogRecord, matches, parse_lines, since_from, tail
+
+# 2026-11-23 19:49:52.123 UTC: 11:49:52.123 in Los Angeles (PST, UTC-8).
+WHEN = datetime(2026, 11, 23, 19, 49, 52, 123000, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.fixture
+def los_angeles(monkeypatch):
+    """This process's local time is Los Angeles' for the test."""
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    assert time.localtime(WHEN).tm_hour == 11
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 LINES = """\
 2026-11-23 10:00:00,100 - distributed.worker - INFO - Start worker at: tls://127.0.0.1:1
@@ -59,3 +77,32 @@ def test_since_from():
     assert since_from("2026-11-23T10:00:00") > 0
     with pytest.raises(ValueError, match="since"):
         since_from("yesterday-ish")
+
+
+@pytest.mark.parametrize("stamp", ["2026-11-23 19:49:52,123Z", "2026-11-23 11:49:52,123-08:00",
+                                   "2026-11-23 11:49:52,123-0800", "2026-11-23T19:49:52.123",
+                                   "2026-11-23 19:49:52,123"])
+def test_a_stamp_is_read_in_its_own_zone_and_utc_without_one_whatever_the_local_zone(los_angeles, stamp):
+    (rec,) = parse_lines([f"{stamp} - distributed.worker - INFO - hello"], "w1", "worker", fallback_time=0)
+    assert rec.time == pytest.approx(WHEN, abs=1e-6)
+    assert rec.message == "distributed.worker - hello"
+
+
+def test_what_coiled_labs_processes_write_reads_back_as_the_time_it_was_written(los_angeles):
+    # The dask processes' handlers (coiled_lab.bootstrap.utclog) and the VM bootstrap's
+    # own lines format with utc_stamps.
+    formatter = utc_stamps(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    record = logging.LogRecord("distributed.scheduler", logging.INFO, "", 0, "State start", None, None)
+    record.created, record.msecs = WHEN, 123.0
+    line = formatter.format(record)
+    assert line == "2026-11-23 19:49:52,123Z - distributed.scheduler - INFO - State start"
+    (rec,) = parse_lines([line], "scheduler", "scheduler", fallback_time=0)
+    assert rec.time == pytest.approx(WHEN, abs=1e-6)
+
+
+def test_times_shown_and_given_are_utc_and_say_so(los_angeles):
+    rec = LogRecord(WHEN, "w1", "worker", "INFO", "hello")
+    assert rec.format() == "19:49:52.123Z worker-w1 INFO    hello"
+    assert since_from("2026-11-23T19:49:52.123") == pytest.approx(WHEN)
+    assert since_from("2026-11-23T11:49:52.123-08:00") == pytest.approx(WHEN)
+    assert utc.stamp(WHEN) == "2026-11-23 19:49:52Z"

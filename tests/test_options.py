@@ -20,6 +20,7 @@ EXAMPLES = {
     "zone": (["--zone", "us-east-2b"], "us-east-2b"),
     "allow_cross_zone": (["--allow-cross-zone"], True),
     "allow_ingress_from": (["--allow-ingress-from", "198.51.100.7/32"], "198.51.100.7/32"),
+    "connect_via": (["--connect-via", "private"], "private"),
     "idle_timeout": (["--idle-timeout", "45m"], 2700),
     "no_client_timeout": (["--no-client-timeout", "off"], None),
     "max_lifetime": (["--max-lifetime", "8h"], 8 * 3600),

@@ -10,8 +10,9 @@ import asyncio
 import dask.config
 import pytest
 
+from coiled_lab import price_snapshot
 from coiled_lab.control.store import Store
-from coiled_lab.pricing import BILLING_CATALOG, HOURS_PER_MONTH, PriceBook, estimate
+from coiled_lab.pricing import BILLING_CATALOG, HOURS_PER_MONTH, PriceBook, PriceUnknown, estimate
 from coiled_lab.spec import ClusterSpecError, parse_spec
 
 from . import gcpbilling
@@ -116,8 +117,10 @@ def test_the_cache_lives_in_the_store_for_a_day(tmp_path, catalog, monkeypatch):
 def test_without_credentials_or_network_the_dated_snapshot_answers(tmp_path, catalog):
     no_credentials = PriceBook(Store(tmp_path / "s.sqlite"))
     quote = run(no_credentials.gcp_machine("us-central1", N2_4, spot=False))
-    assert quote["snapshot"] and quote["as_of"] == "2024-06-01" and quote["source"].startswith("snapshot of 2024-06-01")
-    assert quote["price"] == pytest.approx(0.194236)
+    table, as_of = price_snapshot.gcp_table("us-central1")
+    assert quote["snapshot"] and quote["as_of"] == as_of and quote["source"] == f"snapshot: prices as of {as_of}, not live"
+    assert quote["price"] == pytest.approx(4 * table["cores"]["n2"]["on-demand"] + 16 * table["ram"]["n2"]["on-demand"])
+    assert quote["reason"] == "no GCP credentials"
     assert catalog.requests == []  # nothing asked without credentials
 
     refused = PriceBook(Store(tmp_path / "refused.sqlite"), gcp=token_credentials("revoked-token"))
@@ -131,13 +134,19 @@ def test_without_credentials_or_network_the_dated_snapshot_answers(tmp_path, cat
 
     with dask.config.set({"coiled-lab.gcp.endpoints.billing": "http://127.0.0.1:9"}):  # nothing listens there
         offline = PriceBook(Store(tmp_path / "s.sqlite"), gcp=token_credentials())
+        # Each region at its own rates (Mumbai's are not Iowa's), never another region's.
         elsewhere = run(offline.gcp_machine("asia-south1", N2_4, spot=True))
-        assert elsewhere["snapshot"] and "asia-south1 is priced as us-central1" in elsewhere["source"]
+        mumbai, _ = price_snapshot.gcp_table("asia-south1")
+        assert elsewhere["snapshot"] and elsewhere["price"] == pytest.approx(
+            4 * mumbai["cores"]["n2"]["spot"] + 16 * mumbai["ram"]["n2"]["spot"])
+        assert mumbai["cores"]["n2"] != table["cores"]["n2"]
+        with pytest.raises(PriceUnknown, match="region: no Compute Engine prices are known for 'me-west1'"):
+            run(offline.gcp_machine("me-west1", N2_4, spot=False))
         spec = parse_spec(backend="gcp", n_workers=2, region="us-central1", worker_vm_types=["n2-standard-4"])
         est = run(estimate(spec, FakeGCPBackend(token_credentials()), offline))
-    assert est["as_of"] == "2024-06-01" and est["source"].startswith("snapshot of 2024-06-01")
-    assert any("snapshot dated 2024-06-01" in n for n in est["notes"])
-    assert est["workers"] == pytest.approx(2 * 0.194236)
+    assert est["as_of"] == as_of and est["source"] == f"snapshot: prices as of {as_of}, not live"
+    assert any(n.startswith("not live: the Cloud Billing Catalog API could not be used") for n in est["notes"])
+    assert est["workers"] == pytest.approx(2 * quote["price"])
 
 
 def test_estimate_is_scheduler_plus_workers_plus_disks_and_spot_saves(tmp_path, catalog):
@@ -244,3 +253,23 @@ def test_the_book_takes_a_backends_credentials_once(tmp_path, catalog):
     run(book.adopt("gcp", backend))
     assert book.gcp is backend.credentials
     assert not run(book.gcp_machine("us-central1", N2_4, spot=False))["snapshot"]
+
+
+# Default machine types the snapshot's sources have no rates for in a region.
+SOURCE_GAPS = {("asia-northeast2", "n2d-standard-4"), ("asia-northeast3", "n2d-standard-4"),
+               ("europe-west6", "n2-standard-4"), ("europe-west6", "n2d-standard-4")}
+
+
+def test_the_snapshot_prices_the_default_types_in_each_region_it_covers():
+    """Every region of the snapshot prices the default scheduler and worker types (but the
+    gaps of its sources, listed so that a new one fails), from sizes it holds too."""
+    defaults = [dask.config.get("coiled-lab.gcp.scheduler-vm-type"), *dask.config.get("coiled-lab.gcp.worker-vm-types")]
+    sizes = price_snapshot.gcp_types()
+    book = PriceBook()  # no credentials: the snapshot's rates
+    missing = set()
+    for region in price_snapshot.regions("gcp"):
+        machines = [machine(n, sizes[n]["vcpus"], sizes[n]["memory_mib"] / 1024) for n in defaults]
+        priced = run(book.gcp_machines(region, machines, spot=False))
+        missing |= {(region, name) for name, price in priced.items() if price is None}
+    assert missing == SOURCE_GAPS
+    assert dask.config.get("coiled-lab.gcp.region") in price_snapshot.regions("gcp")

@@ -37,7 +37,7 @@ from ..spec import ClusterSpec, cluster_python
 from ..tls import TLSMaterial
 from .ingress import DASHBOARD_PORT, SCHEDULER_PORT
 
-BOOTSTRAP_MODULES = ("__init__.py", "envcache.py", "logship.py", "packages.py", "vm.py")
+BOOTSTRAP_MODULES = ("__init__.py", "envcache.py", "logship.py", "packages.py", "utclog.py", "vm.py")
 # What only one role's or one cloud's VMs need (EC2's user-data has 16 KiB for everything):
 # the scheduler's preloads, the worker's waiting and spot retirement, GCE's metadata and logging.
 ROLE_MODULES = {"scheduler": ("lifetime.py", "watchdog.py"), "worker": ("worker.py",)}

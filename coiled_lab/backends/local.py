@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 from .. import config
 from ..bootstrap import lifetime, watchdog
+from ..bootstrap.vm import UTC_PRELOAD
 from ..control.store import Instance
 from ..logs import LogRecord, parse_lines
 from ..zygote import Zygote
@@ -137,6 +138,7 @@ class LocalBackend(Backend):
             *self._tls_args(cluster),
             "--dashboard-address", "127.0.0.1:0",
             "--scheduler-file", str(self._scheduler_file(cluster)),
+            "--preload", UTC_PRELOAD,
             "--preload", "coiled_lab.bootstrap.lifetime",
             "--preload", "coiled_lab.bootstrap.watchdog",
         ]
@@ -172,6 +174,7 @@ class LocalBackend(Backend):
                 "--no-dashboard",
                 # A worker whose scheduler is gone exits, as a VM would shut down.
                 "--death-timeout", "60",
+                "--preload", UTC_PRELOAD,
                 "--local-directory", str(cluster.directory / "work"),
             ]
             commands.append((instance_id, args))
@@ -237,6 +240,8 @@ class LocalBackend(Backend):
         return found
 
     async def logs(self, cluster: ClusterContext, since: Optional[float] = None) -> list[LogRecord]:
+        """The records of every process's log file; their stamps are UTC (the processes
+        preload :mod:`~coiled_lab.bootstrap.utclog`), whatever this machine's zone."""
         records: list[LogRecord] = []
         log_dir = cluster.directory / "logs"
         if not log_dir.exists():

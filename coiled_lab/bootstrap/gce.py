@@ -20,6 +20,9 @@ from typing import Any, Callable, Optional
 
 DEFAULT_HOST = "metadata.google.internal"
 LOGGING_ENDPOINT_ENV = "COILED_LAB_GCP_LOGGING_ENDPOINT"
+# Where the VM reaches Compute Engine to delete itself, when its image says (the startup
+# script reads it: coiled_lab.backends.gcp.startup).
+COMPUTE_ENDPOINT_ENV = "COILED_LAB_GCP_COMPUTE_ENDPOINT"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import logging
 import os
 import random
 import threading
@@ -45,6 +46,17 @@ MAX_BATCH_EVENTS = 10_000
 MAX_BATCH_BYTES = 1_048_576
 EVENT_OVERHEAD = 26
 MAX_EVENT_BYTES = 256 * 1024 - EVENT_OVERHEAD
+
+
+def utc_stamps(formatter: logging.Formatter) -> logging.Formatter:
+    """``formatter`` with its times in UTC, marked ``Z``, in distributed's shape otherwise
+    (``2026-11-23 19:49:52,123Z``): the stamp of every line a VM's bootstrap and the dask
+    processes coiled-lab starts write (:mod:`.utclog`), so that no reader has to guess
+    the zone of the machine that wrote it (:mod:`coiled_lab.utc`). A formatter given its own
+    ``datefmt`` keeps it, in UTC."""
+    formatter.converter = time.gmtime
+    formatter.default_msec_format = "%s,%03dZ"
+    return formatter
 
 
 class LogShipper:

@@ -4,9 +4,9 @@ The VM's start-up data (EC2 user-data, built by :mod:`coiled_lab.backends.aws.us
 GCE ``startup-script`` metadata, built by :mod:`coiled_lab.backends.gcp.startup`) unpacks
 this package next to a ``config.json`` and runs it with the image's own ``python3`` (a bare
 Debian 12 image's 3.11, Amazon Linux 2023's 3.9); when it returns, for whatever reason, the
-start-up script shuts the machine down (EC2 then terminates it,
-``InstanceInitiatedShutdownBehavior=terminate``; GCE stops it, and the backend deletes
-stopped machines of its clusters). ``config["cloud"]`` says which cloud. Everything up to
+start-up script ends the machine: on EC2 it shuts down and EC2 terminates it
+(``InstanceInitiatedShutdownBehavior=terminate``); a GCE VM deletes itself, else powers off
+and the backend deletes it. ``config["cloud"]`` says which cloud. Everything up to
 starting dask uses the standard library only. In order, it:
 
 1. asks the instance metadata service (EC2: IMDSv2 at ``AWS_EC2_METADATA_SERVICE_ENDPOINT``;
@@ -30,8 +30,8 @@ starting dask uses the standard library only. In order, it:
    so its data moves to the others before the machine goes.
 
 Each phase's duration is one log line (console and log service), to be read by people and
-benchmarks alike; after the log format's prefix (``<date> <time>,<ms> - coiled_lab.bootstrap
-- INFO - ``) it is ``boot: <phase> <details> in <seconds> s``, matched by
+benchmarks alike; after the log format's prefix (``<date> <time>,<ms>Z - coiled_lab.bootstrap
+- INFO - ``, in UTC like every line a VM writes) it is ``boot: <phase> <details> in <seconds> s``, matched by
 ``boot: (?P<phase>[a-z]+)\b(?P<details>.*) in (?P<seconds>[0-9]+\.[0-9]) s$``::
 
     boot: uv 0.13.9 ready in 1.4 s
@@ -57,6 +57,7 @@ them through the metadata service.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -72,13 +73,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import envcache, packages
-from .logship import CloudWatchLogs, InstanceRoleCredentials, LogShipper
+from .logship import CloudWatchLogs, InstanceRoleCredentials, LogShipper, utc_stamps
 
 DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254"
 # Metadata services are reached directly, never through a proxy.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # The lines of distributed that say a dask process is up (scheduler; worker or cuda worker).
 STARTED = {"scheduler": "Scheduler at:", "worker": "Registered to:"}
+# The bootstrap's own lines: dask's format, stamped in UTC as the dask processes' are (.utclog).
+_SAY = utc_stamps(logging.Formatter("%(asctime)s - coiled_lab.bootstrap - %(levelname)s - %(message)s"))
+# Given first to every dask process: its log lines are stamped in UTC.
+UTC_PRELOAD = "coiled_lab.bootstrap.utclog"
 
 
 @dataclass(frozen=True)
@@ -150,9 +155,8 @@ class Output:
 
     def say(self, message: str, level: str = "INFO") -> None:
         """A line of the bootstrap's own, in dask's log format so it parses the same way."""
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
-        self(f"{stamp} - coiled_lab.bootstrap - {level} - {message}")
+        self(_SAY.format(logging.LogRecord("coiled_lab.bootstrap", logging.getLevelName(level), "", 0, message,
+                                           None, None)))
 
 
 class BootReport:
@@ -189,16 +193,19 @@ def dask_command(config: dict[str, Any], me: Identity, workdir: Path, python: st
             python, "-m", "distributed.cli.dask_scheduler",
             "--host", me.private_ip, "--port", str(config["scheduler_port"]), "--protocol", "tls", *tls,
             "--dashboard-address", f"{me.private_ip}:{config['dashboard_port']}",
-            "--preload", "coiled_lab.bootstrap.lifetime", "--preload", "coiled_lab.bootstrap.watchdog",
+            "--preload", UTC_PRELOAD, "--preload", "coiled_lab.bootstrap.lifetime",
+            "--preload", "coiled_lab.bootstrap.watchdog",
         ]
     command = [python, "-m", "dask", "cuda", "worker"] if config["gpu"] else [
         python, "-m", "distributed.cli.dask_worker"]
     command += [
         config["scheduler_address"], "--name", me.instance_id, "--host", me.private_ip, *tls,
-        "--death-timeout", str(config["death_timeout"]),
+        "--death-timeout", str(config["death_timeout"]), "--preload", UTC_PRELOAD,
     ]
     if not config["gpu"]:
         command += ["--nanny" if config["nanny"] else "--no-nanny", "--no-dashboard"]
+        # dask cuda worker has no such option: its nanny's few lines are in the image's zone (UTC on clouds).
+        command += ["--preload-nanny", UTC_PRELOAD] if config["nanny"] else []
     return command
 
 

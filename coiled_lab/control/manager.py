@@ -30,15 +30,19 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from dask.utils import parse_timedelta
+
 from .. import config
-from ..backends import Backend, ClusterContext, get_backend
+from ..backends import Backend, ClusterContext, get_backend, ingress
 from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
-from ..errors import Conflict, ManagerBusy, NotFound
+from ..bootstrap.vm import STARTED
+from ..deadline import Deadline
+from ..errors import Conflict, ManagerBusy, NotFound, StoreUnavailable, quoted
 from ..logs import LogRecord, matches
 from ..pricing import PriceBook, extrapolate
 from ..spec import ClusterSpec, ClusterSpecError, check_place, cluster_python, parse_spec, revise, running_python
 from ..tls import TLSMaterial
-from . import limits, notifications
+from . import limits, notifications, storefile
 from .environments import SERVER, Environments
 from .events import Event, EventBus, Subscription
 from .states import FINAL, State, check_transition
@@ -50,6 +54,9 @@ logger = logging.getLogger("coiled_lab.manager")
 
 TIMEOUT_FIELDS = ("idle_timeout", "no_client_timeout", "max_lifetime")
 LIVE_FIELDS = ("n_workers", *TIMEOUT_FIELDS)  # what PATCH may change on a live cluster
+BACKUP_RETRY = 300.0  # seconds before a failed backup is tried again
+UNREACHABLE_AFTER = 20.0  # seconds a scheduler may say it is up while this server cannot reach it
+REACH_CHECK_INTERVAL = 10.0  # seconds between two reads of an unreachable scheduler's log
 
 
 class ClusterManager:
@@ -68,6 +75,7 @@ class ClusterManager:
         self.environments = Environments(self.state_dir)
         self.prices = PriceBook(self.store)  # backends that have a price API give it their session
         self.bus = EventBus()
+        self.admission = limits.Admission(lambda: self.store.list_clusters(live_only=True))
         self._backends: dict[str, Backend] = dict(backends or {})
         self._sessions = sessions
         self.check_interval = float(check_interval or config.get("manager.check-interval"))
@@ -77,6 +85,7 @@ class ClusterManager:
         self._tasks: dict[str, asyncio.Task] = {}
         self._later: dict[str, asyncio.TimerHandle] = {}
         self._failures: dict[str, int] = {}
+        self._reach_checked: dict[str, float] = {}  # cluster id -> when its scheduler's log was last read
         self._rpcs: dict[str, Any] = {}
         self._usage: dict[str, UsageMirror] = {}  # running clusters' watchdog samples
         self._tls_material: dict[str, TLSMaterial] = {}
@@ -85,6 +94,8 @@ class ClusterManager:
         self._encoded: dict[str, tuple[float, str]] = {}  # stopped clusters' JSON, by updated_at
         self._fresh: dict[str, str] = {}
         self._watch_task: Optional[asyncio.Task] = None
+        self._backup_task: Optional[asyncio.Task] = None
+        self.backup_interval = float(parse_timedelta(config.get("store.backup-interval")))
         self._lock_file = None
         self._busy: Optional[ManagerBusy] = None
         self.started = False
@@ -101,9 +112,13 @@ class ClusterManager:
         that ManagerBusy (go through the managing process instead). A read-only manager
         takes the store over by itself once the managing process is gone, however it
         ended (the lock is the kernel's, released with the process).
+
+        A store that is damaged, missing though it existed, or not writable raises
+        StoreUnavailable naming it and the fix; starting again tries again.
         """
         if self.started:
             return self
+        self.store.open()
         try:
             self._take_lock()
         except ManagerBusy as exc:
@@ -124,6 +139,7 @@ class ClusterManager:
         for rec in self.store.list_clusters(live_only=True):
             self.request(rec.id)
         self._watch_task = asyncio.create_task(self._watch())
+        self._backup_task = asyncio.create_task(self._keep_backup())
         if self.on_owner is not None:
             self.on_owner()
 
@@ -149,9 +165,10 @@ class ClusterManager:
         """Stop managing; the clusters themselves keep running (and keep their timeouts)."""
         if not self.started:
             return
-        self.started = self.owner = False
-        if self._watch_task:
-            self._watch_task.cancel()
+        owner, self.started, self.owner = self.owner, False, False
+        for task in (self._watch_task, self._backup_task):
+            if task:
+                task.cancel()
         for handle in self._later.values():
             handle.cancel()
         tasks = list(self._tasks.values())
@@ -162,6 +179,8 @@ class ClusterManager:
             await r.close_rpc()
         self._rpcs.clear()
         self.bus.close()
+        if owner:  # a clean shutdown: the backup is the store as it is left
+            await self._back_up()
         self.store.close()
         self._release_lock()
 
@@ -173,7 +192,8 @@ class ClusterManager:
 
     def _take_lock(self) -> None:
         path = self.state_dir / "manager.lock"
-        f = open(path, "a+")
+        with storefile.translated(self.store.path, "(its lock, manager.lock)"):  # a read-only state dir, say
+            f = open(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -195,6 +215,41 @@ class ClusterManager:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+    # == the store's backup ===============================================================
+    async def _keep_backup(self) -> None:
+        """Keep the store's backup at most ``store.backup-interval`` old while this manager
+        owns the store (one at once when the last is older)."""
+        while True:
+            await asyncio.sleep(max(0.0, self.backup_interval - storefile.backup_age(self.store.path)))
+            if not await self._back_up():
+                await asyncio.sleep(min(self.backup_interval, BACKUP_RETRY))
+
+    async def _back_up(self) -> bool:
+        """Back the store up now; a failure (a full disk) is logged and the previous backup kept."""
+        try:
+            await asyncio.to_thread(self.store.backup)
+        except StoreUnavailable as exc:
+            logger.warning("the store's backup failed, the previous one is kept: %s", exc)
+            return False
+        return True
+
+    def restore_store(self, empty: bool = False) -> str:
+        """Put the backup (or, with ``empty``, nothing) in place of a damaged store, while no
+        manager uses it: what ``coiled-lab store restore`` runs. A whole store is refused
+        (StoreUnavailable: nothing to restore). A server that found its store damaged at
+        start does not hold it, and takes the restored one with its next request; one whose
+        store was damaged under it does (ManagerBusy: stop it first). Returns what was
+        done, in one line."""
+        if self.started:
+            raise Conflict("this manager is running; restore its store from the command line instead")
+        storefile.require_damage(self.store.path)  # a whole store in use says so, not that it is in use
+        self._take_lock()
+        try:
+            self.store.close()
+            return storefile.restore(self.store.path, empty)
+        finally:
+            self._release_lock()
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
@@ -223,8 +278,27 @@ class ClusterManager:
         self._check_owner()
         backend = self._checked_backend(spec)  # before the limits: an estimate they ask for may call the cloud
         env = await asyncio.to_thread(self.environments.resolve, spec, environment)
-        await limits.check(spec, len(self.store.list_clusters(live_only=True)), self._estimate)
-        await backend.check_access()
+        # The slot is held from the count to the record: creates running concurrently (each
+        # awaits the cloud below) can never together go over max-clusters or the total $/hour.
+        with self.admission.hold() as weigh:
+            per_hour = await limits.check(spec, self._estimate)
+            weigh(per_hour)  # right after the estimate: no await in between
+            await backend.check_access()
+            if spec.backend != "local":  # 'me' that cannot be learned: refused now, not after the launch
+                await asyncio.to_thread(ingress.precheck, spec.connect_via, spec.allow_ingress_from, spec.backend,
+                                        lambda message: ClusterSpecError(message, "allow_ingress_from"))
+            # No await from here to the insert: the record takes the slot's place in the count.
+            rec, data, seq = self._record(spec, env, per_hour)
+        self._publish(Event(rec.id, "state", data, data["time"], seq))
+        if env is not None:
+            self._tell_software(rec.id, env)
+            self.environments.prune({r.state.get("environment") for r in self.store.list_clusters(live_only=True)})
+        self.request(rec.id)
+        return self._json(rec)
+
+    def _record(self, spec: ClusterSpec, env: Any, per_hour: Optional[float]) -> tuple[ClusterRecord, dict, int]:
+        """Insert a new cluster's record (and its first event); synchronous, so that
+        :meth:`create` counts and records with no await in between."""
         cluster_id = secrets.token_hex(6)
         name = spec.name or _default_name(cluster_id)
         # The Python the cluster runs is fixed now (the asking environment's when left out),
@@ -236,22 +310,19 @@ class ClusterManager:
         spec = spec.model_copy(update={"name": name, "python_version": python,
                                        "environ": {**(env.environ if env else {}), **spec.environ}})
         now = time.time()
+        state: dict[str, Any] = {"environment": env.hash} if env else {}
+        if per_hour is not None:
+            state[limits.ADMITTED_PER_HOUR] = per_hour
         rec = ClusterRecord(
             id=cluster_id, name=name, backend=spec.backend, spec=spec.public(), status=State.pending,
-            target="running", message=None, state={"environment": env.hash} if env else {}, created_at=now,
-            updated_at=now,
+            target="running", message=None, state=state, created_at=now, updated_at=now,
         )
         data = {"status": str(State.pending), "message": None, "name": name, "time": now}
         try:
             seq = self.store.insert_cluster(rec, event=("state", data))
         except NameInUse as exc:
             raise ClusterSpecError(f"name: {name!r} is not allowed: {exc}", "name") from None
-        self._publish(Event(cluster_id, "state", data, now, seq))
-        if env is not None:
-            self._tell_software(cluster_id, env)
-            self.environments.prune({r.state.get("environment") for r in self.store.list_clusters(live_only=True)})
-        self.request(cluster_id)
-        return self._json(rec)
+        return rec, data, seq
 
     def _tell_software(self, cluster_id: str, env: Any) -> None:
         """Before launch, when the software is not all the asker's: what of it the VMs will not
@@ -279,22 +350,31 @@ class ClusterManager:
 
     async def scale(self, name_or_id: str, n_workers: int) -> dict[str, Any]:
         """Change the number of workers; the reconciler launches or retires the difference."""
-        rec = self._find(name_or_id)
+        rec = self._scalable(self._find(name_or_id))
+        spec = revise(rec.spec, {"n_workers": n_workers})
+        with self.admission.hold(replacing=rec) as weigh:
+            per_hour = await limits.check(spec, self._estimate)
+            rec = self._scalable(self.store.get_cluster(rec.id))  # as it is now, after the await
+            weigh(per_hour)
+            if spec.n_workers == rec.spec["n_workers"]:
+                return self._json(rec)
+            event = None
+            fields: dict[str, Any] = {"spec": spec.public()}
+            if per_hour is not None:
+                fields["state"] = {**rec.state, limits.ADMITTED_PER_HOUR: per_hour}
+            if rec.status == State.running:
+                fields["status"] = State.scaling
+                event = ("state", {"status": str(State.scaling), "message": f"scaling to {spec.n_workers} workers"})
+            self._update(rec, event=event, **fields)
+        self.request(rec.id)
+        return self._json(self.store.get_cluster(rec.id))
+
+    def _scalable(self, rec: ClusterRecord) -> ClusterRecord:
+        """``rec``, if this manager may scale it now (asked again after each await)."""
         self._check_owner()
         if not rec.live or rec.target == "stopped":
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
-        spec = revise(rec.spec, {"n_workers": n_workers})
-        await limits.check(spec, 0, self._estimate, new=False)
-        if spec.n_workers == rec.spec["n_workers"]:
-            return self._json(rec)
-        event = None
-        fields: dict[str, Any] = {"spec": spec.public()}
-        if rec.status == State.running:
-            fields["status"] = State.scaling
-            event = ("state", {"status": str(State.scaling), "message": f"scaling to {spec.n_workers} workers"})
-        self._update(rec, event=event, **fields)
-        self.request(rec.id)
-        return self._json(self.store.get_cluster(rec.id))
+        return rec
 
     async def update(self, name_or_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """PATCH: ``n_workers`` scales; the timeouts change on the running scheduler too."""
@@ -432,31 +512,57 @@ class ClusterManager:
         name = backend or config.get("cluster.backend")
         check_place("region", region)
         if name not in ("local", "aws", "gcp"):
-            raise ClusterSpecError(f"backend: {name!r} is not allowed; allowed: 'local', 'aws', 'gcp'", "backend")
+            raise ClusterSpecError(f"backend: {quoted(name)} is not allowed; allowed: 'local', 'aws', 'gcp'", "backend")
         try:
             chosen = self.backend(name)
         except ValueError as exc:
             raise ClusterSpecError(str(exc), "backend") from None
         return await chosen.catalog(region)
 
+    async def reach(self, backend: Optional[str] = None) -> dict[str, Any]:
+        """Who ``me`` (allow_ingress_from) is from this server, for a cloud backend's form."""
+        name = backend or config.get("cluster.backend")
+        if name not in ("aws", "gcp"):
+            raise ClusterSpecError(f"backend: {quoted(name)} is not allowed; allowed: 'aws', 'gcp'", "backend")
+        return await asyncio.to_thread(ingress.describe_me, name)
+
     async def estimate(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
         """What a spec would cost per hour, before anything is launched."""
         return await self._estimate(spec if isinstance(spec, ClusterSpec) else parse_spec(spec))
 
-    async def cleanup(self, dry_run: bool = False) -> list[dict[str, Any]]:
-        """Find processes/resources of clusters the store does not consider live; remove them."""
+    async def cleanup(self, dry_run: bool = False) -> dict[str, Any]:
+        """Find processes/resources of clusters the store does not consider live; remove them.
+
+        One backend at a time, each on its own: a cloud that cannot be reached (or has no
+        credentials) is reported in ``errors`` and the other backends are still cleaned.
+        Returns ``{"found": [{id, name, instances}], "errors": [{backend, error}]}``."""
         if not dry_run:
             self._check_owner()
-        found = []
+        stale: dict[str, list[ClusterRecord]] = {}
         for rec in self.store.list_clusters():
-            if rec.live:
-                continue
+            if not rec.live:
+                stale.setdefault(rec.backend, []).append(rec)
+        found: list[dict[str, Any]] = []
+        errors: list[dict[str, str]] = []
+        for name, records in stale.items():
+            try:
+                found += await self._cleanup_backend(name, records, dry_run)
+            except Exception as exc:  # noqa: BLE001 - one backend's failure is its own entry
+                logger.warning("cleanup of %s failed: %s", name, exc)
+                errors.append({"backend": name, "error": f"{name} was not cleaned up ({type(exc).__name__}: {exc}); "
+                                                         "run cleanup again once its cloud answers"})
+        return {"found": found, "errors": errors}
+
+    async def _cleanup_backend(self, name: str, records: list[ClusterRecord], dry_run: bool) -> list[dict[str, Any]]:
+        found = []
+        backend = self.backend(name)
+        for rec in records:
             ctx = self._context(rec, load_tls=False)
-            running = await self.backend(rec.backend).describe(ctx)
+            running = await backend.describe(ctx)
             if running:
-                found.append({"id": rec.id, "name": rec.name, "instances": [i.id for i in running]})
+                found.append({"id": rec.id, "name": rec.name, "backend": name, "instances": [i.id for i in running]})
                 if not dry_run:
-                    await self.backend(rec.backend).stop_instances(ctx, running)
+                    await backend.stop_instances(ctx, running)
         return found
 
     # == reconciliation ===================================================================
@@ -613,6 +719,8 @@ class ClusterManager:
             rec = self._update(rec, state={**rec.state, "address": address})
         info = await self._identity(rec, address) if address else None
         if info is None:
+            if address and (why := await self._unreachable(rec, ctx, address)):
+                return await self._fail(rec, why)
             return self._not_yet(rec, ctx, "scheduler")
         dashboard = _dashboard(address, info)
         if dashboard and dashboard != rec.state.get("dashboard"):
@@ -654,17 +762,17 @@ class ClusterManager:
 
     async def _scheduler_gone(self, rec: ClusterRecord, ctx: ClusterContext, workers: list[Instance]) -> None:
         """The scheduler is gone while the cluster should run: it ended itself (a timeout)
-        or crashed. Either way the cluster is over; stop what is left and say why."""
-        records = await self.backend(rec.backend).logs(ctx)
-
+        or crashed. Either way the cluster is over; stop what is left and say why (its log
+        says it, when it can be read)."""
+        records, unread = await self._read_logs(ctx)
         reason = next((r.message.split(STOP_MARKER, 1)[1].strip() for r in reversed(records)
                        if STOP_MARKER in r.message), None)
         await self._teardown(rec)
         if reason:
             self._transition(rec, State.stopped, f"stopped itself: {reason}", target="stopped", stopped_at=time.time())
         else:
-            tail = _format_tail([r for r in records if r.role == "scheduler"])
-            self._transition(rec, State.error, f"the scheduler exited unexpectedly; last lines:\n{tail}",
+            tail = unread or f"last lines:\n{_format_tail([r for r in records if r.role == 'scheduler'])}"
+            self._transition(rec, State.error, f"the scheduler exited unexpectedly; {tail}",
                              target="stopped", stopped_at=time.time())
 
     async def _teardown(self, rec: ClusterRecord) -> None:
@@ -695,6 +803,32 @@ class ClusterManager:
         except Exception:  # noqa: BLE001 - an older scheduler without the plugin
             info["coiled_lab_lifetime"] = None
         return info
+
+    async def _unreachable(self, rec: ClusterRecord, ctx: ClusterContext, address: str) -> Optional[str]:
+        """Why this server cannot reach a scheduler that its own log says is up (for
+        :data:`UNREACHABLE_AFTER` seconds), or None while that is not known. The log comes
+        through the cloud's logging service, which this server reaches whatever the ingress
+        rules say, so a closed door is told within a minute, not after start-timeout."""
+        launched = rec.state.get("scheduler_launched")
+        now = time.time()
+        if not launched or now - launched < UNREACHABLE_AFTER or \
+                time.monotonic() - self._reach_checked.get(rec.id, 0) < REACH_CHECK_INTERVAL:
+            return None
+        self._reach_checked[rec.id] = time.monotonic()
+        try:
+            records = await self.backend(rec.backend).logs(ctx, since=launched - 60)
+        except Exception as exc:  # noqa: BLE001 - a log read is bookkeeping: look again later
+            logger.info("cluster %s: could not read the scheduler's log (%s)", rec.name, exc)
+            return None
+        up = next((r for r in records if r.role == "scheduler" and STARTED["scheduler"] in r.message), None)
+        if up is None or now - up.time < UNREACHABLE_AFTER:
+            return None
+        head = f"this server cannot reach the scheduler at {address}, up for {now - up.time:.0f} s"
+        if rec.state.get("connect_via") == "public":
+            return (f"{head}: its ports are open to {rec.state.get('ingress_cidr')} only, which does not hold this "
+                    "server's address as the cloud sees it; set allow_ingress_from to a CIDR that does, or 'me'")
+        return (f"{head} over the cluster's private network, which this server is not in (nor peered with); "
+                "use connect_via='auto' or 'public'")
 
     def _usage_of(self, rec: ClusterRecord) -> UsageMirror:
         """The copy of a running cluster's usage samples (:mod:`.usage`)."""
@@ -865,21 +999,38 @@ class ClusterManager:
         return await estimate(spec, backend, self.prices)
 
     async def _check_notifications(self, rec: ClusterRecord) -> None:
-        """Tell what a running cluster's user should know; stop it at its budget."""
-        observed = rec.state.get("observed", {})
-        notices = notifications.shutdown_soon(observed.get("lifetime"))
-        cost = extrapolate(rec.state.get("cost"))
-        notices += notifications.budget(cost, config.get("limits.max-cost-per-cluster"))
+        """Tell what a running cluster's user should know; stop it at its budget. What the
+        notices are made from (the scheduler's clocks, the cost, usage samples) may be
+        missing or malformed: that is told once, and never fails the pass."""
+        notices: list[notifications.Notice] = []
+        try:
+            observed = rec.state.get("observed", {})
+            notices += notifications.shutdown_soon(observed.get("lifetime"))
+            notices += notifications.budget(extrapolate(rec.state.get("cost")),
+                                            config.get("limits.max-cost-per-cluster"))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping: reported, never raised
+            self._bookkeeping_failed(rec, "notifications", "the notifications of this cluster could not be worked "
+                                     "out", exc)
         if config.get("telemetry.gpu") and time.time() - self._usage_at.get(rec.id, 0) > 30:
             self._usage_at[rec.id] = time.time()
-            with suppress(Conflict):
+            try:
                 mirror = self._usage_of(rec)
                 await mirror.refresh()
                 notices += notifications.gpu_idle(list(mirror.samples))
+            except Conflict:  # the scheduler did not answer: the reconcile pass deals with that
+                pass
+            except Exception as exc:  # noqa: BLE001 - bookkeeping: reported, never raised
+                self._bookkeeping_failed(rec, "usage", "the usage samples of this cluster could not be read", exc)
         for notice in notices:
             self.notify(rec.id, notice)
             if notice.kind == "budget" and notice.level == "error":
                 await self.stop(rec.id)
+
+    def _bookkeeping_failed(self, rec: ClusterRecord, kind: str, what: str, exc: BaseException) -> None:
+        """Tell (once per cluster and ``kind``) that some bookkeeping failed and why."""
+        logger.warning("cluster %s: %s: %s", rec.name, what, exc, exc_info=exc)
+        self.notify(rec.id, notifications.Notice(f"{kind}:failed", kind, "warning",
+                                                 f"{what} ({type(exc).__name__}: {exc})"))
 
     def notify(self, cluster_id: str, notice: notifications.Notice) -> None:
         """Record and send a notification, once per situation (its key)."""
@@ -892,18 +1043,28 @@ class ClusterManager:
 
     async def _update_cost(self, rec: ClusterRecord) -> ClusterRecord:
         """Recompute the cost from every instance's launch/terminate times; persist it
-        (kept after the cluster stops) and send it as a ``cost`` event."""
-        from ..pricing import accrued
+        (kept after the cluster stops) and send it as a ``cost`` event. A price that cannot
+        be had makes the cost unknown, told once: bookkeeping never fails a pass, let alone
+        tears a cluster down. It waits for prices twice :func:`~coiled_lab.pricing.timeout`
+        at most: a price look-up's own wait, and as much for a backend's other look-ups."""
+        from ..pricing import accrued, timeout, unknown_cost
 
-        backend = self.backend(rec.backend)
-        await self.prices.adopt(rec.backend, backend)  # its account's prices, even with no estimate made
-        instances = self.store.instances(rec.id, live_only=False)
-        prices: dict[tuple, float] = {}
-        for inst in instances:
-            key = (inst.vm_type, inst.zone, inst.spot)
-            if key not in prices:
-                prices[key] = await backend.instance_price(inst, self.prices)
-        cost = accrued(instances, lambda i: prices[(i.vm_type, i.zone, i.spot)])
+        try:
+            backend = self.backend(rec.backend)
+            within = Deadline(2 * timeout())
+            await self.prices.adopt(rec.backend, backend, within)  # its account's prices, even with no estimate made
+            instances = self.store.instances(rec.id, live_only=False)
+            prices: dict[tuple, float] = {}
+            for inst in instances:
+                key = (inst.vm_type, inst.zone, inst.spot)
+                if key not in prices:
+                    prices[key] = await within.wait(backend.instance_price(inst, self.prices),
+                                                    f"the price of {inst.vm_type}")
+            cost = accrued(instances, lambda i: prices[(i.vm_type, i.zone, i.spot)])
+        except Exception as exc:  # noqa: BLE001 - bookkeeping: reported, never raised
+            self._bookkeeping_failed(rec, "cost", "the cost of this cluster is unknown", exc)
+            cost = unknown_cost(f"{type(exc).__name__}: {exc}")
+            rec = self.store.get_cluster(rec.id)  # as the notification left it (its key among those told)
         rec = self._update(rec, state={**rec.state, "cost": cost})
         self._publish(Event(rec.id, "cost", cost, cost["as_of"]))
         return rec
@@ -912,8 +1073,17 @@ class ClusterManager:
         self.bus.publish(event)
 
     async def _log_tail(self, ctx: ClusterContext, instance: str, n: int = 20) -> str:
-        records = await self.backend(ctx.spec.backend).logs(ctx)
-        return _format_tail([r for r in records if r.instance == instance], n)
+        records, unread = await self._read_logs(ctx)
+        return unread or _format_tail([r for r in records if r.instance == instance], n)
+
+    async def _read_logs(self, ctx: ClusterContext) -> tuple[list[LogRecord], Optional[str]]:
+        """The cluster's log records, or none and why they could not be read: a message
+        that quotes the logs is still given (and the pass goes on) when the log service fails."""
+        try:
+            return await self.backend(ctx.spec.backend).logs(ctx), None
+        except Exception as exc:  # noqa: BLE001 - reading logs is bookkeeping
+            logger.warning("cluster %s: its logs could not be read: %s", ctx.name, exc)
+            return [], f"its logs could not be read ({type(exc).__name__}: {exc})"
 
     def _json(self, rec: ClusterRecord) -> dict[str, Any]:
         d = rec.to_json()
@@ -926,7 +1096,10 @@ class ClusterManager:
         d["scheduler_address"] = rec.state.get("address") if rec.live else None
         d["dashboard"] = rec.state.get("dashboard") if rec.live else None
         clocks = observed.get("lifetime") if rec.live else None
-        d["time_left"] = time_left(clocks) if clocks else None
+        try:
+            d["time_left"] = time_left(clocks) if clocks else None
+        except (KeyError, TypeError, AttributeError):  # clocks a scheduler sent malformed: unknown
+            d["time_left"] = None
         d["cost"] = extrapolate(rec.state.get("cost")) if rec.live else rec.state.get("cost")
         d.pop("state", None)  # backend-internal ids stay on the server
         return d

@@ -79,8 +79,9 @@ def gpu_idle(samples: list[dict[str, Any]], now: Optional[float] = None) -> list
 
 
 def budget(cost: Optional[dict[str, Any]], limit: Optional[float]) -> list[Notice]:
-    """The cluster's cost so far is nearing (80%) or past the per-cluster budget."""
-    if not cost or not limit:
+    """The cluster's cost so far is nearing (80%) or past the per-cluster budget (an
+    unknown cost is told as such by the manager, not here)."""
+    if not cost or not limit or cost.get("accrued") is None:
         return []
     share = cost["accrued"] / float(limit)
     if share >= 1:

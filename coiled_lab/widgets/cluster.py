@@ -194,7 +194,9 @@ class ClusterWidget(w.VBox):
     def _render_clocks(self) -> None:
         record = self.record
         cost = extrapolate(record.get("cost")) if record.get("status") not in ("stopped", "error") else record.get("cost")
-        if cost:
+        if cost and cost.get("accrued") is None:
+            self.cost.value = "cost unknown"
+        elif cost:
             self.cost.value = f"${cost['per_hour']:.2f}/hour · ${cost['accrued']:.2f} so far"
         elapsed = time.time() - self._fetched_at
         left = {k: (v - elapsed if v is not None else None) for k, v in (record.get("time_left") or {}).items()}

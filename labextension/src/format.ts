@@ -29,10 +29,28 @@ export function bytes(n: number): string {
   return gib >= 1 ? `${gib >= 10 ? gib.toFixed(0) : gib.toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(0)} MiB`;
 }
 
-/** The cost so far, brought up to `now` (ms) at the cluster's current $/hour. */
-export function accrued(cost: ICost, live: boolean, now: number): number {
+/** The cost so far, brought up to `now` (ms) at the cluster's current $/hour; null when unknown. */
+export function accrued(cost: ICost, live: boolean, now: number): number | null {
+  if (cost.accrued === null || cost.per_hour === null) {
+    return null;
+  }
   const elapsed = live ? Math.max(0, now / 1000 - cost.as_of) : 0;
   return cost.accrued + (cost.per_hour * elapsed) / 3600;
+}
+
+/** What a stopped cluster cost, or "cost unknown" when a price was not known. */
+export function costSoFar(cost: ICost): string {
+  const total = accrued(cost, false, 0);
+  return total === null ? 'cost unknown' : money(total, cost.currency);
+}
+
+/** "$1.23/h · $4.56 so far", or "cost unknown" when a price is not known. */
+export function costText(cost: ICost, live: boolean, now: number): string {
+  const soFar = accrued(cost, live, now);
+  if (soFar === null || cost.per_hour === null) {
+    return 'cost unknown';
+  }
+  return `${money(cost.per_hour, cost.currency)}/h · ${money(soFar, cost.currency)} so far`;
 }
 
 const CLOCK_LABELS: Record<string, string> = {
@@ -51,10 +69,9 @@ export function stopsIn(cluster: ICluster, readAt: number, now: number): string 
   return `${CLOCK_LABELS[field] ?? field} ${duration(seconds - (now - readAt) / 1000)}`;
 }
 
+/** A log line's time of day in UTC, marked Z, as the CLI and the magic print it. */
 export function clock(time: number): string {
-  const d = new Date(time * 1000);
-  const pad = (n: number, w = 2) => String(n).padStart(w, '0');
-  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  return new Date(time * 1000).toISOString().slice(11, 23) + 'Z';
 }
 
 export function where(cluster: ICluster): string {

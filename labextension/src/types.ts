@@ -13,11 +13,13 @@ export type ClusterStatus =
 
 export const FINAL_STATES: ReadonlySet<ClusterStatus> = new Set(['stopped', 'error']);
 
+/** A cluster's cost; `accrued` and `per_hour` are null when a price is not known (`unknown` says why). */
 export interface ICost {
-  accrued: number;
-  per_hour: number;
+  accrued: number | null;
+  per_hour: number | null;
   currency: string;
   as_of: number;
+  unknown?: string;
 }
 
 export interface ITimeLeft {
@@ -101,6 +103,15 @@ export interface ICatalog {
   backend: string;
   regions: { name: string; zones: string[] }[];
   instance_types: IInstanceType[];
+}
+
+/** Who `allow_ingress_from: me` is from the server (GET reach). */
+export interface IReach {
+  public_address: string | null;
+  error: string | null;
+  echo: string;
+  network: string | null;
+  private_address: string | null;
 }
 
 /** One field of ClusterSpec with the server's default (its dask config). */

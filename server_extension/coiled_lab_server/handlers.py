@@ -13,6 +13,7 @@ and nothing else.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from typing import Any, Awaitable, Optional
 from urllib.parse import quote, urlsplit
@@ -24,18 +25,19 @@ from jupyter_server_proxy.handlers import ProxyHandler
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from coiled_lab import config
 from coiled_lab.control.manager import ClusterManager
-from coiled_lab.errors import Conflict
+from coiled_lab.errors import Conflict, quoted
 from coiled_lab.logs import LEVELS, since_from
-from coiled_lab.spec import describe_fields
+from coiled_lab.spec import MAX_TEXT, describe_fields
 
-from .errors import BadRequest, error_body, http_status
+from . import dashboard
+from .errors import BadRequest, TooLarge, error_body, http_status
 from .service import Service
 
 API = "/coiled-lab/api"
 AUTH_RESOURCE = "coiled-lab"  # for deployments whose Jupyter authorizer restricts resources
 _MAX_LOG_LIMIT = 100_000
-_JUPYTER_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-XSRFToken")
 
 
 class CoiledLabMixin:
@@ -43,6 +45,7 @@ class CoiledLabMixin:
 
     service: Service
     manager: ClusterManager
+    body_limit = "api.max-body"  # the config key of the largest body this route reads
 
     def initialize(self, service: Service) -> None:
         self.service = service
@@ -91,8 +94,13 @@ class CoiledLabMixin:
 
     # -- parsing ---------------------------------------------------------------------------
     def json_body(self) -> dict[str, Any]:
-        """The body as a JSON object; an empty body is ``{}``."""
+        """The body as a JSON object; an empty body is ``{}``; one over the route's size
+        limit is refused (413) before it is parsed."""
         raw = self.request.body
+        limit = int(config.get(self.body_limit))
+        if len(raw) > limit:
+            raise TooLarge(f"body: {len(raw)} bytes is more than this route reads ({limit} bytes, "
+                           f"coiled-lab.{self.body_limit})", "body")
         if not raw or not raw.strip():
             return {}
         try:
@@ -115,20 +123,23 @@ class CoiledLabMixin:
         except ValueError:
             value = None
         if value is None or not low <= value <= high:
-            raise BadRequest(f"{name}: {text!r} is not allowed; expected an integer from {low} to {high}", name)
+            raise BadRequest(f"{name}: {quoted(text)} is not allowed; expected an integer from {low} to {high}", name)
         return value
 
     def query_since(self) -> Optional[float]:
         """``?since=``: epoch seconds, an ISO time or a duration ago; 400 naming it otherwise."""
+        text = self.query("since")
+        if text is not None and len(text) > MAX_TEXT:  # the message below would repeat it whole
+            raise BadRequest(f"since: {quoted(text)} is too long for a time (at most {MAX_TEXT} characters)", "since")
         try:
-            return since_from(self.query("since"))
+            return since_from(text)
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise BadRequest(str(exc) if str(exc).startswith("since:") else f"since: {exc}", "since") from None
 
     def query_flag(self, name: str) -> bool:
         text = (self.query(name) or "false").lower()
         if text not in ("true", "false", "1", "0", "yes", "no"):
-            raise BadRequest(f"{name}: {text!r} is not allowed; expected true or false", name)
+            raise BadRequest(f"{name}: {quoted(text)} is not allowed; expected true or false", name)
         return text in ("true", "1", "yes")
 
     def write_json(self, data: Any, status: int = 200) -> None:
@@ -143,6 +154,8 @@ class CoiledLabHandler(CoiledLabMixin, APIHandler):
 
 # == REST =================================================================================
 class ClustersHandler(CoiledLabHandler):
+    body_limit = "api.max-environment-body"  # a create may carry the kernel's environment
+
     @web.authenticated
     async def get(self) -> None:
         clusters = await self.manager.list_json(live_only=self.query_flag("live"))
@@ -158,6 +171,8 @@ class ClustersHandler(CoiledLabHandler):
 
 class EnvironmentsHandler(CoiledLabHandler):
     """An environment sent ahead of a create (the sidebar's, through the notebook's kernel)."""
+
+    body_limit = "api.max-environment-body"
 
     @web.authenticated
     async def post(self) -> None:
@@ -193,7 +208,7 @@ class LogsHandler(CoiledLabHandler):
     async def get(self, cluster: str) -> None:
         level = self.query("level")
         if level and level.upper() not in LEVELS:
-            raise BadRequest(f"level: {level!r} is not allowed; allowed: {', '.join(LEVELS)}", "level")
+            raise BadRequest(f"level: {quoted(level)} is not allowed; allowed: {', '.join(LEVELS)}", "level")
         since = self.query_since()
         records = await self.manager.logs(
             cluster,
@@ -277,6 +292,14 @@ class CatalogHandler(CoiledLabHandler):
         self.finish(kept[1])
 
 
+class ReachHandler(CoiledLabHandler):
+    """Who ``allow_ingress_from: me`` is from this server (for the form's hint)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json(await self.manager.reach(self.query("backend")))
+
+
 class DefaultsHandler(CoiledLabHandler):
     """Every ClusterSpec field with the server's default (its dask config) and help, for forms."""
 
@@ -291,7 +314,8 @@ class CleanupHandler(CoiledLabHandler):
         dry_run = self.json_body().get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise BadRequest("dry_run: expected true or false", "dry_run")
-        self.write_json({"found": await self.manager.cleanup(dry_run=dry_run)})
+        # 200 even when a backend failed: its error is in "errors", the others were cleaned.
+        self.write_json(await self.manager.cleanup(dry_run=dry_run))
 
 
 class CredentialsHandler(CoiledLabHandler):
@@ -360,61 +384,94 @@ class EventsHandler(CoiledLabMixin, JupyterHandler, WebSocketHandler):
 
 
 # == the dashboard ========================================================================
+class DashboardLinkHandler(CoiledLabHandler):
+    """``/coiled-lab/clusters/{id}/dashboard/{path}``, the link every front door hands out:
+    authenticated by Jupyter, it only redirects to the cluster's keyed prefix (see
+    :mod:`.dashboard` for why a dashboard never runs with the Jupyter user's authority)."""
+
+    @web.authenticated
+    async def get(self, cluster: str, path: str) -> None:
+        record = await self.manager.get(cluster)
+        if not record.get("dashboard"):
+            raise Conflict(f"cluster {record['name']!r} is {record['status']}; it has no dashboard")
+        target = dashboard.keyed_path(self.base_url, self.settings["cookie_secret"], record["id"], path or "/")
+        query = dashboard.without_jupyter_auth(self.request.query)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.redirect(target + ("?" + query if query else ""))
+
+    @web.authenticated
+    async def head(self, cluster: str, path: str) -> None:
+        await self.get(cluster, path)
+
+
 class DashboardProxyHandler(CoiledLabMixin, ProxyHandler):
-    """``/coiled-lab/clusters/{id}/dashboard/...``: HTTP and WebSocket (bokeh) to that
-    cluster's scheduler dashboard and nowhere else. The target comes from the store's
-    record of the cluster, and jupyter-server-proxy checks it against the allow-list of
-    live clusters' dashboard hosts."""
+    """``/coiled-lab/dashboards/{id}/{key}/{path}``: HTTP and WebSocket (bokeh) to that
+    cluster's scheduler dashboard and nowhere else, authenticated by the key alone. The
+    target comes from the store's record of the cluster, and jupyter-server-proxy checks it
+    against the allow-list of live clusters' dashboard hosts."""
 
     target: tuple[str, int]
 
     async def prepare(self) -> None:
-        await super().prepare()
-        record = await self.manager.get(self.path_args[0])
+        # Every answer from here on, errors included, gets the dashboard's headers.
+        self._transforms = [*self._transforms, dashboard.PolicyTransform(self.request)]
+        # Not Jupyter's authentication: no cookie or token is a credential here, the key is.
+        # Jupyter's host check (DNS rebinding) still applies.
+        CallContext.set(CallContext.JUPYTER_HANDLER, self)
+        self.current_user = self._jupyter_current_user = None
+        if not self.check_host():
+            raise web.HTTPError(403)
+        cluster_id, key = self.path_args[0], self.path_args[1]
+        expected = dashboard.dashboard_key(self.settings["cookie_secret"], cluster_id)
+        if not hmac.compare_digest(key.encode(), expected.encode()):
+            raise web.HTTPError(403, "this dashboard link is not valid; open the dashboard again from JupyterLab")
+        self.current_user = self._jupyter_current_user = dashboard.VIEWER
+        self.manager = await self.service.manager()
+        record = await self.manager.get(cluster_id)
         link = record.get("dashboard")
         if not link:
             raise Conflict(f"cluster {record['name']!r} is {record['status']}; it has no dashboard")
         parts = urlsplit(link)
         self.target = (parts.hostname or "", parts.port or 80)
         # Redirects from the dashboard are rewritten under this prefix.
-        self.proxy_base = f"coiled-lab/clusters/{quote(record['id'], safe='')}/dashboard"
+        self.proxy_base = f"{dashboard.KEYED_PREFIX}/{quote(cluster_id, safe='')}/{key}"
+        self.request.query = dashboard.without_jupyter_auth(self.request.query)
 
-    def check_xsrf_cookie(self) -> None:
-        """jupyter-server-proxy leaves XSRF to the proxied app, and a Dask dashboard checks
-        none: Jupyter's own check applies, so a page on another origin cannot make a
-        logged-in browser POST to a cluster's dashboard."""
-        JupyterHandler.check_xsrf_cookie(self)
+    def check_origin(self, origin: Optional[str] = None) -> bool:
+        """The page runs in an opaque origin (``Origin: null``): the key is the credential."""
+        return True
 
     def proxy_request_headers(self) -> Any:
         """Jupyter's credentials stay here: the dashboard runs on the cluster's machines."""
         headers = super().proxy_request_headers()
-        for name in _JUPYTER_CREDENTIAL_HEADERS:
+        for name in dashboard.JUPYTER_CREDENTIAL_HEADERS:
             if name in headers:
                 del headers[name]
         return headers
 
-    async def http_get(self, cluster: str, path: str) -> None:
+    async def http_get(self, cluster: str, key: str, path: str) -> None:
         return await self.proxy(*self.target, path)
 
-    async def open(self, cluster: str, path: str) -> None:
+    async def open(self, cluster: str, key: str, path: str) -> None:
         return await self.proxy_open(*self.target, path)
 
-    def post(self, cluster: str, path: str) -> Awaitable[None]:
+    def post(self, cluster: str, key: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def put(self, cluster: str, path: str) -> Awaitable[None]:
+    def put(self, cluster: str, key: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def delete(self, cluster: str, path: str) -> Awaitable[None]:
+    def delete(self, cluster: str, key: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def head(self, cluster: str, path: str) -> Awaitable[None]:
+    def head(self, cluster: str, key: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def patch(self, cluster: str, path: str) -> Awaitable[None]:
+    def patch(self, cluster: str, key: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
-    def options(self, cluster: str, path: str) -> Awaitable[None]:
+    def options(self, cluster: str, key: str, path: str) -> Awaitable[None]:
         return self.proxy(*self.target, path)
 
 
@@ -435,11 +492,13 @@ def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
         (f"{API}/environments/([0-9a-f]{{32}})", EnvironmentHandler, kwargs),
         (f"{API}/catalog", CatalogHandler, kwargs),
         (f"{API}/defaults", DefaultsHandler, kwargs),
+        (f"{API}/reach", ReachHandler, kwargs),
         (f"{API}/cleanup", CleanupHandler, kwargs),
         (f"{API}/credentials", CredentialsHandler, kwargs),
         (f"{API}/events", EventsHandler, kwargs),
+        (f"/{dashboard.LINK_PREFIX}/([^/]+)/dashboard(/.*|)", DashboardLinkHandler, kwargs),
         (
-            f"/coiled-lab{cluster}/dashboard(/.*|)",
+            f"/{dashboard.KEYED_PREFIX}/([^/]+)/([^/]+)(/.*|)",
             DashboardProxyHandler,
             {**kwargs, "host_allowlist": service.dashboard_host_allowed},
         ),

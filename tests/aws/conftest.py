@@ -5,9 +5,10 @@ emulator that boots moto's instances as bare VMs on the session's emulated netwo
 boto3 reaches the proxy through ``AWS_ENDPOINT_URL`` with fake credentials (for the whole
 package, and restored afterwards). ``coiled-lab setup aws --vpc-cidr 10.<n>.0.0/16``
 prepares the network once (``<n>`` random, so that packages and concurrent runs do not
-share addresses). The Jupyter server sits outside the VPC, as on a laptop: it reaches a
-scheduler at its public address (``connect-via: public``), which the cluster's ingress
-group opens to the network's egress address only. VMs install dask and distributed at
+share addresses). The Jupyter server sits outside the VPC, as on a laptop: with the defaults
+(``connect-via: auto``, ``allow-ingress-from: me``) it reaches a scheduler at its public
+address, which the cluster's ingress group opens to the network's egress address only, as
+the emulated address-echo service tells it. VMs install dask and distributed at
 this environment's versions from the package index (``package-sync`` off) unless a test
 turns package sync on.
 """
@@ -40,8 +41,6 @@ TEST_CONFIG = {
     "coiled-lab.aws.poll-interval": 0.5,
     "coiled-lab.aws.spot-poll-interval": 0.5,
     "coiled-lab.aws.region": REGION,
-    # This server is outside the VPC (as on a laptop): it reaches schedulers' public addresses.
-    "coiled-lab.aws.connect-via": "public",
     # Syncing the test environment (jupyterlab, moto, playwright...) would install hundreds
     # of packages on every VM; the boot-path tests turn it on.
     "coiled-lab.cluster.package-sync": False,
@@ -104,8 +103,9 @@ def aws_env(proxy, price_list, vm_network):
         mp.setenv("AWS_CONFIG_FILE", os.devnull)
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # this machine is no EC2 instance
-        # "me" is the address the cloud sees this server's connections come from.
-        config = {**TEST_CONFIG, "coiled-lab.cluster.allow-ingress-from": f"{vm_network.egress_address}/32"}
+        # "me" is the address the cloud sees this server's connections come from, as the
+        # emulated internet's address-echo service tells it.
+        config = {**TEST_CONFIG, "coiled-lab.address-echo": vm_network.echo_url}
         for key, value in config.items():
             mp.setenv(_env_name(key), str(value))
         with dask.config.set(config):

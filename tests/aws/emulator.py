@@ -46,6 +46,8 @@ class Identity:
     role_name: str
     spot_action: Optional[str] = None  # JSON of a spot interruption notice, once given
     public_ip: Optional[str] = None
+    vpc_id: Optional[str] = None
+    mac: Optional[str] = None  # its network interface's
     tokens: set[str] = field(default_factory=set)
 
 
@@ -71,6 +73,9 @@ def imds_value(me: Identity, path: str) -> Optional[str]:
     }
     if me.public_ip:
         values["public-ipv4"] = me.public_ip
+    if me.mac:
+        values["mac"] = me.mac
+        values[f"network/interfaces/macs/{me.mac}/vpc-id"] = me.vpc_id
     return values.get(path)
 
 
@@ -166,7 +171,8 @@ class EC2Emulator(Emulator):
             instance_id=vm_id, private_ip=item["PrivateIpAddress"],
             zone=item["Placement"]["AvailabilityZone"], instance_type=item["InstanceType"],
             lifecycle=item.get("InstanceLifecycle") or "on-demand", role_name=profile,
-            public_ip=item.get("PublicIpAddress"),
+            public_ip=item.get("PublicIpAddress"), vpc_id=item.get("VpcId"),
+            mac=next((n.get("MacAddress") for n in item.get("NetworkInterfaces", [])), None),
         )
         self.identities[vm_id] = identity
         vpc = item["VpcId"]

@@ -177,8 +177,12 @@ def test_dask_command_lines():
     scheduler = vm.dask_command({**base, "role": "scheduler"}, me, work, "/w/venv/bin/python")
     assert scheduler[:3] == ["/w/venv/bin/python", "-m", "distributed.cli.dask_scheduler"]
     assert {"coiled_lab.bootstrap.lifetime", "coiled_lab.bootstrap.watchdog", "127.9.0.5:8787"} <= set(scheduler)
+    # Every dask process stamps its lines in UTC, and imports that preload before any other.
+    assert scheduler[scheduler.index("--preload") + 1] == "coiled_lab.bootstrap.utclog"
     worker = vm.dask_command({**base, "role": "worker"}, me, work)
     assert worker[2:5] == ["distributed.cli.dask_worker", "tls://127.9.0.4:8786", "--name"]
     assert worker[5] == "i-0abc" and "--nanny" in worker and "--death-timeout" in worker
+    assert worker[worker.index("--preload") + 1] == worker[worker.index("--preload-nanny") + 1] == vm.UTC_PRELOAD
     gpu = vm.dask_command({**base, "role": "worker", "gpu": True}, me, work)
     assert gpu[1:5] == ["-m", "dask", "cuda", "worker"] and "i-0abc" in gpu
+    assert gpu[gpu.index("--preload") + 1] == vm.UTC_PRELOAD

@@ -121,8 +121,8 @@ def test_user_data_carries_the_bootstrap_and_no_credentials(monkeypatch, tmp_pat
     assert script.startswith("#!/bin/sh\n") and "trap 'shutdown -h now' EXIT" in script
     assert sorted(files) == ["coiled_lab/__init__.py", "coiled_lab/bootstrap/__init__.py",
                              "coiled_lab/bootstrap/envcache.py", "coiled_lab/bootstrap/lifetime.py", "coiled_lab/bootstrap/logship.py",
-                             "coiled_lab/bootstrap/packages.py", "coiled_lab/bootstrap/vm.py",
-                             "coiled_lab/bootstrap/watchdog.py", "config.json"]
+                             "coiled_lab/bootstrap/packages.py", "coiled_lab/bootstrap/utclog.py",
+                             "coiled_lab/bootstrap/vm.py", "coiled_lab/bootstrap/watchdog.py", "config.json"]
     assert modes["config.json"] == 0o600
     config = json.loads(files["config.json"])
     assert config["tls"] == {"cert": tls.cert_pem, "key": tls.key_pem}

@@ -21,7 +21,7 @@ import pytest
 from coiled_lab.control.limits import LimitExceeded
 
 from ..conftest import wait_for
-from ..pricelist import ON_DEMAND
+from ..pricelist import HANG, ON_DEMAND
 from .conftest import REGION
 
 pytestmark = pytest.mark.slow
@@ -176,3 +176,111 @@ def test_limits_refuse_before_any_cloud_call(aws_control, proxy, price_list, lim
             aws_control.run(aws_control.create(spec))
     assert [f"{r.service}:{r.action}" for r in proxy.requests[before:]] == []
     assert price_list.requests[prices_before:] == []
+
+
+@pytest.fixture
+def quick_bookkeeping():
+    """Cost updates every 2 s and price look-ups given 2 s (set before the manager is made)."""
+    with dask.config.set({"coiled-lab.manager.cost-interval": 2, "coiled-lab.pricing.timeout": 2}):
+        yield
+
+
+def _notified(control, cid: str, kind: str) -> Optional[dict]:
+    return next((n for n in control.run(control.notifications(cid)) if n["kind"] == kind), None)
+
+
+def test_bookkeeping_failures_are_told_and_never_end_the_cluster(quick_bookkeeping, aws_control, emulator, proxy,
+                                                                 price_list, moto):
+    """One cluster meets, in turn, every failure that is not its machines': prices (the Price
+    List API answers 500, spot prices cannot be read), usage samples and notifications (the
+    scheduler answers errors, malformed clocks), log reads. Each is told once as a notification,
+    the cost shows as unknown while a price is, and the cluster runs on until its scheduler's
+    machine really goes; then it ends with a message although its logs cannot be read."""
+    price_list.status = 500  # as moto answers for the Price List API
+    spot_history = proxy.fail("DescribeSpotPriceHistory", "server-error", times=10**6)
+    try:
+        cluster = aws_control.run(aws_control.create({**SPEC, "spot_policy": "spot"}))
+        cid = cluster["id"]
+        running = aws_control.run(aws_control.wait(cid, timeout=150))
+        assert running["status"] == "running", running["message"]
+        assert spot_history[0] > 0
+        cost = aws_control.run(aws_control.get(cid))["cost"]
+        assert cost["accrued"] is None and cost["per_hour"] is None and cost["unknown"]
+        told = _notified(aws_control, cid, "cost")
+        assert told and told["message"].startswith("the cost of this cluster is unknown"), told
+
+        from distributed import Client
+
+        from coiled_lab import Cluster
+
+        with Cluster(name=cluster["name"], control=aws_control, shutdown_on_close=False) as attached, \
+                Client(attached) as client:
+            def break_watchdog(dask_scheduler):
+                def failing(**kwargs):
+                    raise RuntimeError("the watchdog's samples are corrupt")
+
+                def malformed(**kwargs):
+                    return {"timeouts": None, "started_at": "yesterday", "clients": 1}
+
+                dask_scheduler.handlers["coiled_lab_usage"] = failing
+                dask_scheduler.handlers["coiled_lab_lifetime"] = malformed
+
+            client.run_on_scheduler(break_watchdog)
+            told = wait_for(lambda: _notified(aws_control, cid, "notifications"), timeout=30,
+                            what="a notification that notifications could not be worked out")
+            assert "AttributeError" in told["message"] or "TypeError" in told["message"], told
+            record = aws_control.run(aws_control.get(cid))
+            assert record["status"] == "running" and record["time_left"] is None  # unknown, listed all the same
+            told = wait_for(lambda: _notified(aws_control, cid, "usage"), timeout=60,
+                            what="a notification that usage samples could not be read")
+            assert "corrupt" in told["message"]
+            assert client.submit(lambda x: x + 1, 1).result() == 2  # the cluster works throughout
+
+        # Prices come back: so does the cost, computed from the instances' real run times.
+        price_list.reset()
+        proxy.reset()
+        known = wait_for(lambda: (c := aws_control.run(aws_control.get(cid))["cost"])["accrued"] is not None and c,
+                         timeout=60, what="a known cost again")
+        assert known["per_hour"] > 0 and "unknown" not in known
+
+        # Logs cannot be read, then the scheduler's machine goes: the cluster ends, saying so.
+        proxy.fail("FilterLogEvents", "server-error", times=10**6)
+        proxy.fail("GetConsoleOutput", "server-error", times=10**6)
+        scheduler = moto.instances(cid, "scheduler")[0]["InstanceId"]
+        moto.client("ec2").terminate_instances(InstanceIds=[scheduler])
+        final = aws_control.run(aws_control.wait(cid, ("stopped",), 120))
+        assert final["status"] == "error" and "its logs could not be read" in final["message"], final["message"]
+        wait_for(lambda: not moto.tagged(cid).get("instances"), timeout=60, what="no instance left")
+        kinds = [n["kind"] for n in aws_control.run(aws_control.notifications(cid))]
+        assert all(kinds.count(k) == 1 for k in ("cost", "usage", "notifications")), kinds  # each told once
+    finally:
+        price_list.reset()
+
+
+@pytest.mark.parametrize("fault", ["500", "hang"])
+def test_estimate_answers_in_time_when_the_price_list_fails(network, price_list, state_dir, fault):
+    """EC2 answers (moto), the Price List API answers 500 (as moto does for it) or holds the
+    request: the estimate is the snapshot's prices for the types EC2 confirmed, within 10 s."""
+    from coiled_lab import price_snapshot
+    from coiled_lab.control.inprocess import InProcessControl
+    from coiled_lab.control.manager import ClusterManager
+
+    if fault == "500":
+        price_list.status = 500
+    else:
+        price_list.delay = HANG
+    control = InProcessControl(ClusterManager(state_dir))
+    try:
+        started = time.monotonic()
+        est = control.run(control.estimate({**SPEC, "n_workers": 10}))
+        assert time.monotonic() - started < 10
+        # Dated by its oldest figure: the root disks' (moto's images have "standard" volumes).
+        oldest = min(price_snapshot.as_of("aws"), price_snapshot.aws_ebs(REGION, "standard")[1])
+        assert est["source"] == f"snapshot: prices as of {oldest}, not live" and est["as_of"] == oldest
+        assert est["worker_each"] == price_snapshot.aws_on_demand(REGION, "m6i.xlarge")[0]
+        assert not any("instance catalog" in n for n in est["notes"])  # sizes and disks were EC2's own
+        assert est["storage"] > 0
+        assert price_list.requests
+    finally:
+        control.close()
+        price_list.reset()

@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-from coiled_lab import config
 from coiled_lab.backends.aws.network import ingress_group_name
 from coiled_lab.cli import main
 
@@ -30,7 +29,7 @@ def policies(output: str) -> list[dict]:
     return found
 
 
-def test_setup_is_a_dry_run_then_a_change_then_nothing(aws_env, moto, capsys):
+def test_setup_is_a_dry_run_then_a_change_then_nothing(aws_env, moto, capsys, vm_network):
     ec2 = moto.client("ec2", REGION)
     cidr = f"127.{random.randint(32, 250)}.0.0/16"
     zones = sorted(z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"])
@@ -69,7 +68,7 @@ def test_setup_is_a_dry_run_then_a_change_then_nothing(aws_env, moto, capsys):
 
     groups = {g["GroupName"]: g for g in managed(ec2, "describe_security_groups", "SecurityGroups",
                                                  Filters=list(vpc_filter))}
-    me = config.get("cluster.allow-ingress-from")  # the server's address as the cloud sees it
+    me = f"{vm_network.egress_address}/32"  # "me": this server as the emulated internet's echo sees it
     assert set(groups) == {"coiled-lab-cluster", ingress_group_name(me)}
     cluster_group = groups["coiled-lab-cluster"]
     assert [p["UserIdGroupPairs"][0]["GroupId"] for p in cluster_group["IpPermissions"]] == [cluster_group["GroupId"]]
@@ -85,8 +84,8 @@ def test_setup_is_a_dry_run_then_a_change_then_nothing(aws_env, moto, capsys):
     inline = iam.get_role_policy(RoleName="coiled-lab-instance", PolicyName="coiled-lab-logs")["PolicyDocument"]
     bucket = f"coiled-lab-envs-{moto.client('sts', REGION).get_caller_identity()['Account']}-{REGION}"
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in inline["Statement"]} == {
-        "WriteClusterLogStreams": (["logs:CreateLogStream", "logs:PutLogEvents"],
-                                   "arn:aws:logs:*:*:log-group:coiled-lab:log-stream:*"),
+        "CreateLogStreams": ("logs:CreateLogStream", "arn:aws:logs:*:*:log-group:coiled-lab:*"),
+        "WriteLogStreams": ("logs:PutLogEvents", "arn:aws:logs:*:*:log-group:coiled-lab:log-stream:*"),
         # the VMs read environments' inputs and archives and upload the archive they built; nothing else
         "ReadEnvironments": ("s3:GetObject", [f"arn:aws:s3:::{bucket[:-len(REGION)]}*/envs/*",
                                               f"arn:aws:s3:::{bucket[:-len(REGION)]}*/inputs/*"]),

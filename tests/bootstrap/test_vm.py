@@ -93,7 +93,7 @@ def test_the_shipped_bootstrap_imports_with_the_images_python_and_the_standard_l
         pytest.skip(f"neither {IMAGE_PYTHON} nor a Python 3.9 on this machine")
     here = unpack(tmp_path, cloud, role)
     modules = {p.stem for p in (here / "coiled_lab" / "bootstrap").glob("*.py")} - {"__init__", "lifetime", "watchdog"}
-    assert modules == {"vm", "packages", "logship", "envcache"} | ({"worker"} if role == "worker" else set()) | \
+    assert modules == {"vm", "packages", "logship", "envcache", "utclog"} | ({"worker"} if role == "worker" else set()) | \
         ({"gce", "cloudlogging"} if cloud == "gcp" else set())
     check = (f"import sys; sys.path.insert(0, {str(here)!r}); "
              + "; ".join(f"import coiled_lab.bootstrap.{m}" for m in sorted(modules))
@@ -322,7 +322,7 @@ def test_a_gce_scheduler_boots_from_its_startup_script_and_logs_to_cloud_logging
     fake = FakeGCP()
     instance = {"name": "c1gce-scheduler", "id": "4242", "zone": "zones/us-central1-a",
                 "machineType": "zones/us-central1-a/machineTypes/e2-standard-2",
-                "networkInterfaces": [{"networkIP": "127.0.0.1"}]}
+                "networkInterfaces": [{"networkIP": "127.0.0.1", "network": "global/networks/coiled-lab"}]}
     metadata = GCEMetadata(instance, fake.project)
     try:
         config = bootconfig.bootstrap_config("gcp", "c1gce", parse_spec({"backend": "gcp"}), TLSMaterial.generate("c1"),
@@ -330,7 +330,7 @@ def test_a_gce_scheduler_boots_from_its_startup_script_and_logs_to_cloud_logging
                                              project=fake.project, log_name="coiled-lab", logging_endpoint=fake.url)
         config.update(index_url=index.simple, python_version="3.11")
         script = tmp_path / "startup-script"
-        script.write_text(startup.build(bootconfig.archive(config), config))
+        script.write_text(startup.build(bootconfig.archive(config), config, fake.url))
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         (bin_dir / "shutdown").write_text("#!/bin/sh\necho shutdown \"$@\"\n")
@@ -347,6 +347,11 @@ def test_a_gce_scheduler_boots_from_its_startup_script_and_logs_to_cloud_logging
         assert "scheduler c1gce-scheduler (e2-standard-2, us-central1-a, on-demand) of cluster c1gce" in logged[0]
         assert [p for p, _ in phases(logged)] == ["uv", "python", "packages", "dask", "total"]
         assert {e["labels"]["coiled-lab-cluster"] for e in fake.entries} == {"c1gce"}
+        # Then it asks Compute to delete it (the fake knows no such VM: it powers off instead).
+        assert [c.path for c in fake.calls("compute.instances.delete")] == [
+            f"/compute/v1/projects/{fake.project}/zones/us-central1-a/instances/c1gce-scheduler"]
+        assert console[-2:] == ["coiled-lab: this VM could not delete itself; it powers off and coiled-lab deletes it",
+                                "shutdown -h now"]
     finally:
         metadata.close()
         fake.close()

@@ -34,7 +34,6 @@ TEST_CONFIG: dict[str, Any] = {
     "coiled-lab.gcp.spot-poll-interval": 0.5,
     "coiled-lab.gcp.region": REGION,
     "coiled-lab.gcp.retry-timeout": 20,
-    "coiled-lab.gcp.connect-via": "public",
     "coiled-lab.cluster.package-sync": False,
 }
 
@@ -75,7 +74,7 @@ def gcp_env(fake, tmp_path_factory, subnet_cidr, vm_network):
     key_file.write_text(json.dumps(service_account_key(f"{fake.url}/token")))
     key_file.chmod(0o600)
     config = {**TEST_CONFIG, "coiled-lab.gcp.subnet-cidr": subnet_cidr,
-              "coiled-lab.cluster.allow-ingress-from": f"{vm_network.egress_address}/32",
+              "coiled-lab.address-echo": vm_network.echo_url,
               **{f"coiled-lab.gcp.endpoints.{s}": fake.url for s in ("compute", "logging", "iam", "resourcemanager")}}
     with pytest.MonkeyPatch.context() as mp:
         for key in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCE_METADATA_HOST"):

@@ -6,12 +6,13 @@ subnetwork, its external address (when it has an access config) NATed to it, the
 ingress the network's firewall rules allow it (source ranges, and source tags expanded
 to their VMs' addresses, for rules whose target tags it carries), the metadata server
 at 169.254.169.254 / ``metadata.google.internal`` (identity, its service account's
-access tokens, the preemption flag), and Cloud Logging and Cloud Storage at
+access tokens, the preemption flag), and Cloud Logging, Cloud Storage and Compute Engine at
 ``gcp.emulator`` through the egress proxy (:data:`LOGGING_ENDPOINT_ENV`,
-``STORAGE_EMULATOR_HOST``); the fake takes the tokens the metadata server handed out as
-the VM's service account's, within its access scopes. Its ``startup-script`` runs as the guest
-agent would. A VM that powers itself off becomes ``TERMINATED``; a VM deleted through
-the API has its machine killed. Serial port output is what the boot printed. VMs of a
+``STORAGE_EMULATOR_HOST``, :data:`COMPUTE_ENDPOINT_ENV`); the fake takes the tokens the
+metadata server handed out as the VM's service account's, within its access scopes and IAM
+grants. Its ``startup-script`` runs as the guest agent would. A VM that powers itself off
+becomes ``TERMINATED`` (its disk stays); a VM deleted through the API (by itself too) or by
+GCE's own clock (``maxRunDuration``) has its machine killed. Serial port output is what the boot printed. VMs of a
 role in :attr:`GCEEmulator.broken_roles` boot with a python3 that cannot start.
 """
 
@@ -26,7 +27,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 from coiled_lab.backends.gcp.session import STORAGE_EMULATOR_ENV
-from coiled_lab.bootstrap.gce import LOGGING_ENDPOINT_ENV
+from coiled_lab.bootstrap.gce import COMPUTE_ENDPOINT_ENV, LOGGING_ENDPOINT_ENV
 
 from ..localhttp import LocalHTTP
 from ..vm import Network, Rule
@@ -63,6 +64,8 @@ class Identity:
             "instance/zone": f"projects/123456789/zones/{zone}",
             "instance/machine-type": f"projects/123456789/machineTypes/{me['machineType'].rsplit('/', 1)[-1]}",
             "instance/network-interfaces/0/ip": interface["networkIP"],
+            "instance/network-interfaces/0/network":
+                f"projects/123456789/networks/{interface['network'].rsplit('/', 1)[-1]}",
             "instance/scheduling/provisioning-model": me.get("scheduling", {}).get("provisioningModel", "STANDARD"),
             "instance/preempted": "TRUE" if self.preempted else "FALSE",
             "project/project-id": self.project,
@@ -100,8 +103,9 @@ class MetadataServer(LocalHTTP):
     """The metadata server of one VM on a loopback port of its own (bootstrap tests run
     the startup-script on this machine); emulated VMs get :func:`metadata_handler`."""
 
-    def __init__(self, instance: dict, project: str):
-        self.identity = Identity(instance, project)
+    def __init__(self, instance: dict, project: str, issued: Optional[Callable[[str, str, list[str]], None]] = None):
+        """``issued``: as :class:`Identity` takes it (e.g. :meth:`FakeGCP.accept_token`)."""
+        self.identity = Identity(instance, project, issued)
         super().__init__()
         self.host = self.url.removeprefix("http://")
 
@@ -155,7 +159,7 @@ class GCEEmulator(Emulator):
             metadata=metadata_handler(identity), hostname=vm_id,
             script_path="/var/lib/google/startup-script",
             # What a VM has besides its metadata server: Google's APIs by name (here, the fake's).
-            env={LOGGING_ENDPOINT_ENV: self.vm_endpoint,
+            env={LOGGING_ENDPOINT_ENV: self.vm_endpoint, COMPUTE_ENDPOINT_ENV: self.vm_endpoint,
                  STORAGE_EMULATOR_ENV: self.vm_endpoint.removeprefix("http://")},
             files=BROKEN_IMAGE_FILES if role in self.broken_roles else {},
         )

@@ -7,15 +7,24 @@ requests:
 
 - **Compute Engine** (``/compute/v1/...``): projects.get (the project's number), zones,
   machineTypes (per zone and aggregated), instances insert / get / list / aggregatedList
-  (``labels.<k> = "<v>"`` filters) / delete / getSerialPortOutput, regionInstances.bulkInsert (count, name pattern,
+  (``labels.<k> = "<v>"`` filters) / delete / getSerialPortOutput / getIamPolicy /
+  setIamPolicy, regionInstances.bulkInsert (count, name pattern,
   location policy), zone/region/global operations get and wait, networks, subnetworks,
-  firewalls, images.getFromFamily, and the batch endpoint (``/batch/compute/v1``,
-  ``multipart/mixed``). Operations come back ``RUNNING`` and are ``DONE`` once waited for
-  or read; a lack of capacity is an error *of the operation*, as GCE reports it.
+  firewalls, images.getFromFamily, disks get / list / aggregatedList (each VM's boot disk,
+  named after it, deleted with it when ``autoDelete``; a stopped VM keeps it), and the batch
+  endpoint (``/batch/compute/v1``, ``multipart/mixed``, bodies too). Operations come back
+  ``RUNNING`` and are ``DONE`` once waited for or read; a lack of capacity is an error *of
+  the operation*, as GCE reports it. ``scheduling.maxRunDuration`` (at least 30 s, only with
+  an ``instanceTerminationAction``) is kept on GCE's own clock: when it is over, the VM is
+  deleted (``DELETE``) or stopped (``STOP``). A VM's token may call Compute only within its
+  access scopes (``compute`` or ``cloud-platform``) and with a permission (the method id,
+  ``compute.instances.delete``) granted to its service account by a custom role on the
+  VM's own IAM policy or the project's: else 403, as GCE answers.
 - **Cloud Logging** (``/v2/entries:write``, ``/v2/entries:list`` with ``logName``,
   ``labels."k"`` and ``timestamp`` filters, ``orderBy``, page tokens).
-- **IAM** service accounts (``/v1/projects/<p>/serviceAccounts``) and **Resource
-  Manager** ``getIamPolicy`` / ``setIamPolicy`` (etag checked).
+- **IAM** service accounts (``/v1/projects/<p>/serviceAccounts``), custom roles (create,
+  get, patch of ``includedPermissions``, undelete) and **Resource Manager**
+  ``getIamPolicy`` / ``setIamPolicy`` (etag checked).
 - **Cloud Storage** (JSON API, ``/storage/v1/b...`` and ``/upload/storage/v1/b...``):
   buckets insert / get / patch, getIamPolicy / setIamPolicy (version 3, conditions),
   objects get (metadata, or the bytes with ``alt=media``) / list (``prefix``) / delete,
@@ -59,6 +68,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -153,6 +163,10 @@ class FakeGCP(LocalHTTP):
         self.token_requests = 0  # access tokens asked for (google-auth: once an hour per credentials)
         self.tokens: set[str] = set()  # access tokens handed out by /token (the admin's)
         self.instances: dict[tuple[str, str], dict] = {}  # (zone, name) -> instance JSON
+        self.instance_policies: dict[tuple[str, str], dict] = {}  # (zone, name) -> its IAM policy
+        self.disks: dict[tuple[str, str], dict] = {}  # (zone, name) -> disk JSON
+        self.roles: dict[str, dict] = {}  # "projects/<p>/roles/<id>" -> custom role JSON
+        self._deadlines: dict[tuple[str, str], tuple[float, str]] = {}  # VM -> (end of its run, termination action)
         self.operations: dict[str, dict] = {}
         self.networks: dict[str, dict] = {}
         self.subnetworks: dict[tuple[str, str], dict] = {}
@@ -180,6 +194,12 @@ class FakeGCP(LocalHTTP):
         self._routes: list[tuple[str, re.Pattern, str, Handler]] = []
         self._builtin_routes()
         super().__init__()
+        self._closed = threading.Event()
+        threading.Thread(target=self._keep_deadlines, name="fakegcp-deadlines", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        super().close()
 
     # -- the API tests use --------------------------------------------------------------------
     def route(self, method: str, path_regex: str, handler: Handler, method_id: Optional[str] = None) -> None:
@@ -301,6 +321,11 @@ class FakeGCP(LocalHTTP):
                 return google_error(401, "Request is missing required authentication credential.", "required")
             if status is not None and not after:
                 return self._fault(method_id, status)
+            if method_id.startswith("compute.") and token in self.vm_tokens:
+                with self.lock:
+                    denied = self._compute_caller(token, method_id, match.groupdict())
+                if denied:
+                    return denied
             try:
                 with self.lock:
                     answer = handler(Request(method, path, query, body, headers, match.groupdict(), raw))
@@ -328,7 +353,15 @@ class FakeGCP(LocalHTTP):
                 status, answer = google_error(400, "batch part without a request line")
             else:
                 url = urlparse(request.group(2))
-                status, answer = self.dispatch(request.group(1), unquote(url.path), {}, None, headers)
+                # The inner request's body follows its headers and a blank line.
+                inner = part[request.end():].replace("\r\n", "\n").split("\n\n", 1)
+                text = inner[1].strip() if len(inner) == 2 else ""
+                try:
+                    body = json.loads(text) if text else None
+                except ValueError:
+                    body = None
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                status, answer = self.dispatch(request.group(1), unquote(url.path), query, body, headers)
             answers.append(f"--{out_boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{i}>\r\n\r\n"
                            f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\n"
                            f"Content-Type: application/json; charset=UTF-8\r\n\r\n{json.dumps(answer)}\r\n")
@@ -353,6 +386,15 @@ class FakeGCP(LocalHTTP):
         add("GET", "compute.instances.getSerialPortOutput", z + r"/instances/(?P<name>[^/]+)/serialPort",
             self._serial)
         add("GET", "compute.instances.aggregatedList", p + "/aggregated/instances", self._aggregated)
+        add("POST", "compute.instances.setIamPolicy", z + r"/instances/(?P<name>[^/]+)/setIamPolicy",
+            self._set_instance_policy)
+        add("GET", "compute.instances.getIamPolicy", z + r"/instances/(?P<name>[^/]+)/getIamPolicy",
+            self._get_instance_policy)
+        add("GET", "compute.disks.get", z + r"/disks/(?P<name>[^/]+)",
+            lambda q: (200, self.disks[(q.groups["zone"], q.groups["name"])]))
+        add("GET", "compute.disks.list", z + "/disks",
+            lambda q: (200, {"items": [d for (zone, _), d in self.disks.items() if zone == q.groups["zone"]]}))
+        add("GET", "compute.disks.aggregatedList", p + "/aggregated/disks", self._disks_aggregated)
         add("POST", "compute.regionInstances.bulkInsert", r + "/instances/bulkInsert", self._bulk_insert)
         for scope, base in (("zone", z), ("region", r), ("global", p + "/global")):
             add("GET", f"compute.{scope}Operations.get", base + r"/operations/(?P<op>[^/]+)", self._operation)
@@ -375,6 +417,12 @@ class FakeGCP(LocalHTTP):
             lambda q: (200, self.service_accounts[q.groups["email"]]))
         add("POST", "iam.serviceAccounts.create", r"/v1/projects/(?P<project>[^/]+)/serviceAccounts",
             self._create_account)
+        role = r"/v1/projects/(?P<project>[^/]+)/roles/(?P<role>[^/:]+)"
+        add("POST", "iam.roles.create", r"/v1/projects/(?P<project>[^/]+)/roles", self._create_role)
+        add("GET", "iam.roles.get", role, lambda q: (200, self.roles[f"projects/{q.groups['project']}/roles/"
+                                                                    f"{q.groups['role']}"]))
+        add("PATCH", "iam.roles.patch", role, self._patch_role)
+        add("POST", "iam.roles.undelete", role + ":undelete", self._undelete_role)
         add("POST", "cloudresourcemanager.projects.getIamPolicy", r"/v1/projects/(?P<project>[^/:]+):getIamPolicy",
             lambda q: (200, json.loads(json.dumps(self.policy))))
         add("POST", "cloudresourcemanager.projects.setIamPolicy", r"/v1/projects/(?P<project>[^/:]+):setIamPolicy",
@@ -466,17 +514,70 @@ class FakeGCP(LocalHTTP):
             raise ValueError(f"Invalid value for field 'machineType': '{props['machineType']}'")
         interfaces = []
         for interface in props.get("networkInterfaces", []):
+            key = interface["subnetwork"].split("/regions/", 1)[-1].split("/subnetworks/")
             interfaces.append({**interface, "networkIP": self._address(interface["subnetwork"]),
+                               # GCE fills in the subnetwork's network
+                               "network": self.subnetworks[(key[0], key[1])]["network"],
                                "accessConfigs": [{**a, "natIP": self.public_address()}
                                                  for a in interface.get("accessConfigs", [])]})
+        scheduling = props.get("scheduling", {})
+        action, duration = scheduling.get("instanceTerminationAction"), scheduling.get("maxRunDuration")
+        if duration is not None:
+            if action not in ("DELETE", "STOP"):
+                raise ValueError("Invalid value for field 'resource.scheduling.instanceTerminationAction': "
+                                 f"'{action or ''}'. An instance termination action is required with maxRunDuration.")
+            if int(duration.get("seconds", 0)) < 30:
+                raise ValueError("Invalid value for field 'resource.scheduling.maxRunDuration.seconds': "
+                                 f"'{duration.get('seconds')}'. Must be at least 30 seconds.")
+        link = self._link(f"zones/{zone}/instances/{name}")
+        disks = [self._boot_disk(zone, name if not i else f"{name}-{i}", disk, link, props.get("labels", {}))
+                 for i, disk in enumerate(props.get("disks", []))]
         instance = {
             **props, "kind": "compute#instance", "id": str(next(self._ids)), "name": name,
             "zone": self._link(f"zones/{zone}"), "machineType": self._link(f"zones/{zone}/machineTypes/{machine}"),
-            "status": "RUNNING", "creationTimestamp": _now(), "networkInterfaces": interfaces,
-            "selfLink": self._link(f"zones/{zone}/instances/{name}"),
+            "status": "RUNNING", "creationTimestamp": _now(), "networkInterfaces": interfaces, "disks": disks,
+            "selfLink": link,
         }
         self.instances[(zone, name)] = instance
+        if duration is not None:
+            self._deadlines[(zone, name)] = (time.time() + int(duration["seconds"]), action)
         return instance
+
+    def _boot_disk(self, zone: str, name: str, attached: dict, user: str, labels: dict) -> dict:
+        """The persistent disk made from ``initializeParams`` (named after the VM, as GCE
+        names it); the VM lists it attached, with its ``source``."""
+        params = attached.get("initializeParams", {})
+        link = self._link(f"zones/{zone}/disks/{name}")
+        self.disks[(zone, name)] = {
+            "kind": "compute#disk", "id": str(next(self._ids)), "name": name, "zone": self._link(f"zones/{zone}"),
+            "sizeGb": str(params.get("diskSizeGb", 10)), "type": params.get("diskType", "pd-standard"),
+            "sourceImage": params.get("sourceImage"), "status": "READY", "users": [user],
+            "labels": params.get("labels", labels), "creationTimestamp": _now(), "selfLink": link}
+        return {**attached, "source": link, "autoDelete": bool(attached.get("autoDelete")),
+                "type": "PERSISTENT", "mode": "READ_WRITE"}
+
+    def _remove(self, zone: str, name: str) -> None:
+        """A VM goes, and with it its disks marked ``autoDelete`` and its IAM policy."""
+        instance = self.instances.pop((zone, name))
+        for disk in instance.get("disks", []):
+            if disk.get("autoDelete"):
+                self.disks.pop((zone, disk["source"].rsplit("/", 1)[-1]), None)
+        self.instance_policies.pop((zone, name), None)
+        self._deadlines.pop((zone, name), None)
+
+    def _keep_deadlines(self) -> None:
+        """GCE's clock: a VM whose maxRunDuration is over is deleted or stopped."""
+        while not self._closed.wait(0.2):
+            with self.lock:
+                now = time.time()
+                for (zone, name), (when, action) in list(self._deadlines.items()):
+                    if now < when or (zone, name) not in self.instances:
+                        continue
+                    if action == "DELETE":
+                        self._remove(zone, name)
+                    else:
+                        self.instances[(zone, name)]["status"] = "TERMINATED"
+                        del self._deadlines[(zone, name)]
 
     def _repeated(self, q: Request) -> Optional[dict]:
         """The operation an earlier request with this ``requestId`` started (GCE keeps them
@@ -547,8 +648,59 @@ class FakeGCP(LocalHTTP):
 
     def _delete(self, q: Request) -> tuple[int, Any]:
         zone, name = q.groups["zone"], q.groups["name"]
-        del self.instances[(zone, name)]
+        self._remove(zone, name)
         return 200, self._operation_of("delete", f"zones/{zone}", self._link(f"zones/{zone}/instances/{name}"))
+
+    def _disks_aggregated(self, q: Request) -> tuple[int, Any]:
+        items: dict[str, dict] = {}
+        for (zone, _), disk in sorted(self.disks.items()):
+            items.setdefault(f"zones/{zone}", {"disks": []})["disks"].append(disk)
+        return 200, {"items": items}
+
+    def _get_instance_policy(self, q: Request) -> tuple[int, Any]:
+        key = (q.groups["zone"], q.groups["name"])
+        self.instances[key]
+        return 200, json.loads(json.dumps(self.instance_policies.get(key, {"version": 1, "etag": "ACAB"})))
+
+    def _set_instance_policy(self, q: Request) -> tuple[int, Any]:
+        """``instances.setIamPolicy`` (a ZoneSetPolicyRequest): the policy replaces the VM's own."""
+        key = (q.groups["zone"], q.groups["name"])
+        self.instances[key]
+        policy, current = (q.body or {}).get("policy", {}), self.instance_policies.get(key, {"etag": "ACAB"})
+        if policy.get("etag") and policy["etag"] != current["etag"]:
+            return google_error(412, "Precondition Failed", "conditionNotMet")
+        for binding in policy.get("bindings", []):
+            role = binding.get("role", "")
+            if role.startswith("projects/") and (role not in self.roles or self.roles[role].get("deleted")):
+                return google_error(400, f"Role ({role}) does not exist in the resource's hierarchy.", "badRequest")
+        self.instance_policies[key] = {"version": 1, "bindings": policy.get("bindings", []),
+                                       "etag": f"B{secrets.token_hex(3)}="}
+        return 200, json.loads(json.dumps(self.instance_policies[key]))
+
+    def _compute_caller(self, token: str, method_id: str, groups: dict[str, str]) -> Optional[tuple[int, Any]]:
+        """None if this VM's token may call ``method_id`` on the resource ``groups`` name;
+        else GCE's 403 (the scope first, then IAM: the VM's own policy and the project's)."""
+        account, scopes = self.vm_tokens[token]
+        if not {f"https://www.googleapis.com/auth/{s}" for s in ("compute", "cloud-platform")} & set(scopes):
+            return google_error(403, "Request had insufficient authentication scopes.", "insufficientPermissions")
+        key = (groups.get("zone"), groups.get("name"))
+        resource = f"projects/{self.project}" + (f"/zones/{key[0]}/instances/{key[1]}"
+                                                  if key[0] and key[1] and method_id.startswith("compute.instances.")
+                                                  else "")
+        bindings = list(self.policy.get("bindings", []))
+        if resource != f"projects/{self.project}":
+            bindings += self.instance_policies.get(key, {}).get("bindings", [])
+        for binding in bindings:
+            if f"serviceAccount:{account}" in binding.get("members", []) and \
+                    method_id in self._permissions(binding.get("role", "")):
+                return None
+        return google_error(403, f"Required '{method_id}' permission for '{resource}'", "forbidden")
+
+    def _permissions(self, role: str) -> tuple[str, ...]:
+        """What a custom role allows; Compute's predefined roles are not modelled (no VM's
+        service account holds one), so they allow a VM's token nothing here."""
+        custom = self.roles.get(role)
+        return () if custom is None or custom.get("deleted") else tuple(custom.get("includedPermissions", []))
 
     def _serial(self, q: Request) -> tuple[int, Any]:
         zone, name = q.groups["zone"], q.groups["name"]
@@ -623,6 +775,32 @@ class FakeGCP(LocalHTTP):
                                         "email": email, "projectId": q.groups["project"],
                                         **q.body.get("serviceAccount", {})}
         return 200, self.service_accounts[email]
+
+    def _create_role(self, q: Request) -> tuple[int, Any]:
+        role_id, role = q.body.get("roleId", ""), q.body.get("role", {})
+        name = f"projects/{q.groups['project']}/roles/{role_id}"
+        if not re.fullmatch(r"[a-zA-Z0-9_.]{3,64}", role_id):
+            return google_error(400, f"The role_id ({role_id}) is invalid.", "badRequest")
+        if name in self.roles:
+            return google_error(409, f"A role named {role_id} in projects/{q.groups['project']} already exists.",
+                                "alreadyExists")
+        self.roles[name] = {"name": name, "title": role.get("title", ""), "description": role.get("description", ""),
+                            "includedPermissions": list(role.get("includedPermissions", [])),
+                            "stage": role.get("stage", "ALPHA"), "etag": f"B{secrets.token_hex(3)}="}
+        return 200, self.roles[name]
+
+    def _patch_role(self, q: Request) -> tuple[int, Any]:
+        role = self.roles[f"projects/{q.groups['project']}/roles/{q.groups['role']}"]
+        for field_name in (q.query.get("updateMask") or "title,description,includedPermissions,stage").split(","):
+            if field_name in (q.body or {}):
+                role[field_name] = q.body[field_name]
+        role["etag"] = f"B{secrets.token_hex(3)}="
+        return 200, role
+
+    def _undelete_role(self, q: Request) -> tuple[int, Any]:
+        role = self.roles[f"projects/{q.groups['project']}/roles/{q.groups['role']}"]
+        role.pop("deleted", None)
+        return 200, role
 
     def _set_policy(self, q: Request) -> tuple[int, Any]:
         policy = q.body["policy"]

@@ -79,7 +79,7 @@ def test_startup_script_carries_the_bootstrap_and_no_credentials(network, fake, 
     try:
         (scheduler,) = labelled(fake, ctx.id, "scheduler")
         script = scheduler["metadata"]["items"][0]["value"]
-        assert script.startswith("#!/bin/sh") and "trap 'shutdown -h now' EXIT" in script
+        assert script.startswith("#!/bin/sh") and "trap end EXIT" in script  # it deletes itself, else powers off
         files = startup_archive(script)
         assert {"coiled_lab/bootstrap/vm.py", "coiled_lab/bootstrap/gce.py", "coiled_lab/bootstrap/cloudlogging.py",
                 "config.json"} <= set(files)
@@ -91,7 +91,8 @@ def test_startup_script_carries_the_bootstrap_and_no_credentials(network, fake, 
         for secret in (key["private_key"], key["private_key_id"], key["client_email"], str(gcp_env)):
             assert secret.encode() not in everything
         assert scheduler["serviceAccounts"] == [{"email": "coiled-lab-vm@coiled-lab-test.iam.gserviceaccount.com",
-                                                 "scopes": ["https://www.googleapis.com/auth/logging.write"]}]
+                                                 "scopes": ["https://www.googleapis.com/auth/logging.write",
+                                                            "https://www.googleapis.com/auth/compute"]}]
     finally:
         asyncio.run(backend.cleanup(ctx))
 

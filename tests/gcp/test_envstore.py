@@ -6,30 +6,34 @@ only what ``setup gcp`` granted."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import tarfile
 import urllib.error
 
 import dask.config
+import google.oauth2.credentials
 import pytest
 
 from coiled_lab.backends.base import ClusterContext
 from coiled_lab.backends.envstore import ARCHIVE, INPUTS
 from coiled_lab.backends.gcp import GCPBackend, envstore
-from coiled_lab.backends.gcp.instances import LOG_SCOPE, STORAGE_SCOPE
+from coiled_lab.backends.gcp.instances import COMPUTE_SCOPE, LOG_SCOPE, STORAGE_SCOPE
 from coiled_lab.backends.gcp.session import GCPError, GCPSession
+from coiled_lab.backends.gcp.setup import BUCKET_EVERYDAY_ROLES
 from coiled_lab.bootstrap import envcache
 from coiled_lab.environment import Environment, Package
 from coiled_lab.spec import ClusterSpecError, parse_spec
 from coiled_lab.tls import TLSMaterial
 
 from .conftest import labelled
-from .fakegcp import PROJECT
+from .fakegcp import PROJECT, STORAGE_ROLES
 from .test_backend import startup_archive
 
 BUCKET = f"coiled-lab-envs-{PROJECT}"
 VM_ACCOUNT = f"coiled-lab-vm@{PROJECT}.iam.gserviceaccount.com"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
 def environment(**fields) -> Environment:
@@ -127,6 +131,40 @@ def test_a_vm_reads_the_bucket_and_writes_built_environments_only(network, fake,
             fake.objects[BUCKET].pop(key, None)
 
 
+@pytest.mark.parametrize("dropped", [None, *BUCKET_EVERYDAY_ROLES])
+def test_the_printed_everyday_bucket_roles_are_enough_and_each_is_needed(network, fake, dropped):
+    """The bucket roles `setup gcp` prints for everyday use, granted on the bucket to an
+    account holding nothing else (as an admin grants them): with all of them the server's
+    side finds the bucket, sees what is there and puts inputs; without any one of them
+    the fake refuses a permission that role grants."""
+    account, token = f"everyday@{PROJECT}.iam.gserviceaccount.com", f"everyday-{dropped}"
+    fake.accept_token(token, account, [CLOUD_PLATFORM])
+    saved = copy.deepcopy(fake.bucket_policies[BUCKET])
+    fake.bucket_policies[BUCKET]["bindings"] += [{"role": role, "members": [f"serviceAccount:{account}"]}
+                                                 for role in BUCKET_EVERYDAY_ROLES if role != dropped]
+    key, seen = f"inputs/everyday-{dropped}.tar", len(fake.storage_refused)
+    gcp = GCPSession(google.oauth2.credentials.Credentials(token, quota_project_id=PROJECT))
+    try:
+        # The bucket named in config: found without asking Compute whose it is (the project
+        # roles are not what this test is about).
+        with dask.config.set({"coiled-lab.gcp.env-bucket": BUCKET}):
+            store = asyncio.run(envstore.find(gcp, lambda why: None))
+        assert store is not None, "the bucket was not found"
+        asyncio.run(store.ensure(key, lambda: b"inputs"))  # asks whether it is there, then puts it
+        asyncio.run(store.put(key, b"inputs"))  # there already (another server's): left as it is
+        assert fake.objects[BUCKET][key][1] == b"inputs"
+    except (AssertionError, GCPError):
+        assert dropped is not None
+    finally:
+        fake.bucket_policies[BUCKET] = saved
+        fake.objects[BUCKET].pop(key, None)
+    refused = [permission for who, permission, _ in fake.storage_refused[seen:] if who == account]
+    if dropped is None:
+        assert refused == []
+    else:
+        assert refused and set(refused) <= set(STORAGE_ROLES[dropped])
+
+
 def test_a_syncing_cluster_puts_its_inputs_and_its_vms_get_the_bucket(network, fake, state_dir):
     backend = GCPBackend()
     env = environment(wheels={}, files=None)
@@ -145,7 +183,8 @@ def test_a_syncing_cluster_puts_its_inputs_and_its_vms_get_the_bucket(network, f
         asyncio.run(backend.launch_scheduler(ctx))
         (scheduler,) = labelled(fake, ctx.id, "scheduler", alive=False)
         # Its token may reach Cloud Storage (the bucket's policy says what it may do there).
-        assert scheduler["serviceAccounts"] == [{"email": VM_ACCOUNT, "scopes": [LOG_SCOPE, STORAGE_SCOPE]}]
+        assert scheduler["serviceAccounts"] == [{"email": VM_ACCOUNT,
+                                                 "scopes": [LOG_SCOPE, COMPUTE_SCOPE, STORAGE_SCOPE]}]
         config = json.loads(startup_archive(scheduler["metadata"]["items"][0]["value"])["config.json"])
         assert config["packages"] == []  # the pins travel in the inputs
         assert config["env"] == {"hash": env.hash, "store": {"kind": "gcs", "bucket": BUCKET},

@@ -1,6 +1,7 @@
 """Faults injected where Google answers (the fake) or where VMs run (the emulator):
 throttling and server errors, no capacity in a zone, no Spot capacity, a bootstrap that
-crashes; and VMs left behind by a lost record, found again by label."""
+crashes; VMs left behind by a lost record, found again by label; and an idle cluster whose
+server is gone, whose VMs delete themselves."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from ..conftest import wait_for
 from .conftest import REGION, labelled
 
 pytestmark = pytest.mark.slow
+
+
+def cluster_disks(fake, cluster_id: str) -> list[str]:
+    """The fake's disks made for the cluster's VMs (they carry its label)."""
+    return [d["name"] for d in fake.disks.values() if d.get("labels", {}).get("coiled-lab-cluster") == cluster_id]
 
 
 def notifications(control, cluster_id: str) -> list[str]:
@@ -119,14 +125,41 @@ def test_no_spot_capacity_falls_back_to_on_demand_when_allowed(gcp_control, emul
     stop(gcp_control, fallback["id"], fake)
 
 
-def test_a_bootstrap_that_crashes_is_an_error_with_its_serial_output(gcp_control, emulator, fake):
+def test_a_bootstrap_that_crashes_is_an_error_saying_why_and_its_vm_deletes_itself(gcp_control, emulator, fake):
     emulator.broken_roles.add("scheduler")
     cluster = gcp_control.run(gcp_control.create({"backend": "gcp", "n_workers": 1}))
     final = gcp_control.run(gcp_control.wait(cluster["id"], ("stopped",), timeout=120))
     assert final["status"] == "error"
-    assert "Fatal Python error: init_fs_encoding" in final["message"]  # from serial port 1
-    assert fake.count("compute.instances.getSerialPortOutput") >= 1
+    # What the VM's python3 printed, sent to Cloud Logging by its startup-script before it went.
+    assert "Fatal Python error: init_fs_encoding" in final["message"]
+    (scheduler,) = [c.body["name"] for c in fake.calls("compute.instances.insert")
+                    if c.body["labels"]["coiled-lab-cluster"] == cluster["id"]]
+    # The VM deleted itself (with its own token): it was never left stopped, its disk went with it.
+    first = next(c for c in fake.calls("compute.instances.delete") if c.path.endswith(f"/{scheduler}"))
+    assert first.token in emulator.tokens()
     wait_for(lambda: not labelled(fake, cluster["id"], alive=False), timeout=30, what="the failed cluster's VMs gone")
+    assert not cluster_disks(fake, cluster["id"])
+
+
+def test_an_idle_cluster_without_its_server_deletes_itself_disks_and_all(state_dir, emulator, fake):
+    from coiled_lab.control.inprocess import InProcessControl
+    from coiled_lab.control.manager import ClusterManager
+
+    control = InProcessControl(ClusterManager(state_dir))
+    try:
+        cluster = control.run(control.create({"backend": "gcp", "n_workers": 1, "idle_timeout": "45s"}))
+        assert control.run(control.wait(cluster["id"], timeout=180))["status"] == "running"
+        vms = {v["name"] for v in labelled(fake, cluster["id"])}
+        assert len(vms) == 2 and len(cluster_disks(fake, cluster["id"])) == 2
+    finally:
+        control.close()  # the Jupyter server is gone: nobody is left to delete anything
+    # Idle, the scheduler stops itself; its worker ends once it has lost it. Each VM then
+    # deletes itself, with its own token; no VM is left stopped, no disk is left.
+    wait_for(lambda: not labelled(fake, cluster["id"], alive=False), timeout=150, interval=1,
+             what="every VM of the idle cluster gone")
+    assert not cluster_disks(fake, cluster["id"])
+    deleted_by = {c.path.rsplit("/", 1)[-1]: c.token for c in fake.calls("compute.instances.delete")}
+    assert {name: deleted_by.get(name) in emulator.tokens() for name in vms} == {name: True for name in vms}
 
 
 def test_cleanup_finds_vms_of_a_lost_cluster_by_label(emulator, fake, state_dir, capsys):

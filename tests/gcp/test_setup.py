@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dask.config
 
-from coiled_lab import config
 from coiled_lab.cli import main
 
 from .conftest import REGION
@@ -14,17 +13,20 @@ from .fakegcp import PROJECT
 BUCKET = f"coiled-lab-envs-{PROJECT}"
 WRITES = ("compute.networks.insert", "compute.subnetworks.insert", "compute.firewalls.insert",
           "iam.serviceAccounts.create", "cloudresourcemanager.projects.setIamPolicy", "storage.buckets.insert",
-          "storage.buckets.patch", "storage.buckets.setIamPolicy")
+          "storage.buckets.patch", "storage.buckets.setIamPolicy", "iam.roles.create", "iam.roles.patch",
+          "iam.roles.undelete")
+SELF_DELETE = f"projects/{PROJECT}/roles/coiledLabVmSelfDelete"
 
 
-def test_setup_is_idempotent_and_opens_the_scheduler_to_this_machine_only(network, fake, capsys, subnet_cidr):
+def test_setup_is_idempotent_and_opens_the_scheduler_to_this_machine_only(network, fake, capsys, subnet_cidr,
+                                                                          vm_network):
     # The package's fixture ran setup once: everything exists.
     assert fake.networks["coiled-lab"]["autoCreateSubnetworks"] is False
     assert network["ipCidrRange"] == subnet_cidr and network["privateIpGoogleAccess"] is True
     internal = fake.firewalls["coiled-lab-internal"]
     assert internal["sourceTags"] == internal["targetTags"] == ["coiled-lab"]
     opened = [f for f in fake.firewalls.values() if f.get("sourceRanges")]
-    me = config.get("cluster.allow-ingress-from")  # the server's address as the cloud sees it
+    me = f"{vm_network.egress_address}/32"  # "me": this server as the emulated internet's echo sees it
     assert [f["sourceRanges"] for f in opened] == [[me]]
     assert opened[0]["allowed"] == [{"IPProtocol": "tcp", "ports": ["8786-8787"]}]
     assert not any("0.0.0.0/0" in f.get("sourceRanges", []) for f in fake.firewalls.values())
@@ -32,6 +34,8 @@ def test_setup_is_idempotent_and_opens_the_scheduler_to_this_machine_only(networ
     assert email in fake.service_accounts
     roles = {b["role"]: b["members"] for b in fake.policy["bindings"]}
     assert roles == {"roles/logging.logWriter": [f"serviceAccount:{email}"]}
+    # The role each VM gets on itself alone (never on the project): it may delete itself, nothing else.
+    assert fake.roles[SELF_DELETE]["includedPermissions"] == ["compute.instances.delete"]
     # The bucket of built environments: private, expiring, in the region; the VMs read it
     # and write built environments only.
     bucket = fake.buckets[BUCKET]
@@ -59,6 +63,7 @@ def test_setup_is_idempotent_and_opens_the_scheduler_to_this_machine_only(networ
     assert {w: fake.count(w) for w in writes} == before
     # The roles to grant are printed, for setup and for everyday use.
     assert "roles/resourcemanager.projectIamAdmin" in out and "roles/compute.instanceAdmin.v1" in out
+    assert "roles/iam.roleAdmin: create the custom role coiledLabVmSelfDelete" in out
     assert "roles/storage.admin" in out
     assert f"on bucket {BUCKET} only" in out
     assert "storage.buckets.get, storage.objects.get, storage.objects.create" in out
@@ -115,3 +120,17 @@ def test_setup_without_a_bucket_when_turned_off(network, fake, capsys):
         assert main(["setup", "gcp", "--region", REGION, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "bucket" not in out and "storage.objects" not in out
+
+
+def test_setup_puts_back_the_self_delete_role_deleted_or_changed(network, fake, capsys):
+    role = fake.roles[SELF_DELETE]
+    role.update(deleted=True, includedPermissions=["compute.instances.delete", "compute.instances.setMetadata"])
+    try:
+        assert main(["setup", "gcp", "--region", REGION]) == 0
+        out = capsys.readouterr().out
+        assert "undelete custom role coiledLabVmSelfDelete" in out
+        assert "set the permissions of custom role coiledLabVmSelfDelete to compute.instances.delete" in out
+        assert not role.get("deleted") and role["includedPermissions"] == ["compute.instances.delete"]
+    finally:
+        role.pop("deleted", None)
+        role["includedPermissions"] = ["compute.instances.delete"]

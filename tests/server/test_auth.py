@@ -1,5 +1,6 @@
 """Every coiled-lab route refuses a request without credentials; the kernel token opens the
-coiled-lab routes and no Jupyter route."""
+coiled-lab routes and no Jupyter route. The dashboards' keyed prefix is opened by its key
+alone (tests/server/test_proxy.py): no Jupyter credential opens it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ ROUTES = [
     ("GET", ("coiled-lab/api/clusters", "x", "usage"), None),
     ("GET", ("coiled-lab/api/clusters", "x", "usage", "plot"), None),
     ("GET", ("coiled-lab/api/defaults",), None),
+    ("GET", ("coiled-lab/api/reach",), None),
     ("POST", ("coiled-lab/api/estimate",), {"n_workers": 1}),
     ("POST", ("coiled-lab/api/environments",), {"python": "3.11", "platform": "linux-x86_64"}),
     ("GET", ("coiled-lab/api/environments", "0" * 32), None),
@@ -35,9 +37,11 @@ ROUTES = [
     ("PUT", ("coiled-lab/api/credentials",), {"provider": "aws", "clear": True}),
     ("GET", ("coiled-lab/api/events",), None),
     ("GET", ("coiled-lab/clusters", "x", "dashboard", "status"), None),
-    ("POST", ("coiled-lab/clusters", "x", "dashboard", "status"), {}),
+    ("GET", ("coiled-lab/dashboards", "x", "not-its-key", "status"), None),
+    ("POST", ("coiled-lab/dashboards", "x", "not-its-key", "status"), {}),
 ]
 WEBSOCKETS = [("coiled-lab/api/events",), ("coiled-lab/clusters", "x", "dashboard", "status", "ws")]
+KEYED = "coiled-lab/dashboards"  # the dashboards' keyed prefix: its key is its only credential
 JUPYTER_ROUTES = [("GET", "api/contents"), ("GET", "api/kernels"), ("POST", "api/kernels"), ("GET", "api/terminals")]
 
 
@@ -68,6 +72,9 @@ async def test_kernel_token_opens_coiled_lab_routes_only(service, api, jp_ws_fet
     headers = {"Authorization": f"coiled-lab {service.token}"}
     for method, parts, body in ROUTES:
         code, reply = await api(method, *parts, body=body, headers=headers)
+        if parts[0] == KEYED:
+            assert code == 403, (method, parts, code, reply)
+            continue
         # Past authentication: answered by the route itself (x does not exist, this server
         # has no AWS credentials, and a plain GET of the events socket is not an upgrade).
         assert code in (200, 201, 202, 400, 404, 503), (method, parts, code, reply)
@@ -176,13 +183,14 @@ def live(parts: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(StandInDashboard.NAME if p == "x" and parts[0] == "coiled-lab/clusters" else p for p in parts)
 
 
-async def test_browser_cookie_needs_the_xsrf_token_on_every_unsafe_method(service, api, browser, dashboard):
+async def test_browser_cookie_needs_the_xsrf_token_on_every_unsafe_method(service, api, browser, dashboard,
+                                                                         jp_fetch, jp_base_url):
     """A page on another origin can make the browser send the cookie, not read the
-    ``_xsrf`` cookie: every route that changes something refuses a request without it,
-    the dashboard proxy included (jupyter-server-proxy leaves XSRF to the proxied app)."""
+    ``_xsrf`` cookie: every route that changes something refuses a request without it.
+    The dashboards' keyed prefix takes no cookie at all: its key is its credential."""
     cookie_only = {"Authorization": "", "Cookie": browser["cookie"]}
     with_xsrf = {**cookie_only, "X-XSRFToken": browser["xsrf"]}
-    unsafe = [(m, live(p), b) for m, p, b in ROUTES if m not in ("GET", "HEAD")]
+    unsafe = [(m, live(p), b) for m, p, b in ROUTES if m not in ("GET", "HEAD") and p[0] != KEYED]
     assert {m for m, _, _ in unsafe} == {"POST", "PATCH", "DELETE", "PUT"}
     for method, parts, body in unsafe:
         code, reply = await api(method, *parts, body=body, headers=cookie_only)
@@ -190,15 +198,19 @@ async def test_browser_cookie_needs_the_xsrf_token_on_every_unsafe_method(servic
         # The same request from the page itself (which can read the token) is answered.
         code, reply = await api(method, *parts, body=body, headers=with_xsrf)
         assert code != 403, (method, parts, code, reply)
-    code, _ = await api("POST", *live(ROUTES[-1][1]), body={}, headers=with_xsrf)
+    link = await jp_fetch("coiled-lab/clusters", StandInDashboard.NAME, "dashboard", "status",
+                          headers=with_xsrf, follow_redirects=False, raise_error=False)
+    assert link.code == 302  # to the keyed prefix, where the key and no cookie opens the dashboard
+    code, _ = await api("POST", link.headers["Location"][len(jp_base_url):], body={}, headers={"Authorization": ""})
     assert code == 200  # reached the stand-in dashboard
     code, _ = await api("GET", "coiled-lab/api/clusters", headers=cookie_only)
     assert code == 200  # reads need no token: the same-origin policy keeps their answers from other pages
 
 
 async def test_websockets_refuse_pages_from_another_origin(service, browser, dashboard, jp_http_port, jp_base_url):
-    """Cross-site WebSocket hijacking: a page elsewhere opening the events socket or a
-    dashboard's bokeh socket with the user's cookie is refused; the lab's own page is not."""
+    """Cross-site WebSocket hijacking: a page elsewhere opening the events socket with the
+    user's cookie is refused, the lab's own page is not. A dashboard's bokeh socket is
+    refused to a cookie from anywhere: it opens on its key alone (test_proxy.py)."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
@@ -214,9 +226,11 @@ async def test_websockets_refuse_pages_from_another_origin(service, browser, das
         ws.close()
         return 101
 
-    for path in ("coiled-lab/api/events", f"coiled-lab/clusters/{StandInDashboard.NAME}/dashboard/status/ws"):
-        assert await open_code(path, "https://evil.example") == 403, path
-        assert await open_code(path, f"http://{server}") == 101, path
+    assert await open_code("coiled-lab/api/events", "https://evil.example") == 403
+    assert await open_code("coiled-lab/api/events", f"http://{server}") == 101
+    for origin in ("https://evil.example", f"http://{server}"):
+        assert await open_code(f"coiled-lab/clusters/{StandInDashboard.NAME}/dashboard/status/ws", origin) != 101
+        assert await open_code("coiled-lab/dashboards/da5hb0ard000/not-its-key/status/ws", origin) == 403
 
 
 async def test_kernel_token_opens_no_other_jupyter_route_or_socket(service, api, jp_ws_fetch):

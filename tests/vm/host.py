@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import socketserver
 import subprocess
 import threading
 from typing import Optional, Sequence
@@ -97,3 +98,26 @@ def processes_in_netns(inodes: set[int]) -> list[int]:
         except OSError:
             continue
     return found
+
+
+class ListenerServer(socketserver.ThreadingTCPServer):
+    """A threading TCP server around a socket already bound and listening (made in a
+    namespace by :func:`socket_in`), served by a daemon thread of its own."""
+
+    daemon_threads = True
+
+    def __init__(self, listener: socket.socket, handler: type, name: str):
+        super().__init__(listener.getsockname(), handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listener
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name=name,
+                                        daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.shutdown()
+        self.server_close()

@@ -12,37 +12,23 @@ GCE metadata handlers serve requests unchanged (they are constructed as
 from __future__ import annotations
 
 import socket
-import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Optional
+
+from .host import ListenerServer
 
 ADDRESS = "169.254.169.254"
 PORT = 80
 
 
-class MetadataService(socketserver.ThreadingTCPServer):
+class MetadataService(ListenerServer):
     """Dispatches each connection by source address; unknown sources are closed unanswered."""
 
-    daemon_threads = True
-
     def __init__(self, listener: socket.socket):
-        super().__init__(listener.getsockname(), BaseHTTPRequestHandler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = listener
+        super().__init__(listener, BaseHTTPRequestHandler, "vm-metadata")
         self._handlers: dict[str, type[BaseHTTPRequestHandler]] = {}
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="vm-metadata", daemon=True)
-
-    def start(self) -> "MetadataService":
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self.shutdown()
-        self.server_close()
 
     def register(self, address: str, handler: type[BaseHTTPRequestHandler]) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ the metadata service and the egress proxy, all inside network namespaces of our 
 Address plan (session slot ``k``, 0 for the first session on a machine)::
 
     root namespace   clab<k>  100.80.k.1/30  = egress_address ("the Jupyter server as the cloud sees it")
+                                                       echo_url: an address-echo service on a public address
           |  veth
     router netns     uplink   100.80.k.2/30
     clab<k>-router   lo       169.254.169.254 (metadata :80), 169.254.0.1 (gateway; proxy :3128)
@@ -53,7 +54,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from . import metadata as metadata_mod
-from .host import HostCommandError, in_netns, netns_inode, processes_in_netns, run, socket_in
+from .host import HostCommandError, ListenerServer, in_netns, netns_inode, processes_in_netns, run, socket_in
 from .image import cache_dir, ensure_tools
 from .pki import emulator_ca
 from .proxy import EgressProxy
@@ -208,6 +209,7 @@ class Network:
         self.files_cache = files_cache or cache_dir() / "package-files"
         self.proxy: Optional[EgressProxy] = None
         self.metadata: Optional[metadata_mod.MetadataService] = None
+        self.echo: Optional[AddressEcho] = None
         atexit.register(self.close)
         try:
             self._build()
@@ -246,6 +248,14 @@ class Network:
         ca = emulator_ca(cache_dir() / "ca")
         self.ca_pem = ca.cert_pem
         self.proxy = EgressProxy(_listener(r, GATEWAY, PROXY_PORT), self.files_cache, ca).start()
+        # An address-echo service on the internet (as checkip.amazonaws.com): it answers
+        # with the address a connection comes from, as seen past every NAT.
+        echo = str(self.public_pool[-2])
+        self._public_used.add(echo)
+        run(["ip", "-n", r, "addr", "add", f"{echo}/32", "dev", "lo"])
+        self._nft(f'add rule ip clab input iifname "{UPLINK}" ip daddr {echo} tcp dport 80 accept\n')
+        self.echo = AddressEcho(_listener(r, echo, 80)).start()
+        self.echo_url = f"http://{echo}/"
 
     def close(self) -> None:
         """Remove every namespace, veth, route and nft rule of this network; idempotent."""
@@ -256,7 +266,7 @@ class Network:
             for vm_id in list(self._vms):
                 with contextlib.suppress(Exception):
                     self.detach(vm_id)
-            for server in (self.proxy, self.metadata):
+            for server in (self.proxy, self.metadata, self.echo):
                 if server is not None:
                     with contextlib.suppress(Exception):
                         server.close()
@@ -451,6 +461,25 @@ class Network:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Network is closed")
+
+
+class AddressEcho(ListenerServer):
+    """Answers every GET with the client's address, as plain text."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = f"{self.client_address[0]}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    def __init__(self, listener: socket.socket):
+        super().__init__(listener, self.Handler, "vm-address-echo")
 
 
 def _listener(netns: str, address: str, port: int) -> socket.socket:

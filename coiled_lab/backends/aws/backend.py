@@ -19,14 +19,15 @@ import logging
 import time
 from typing import Any, Optional
 
-from ... import config
+from ... import config, pricing
 from ...control.store import Instance
 from ...logs import LogRecord
 from ...spec import ClusterSpec, ClusterSpecError
 from ..base import Backend, ClusterContext, check_vm_software, owner_id
 from ..envstore import boot_fields
+from ..ingress import address_of, reach
 from . import envstore, fleet, logs, network, sweep, userdata
-from .catalog import Catalog
+from .catalog import Catalog, SnapshotCatalog
 from .images import Images
 from .network import SCHEDULER_PORT
 from .session import AWSError, AWSSession, check_region, error_code
@@ -89,7 +90,7 @@ class AWSBackend(Backend):
         return Instance(
             id=item["InstanceId"],
             role=tags.get(ROLE, "worker"),
-            address=public if config.get("aws.connect-via") == "public" else private,
+            address=private,
             vm_type=item.get("InstanceType"),
             zone=item.get("Placement", {}).get("AvailabilityZone"),
             spot=item.get("InstanceLifecycle") == "spot",
@@ -129,10 +130,11 @@ class AWSBackend(Backend):
         if cluster.spec.zone and cluster.spec.zone not in net.subnets:
             raise ClusterSpecError(f"zone: {cluster.spec.zone!r} is not allowed: coiled-lab's network in {region} "
                                    f"has subnets in {', '.join(net.subnets)}", "zone")
-        cidr = network.resolve_cidr(cluster.spec.allow_ingress_from, self.aws, region)
+        via, cidr = await reach(cluster.spec.connect_via, cluster.spec.allow_ingress_from, self.name, net.vpc_id,
+                                self.aws.endpoint("ec2", region), AWSError)
         ingress = await network.ingress_group(self.aws, region, net, cidr)
         store = await envstore.find(self.aws, region) if cluster.environment is not None else None
-        return {**net.to_state(), "region": region, "ingress_group": ingress, "ingress_cidr": cidr,
+        return {**net.to_state(), "region": region, "ingress_group": ingress, "ingress_cidr": cidr, "connect_via": via,
                 "env_bucket": store.bucket if store else None,
                 "env_bucket_owner": store.owner if store else None}
 
@@ -170,9 +172,8 @@ class AWSBackend(Backend):
         return launched.instances[0]
 
     async def scheduler_address(self, cluster: ClusterContext, scheduler: Instance) -> Optional[str]:
-        if not scheduler.address:
-            scheduler = await self._located(cluster, scheduler)
-        return f"tls://{scheduler.address}:{SCHEDULER_PORT}" if scheduler.address else None
+        address = address_of((await self._located(cluster, scheduler)).data, cluster.state.get("connect_via"))
+        return f"tls://{address}:{SCHEDULER_PORT}" if address else None
 
     async def launch_workers(self, cluster: ClusterContext, count: int) -> list[Instance]:
         region, spec = self.region(cluster), cluster.spec
@@ -261,7 +262,9 @@ class AWSBackend(Backend):
         return removed
 
     async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
-        return await self.types.describe_region(_asked_region(region))
+        region = _asked_region(region)
+        return await pricing.catalog_view(self.types.describe_region(region),
+                                          lambda: SnapshotCatalog().describe_region(region), pricing.CATALOGS["aws"])
 
     async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
         region = _asked_region(spec.region)
@@ -273,6 +276,14 @@ class AWSBackend(Backend):
         size, kind = await self.images.root_disk(region, worker.kind)
         return {"region": region, "scheduler_type": scheduler_type.name, "worker_type": worker.name,
                 "spot_price": spot_price, "volume_gb": size, "volume_type": kind}
+
+    async def offline_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
+        """:meth:`price_inputs` from the price snapshot, for when EC2 cannot answer: no spot
+        price, and no root disk (its size is the image's, known only to EC2)."""
+        region = _asked_region(spec.region)
+        scheduler_type, worker_types = await SnapshotCatalog().choose(spec, region)
+        return {"region": region, "scheduler_type": scheduler_type.name, "worker_type": worker_types[0].name,
+                "spot_price": None, "volume_gb": None, "volume_type": None}
 
     async def instance_price(self, instance: Instance, book: Any) -> float:
         region = instance.data.get("region") or config.get("aws.region")
@@ -293,7 +304,7 @@ class AWSBackend(Backend):
         """``instance`` with its addresses, asking EC2 if this process has not seen them."""
         view = self._views.get(cluster.id, (0, {}))[1]
         known = view.get(instance.id) or self._unlisted.get(cluster.id, {}).get(instance.id) or instance
-        if known.data.get("private_ip") and (known.address or config.get("aws.connect-via") == "private"):
+        if address_of(known.data, cluster.state.get("connect_via")) and known.data.get("private_ip"):
             return known
         try:
             answer = await self.aws.call("ec2", self.region(cluster), "describe_instances", InstanceIds=[instance.id])

@@ -11,6 +11,9 @@ the cheapest of a size first: the smallest size that fits is the cheapest of its
 and among families of that size the current spot price decides. One launch template
 carries one image, so a launch only mixes types of one kind (architecture, GPU or not) —
 the kind of the first choice.
+
+When EC2 cannot answer (no credentials, no network), :class:`SnapshotCatalog` makes the
+same choices among the types of the bundled price snapshot, for estimates and the form.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
-from ... import config
+from ... import config, price_snapshot
+from ...pricing import PriceUnknown
 from ...spec import ClusterSpec, ClusterSpecError
 from .. import sizing
 from .session import AWSSession, error_code
@@ -56,7 +60,8 @@ class InstanceType:
                 "gpu_maker": self.gpu_maker, "arch": self.arch}
 
 
-def _parse(item: dict[str, Any]) -> Optional[InstanceType]:
+def parse_instance_type(item: dict[str, Any]) -> Optional[InstanceType]:
+    """An item of ``DescribeInstanceTypes``; None for a type without an x86_64 or arm64 processor."""
     arches = item.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
     arch = "x86_64" if "x86_64" in arches else "arm64" if "arm64" in arches else None
     if arch is None:
@@ -114,7 +119,7 @@ class Catalog:
 
     async def _describe(self, region: str, **params: Any) -> dict[str, InstanceType]:
         items = await self.aws.pages("ec2", region, "describe_instance_types", "InstanceTypes", **params)
-        parsed = {t.name: t for t in (_parse(i) for i in items) if t is not None}
+        parsed = {t.name: t for t in (parse_instance_type(i) for i in items) if t is not None}
         now = time.monotonic()
         self._types.setdefault(region, {}).update({n: (now, t) for n, t in parsed.items()})
         return parsed
@@ -177,6 +182,10 @@ class Catalog:
 
         return await self._cached(("spot", region, tuple(sorted(names or ()))), call)
 
+    async def _sizing_prices(self, region: str, names: list[str]) -> dict[str, float]:
+        """$/hour that orders the types of one size: the current spot prices."""
+        return await self.spot_prices(region, names)
+
     async def choose(self, spec: ClusterSpec, region: str) -> tuple[InstanceType, list[InstanceType]]:
         """The scheduler's type, and the workers' types in order of preference, all of one kind."""
         scheduler = spec.scheduler_vm_type or config.get("aws.scheduler-vm-type")
@@ -195,7 +204,7 @@ class Catalog:
             # The smallest fitting sizes, then the cheapest of those (spot prices stand in
             # for on-demand ones, which the EC2 API does not give).
             nearest = [t for t in fits if t.kind == fits[0].kind][:20]
-            prices = await self.spot_prices(region, [t.name for t in nearest])
+            prices = await self._sizing_prices(region, [t.name for t in nearest])
             workers = matching(nearest, spec.worker_cpu, spec.worker_memory, spec.worker_gpu, prices)
             workers = workers[: int(config.get("aws.max-vm-types"))]
         if spec.spot_policy != "on-demand":
@@ -225,3 +234,53 @@ class Catalog:
                 for t in sorted(types.values(), key=lambda t: (t.gpu, t.vcpu, t.memory, t.name))
             ],
         }
+
+
+class SnapshotCatalog(Catalog):
+    """The catalog as the bundled price snapshot knows it (:mod:`coiled_lab.price_snapshot`):
+    the types it prices in a region, with their sizes and on-demand prices (which order
+    the types of a size); no zones and no spot prices. No call is made."""
+
+    def __init__(self) -> None:
+        super().__init__(aws=None)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _listed(region: str) -> dict[str, dict[str, Any]]:
+        listed = price_snapshot.aws_types(region)
+        if not listed:
+            raise PriceUnknown(f"region: the bundled price snapshot has no prices for {region!r} and EC2 could not "
+                               f"be asked; regions it prices: {', '.join(price_snapshot.regions('aws'))}", "region")
+        return listed
+
+    async def _describe(self, region: str, **params: Any) -> dict[str, InstanceType]:
+        wanted = params.get("InstanceTypes")
+        parsed = {name: InstanceType(name=name, vcpu=size["vcpu"], memory=size["memory_mib"] * 2**20,
+                                     gpu=size["gpu"], gpu_maker=size["gpu_maker"], arch=size["arch"], spot=True,
+                                     burstable=size["burstable"], accelerated=bool(size["gpu"]))
+                  for name, size in self._listed(region).items() if wanted is None or name in wanted}
+        self._types.setdefault(region, {}).update({n: (time.monotonic(), t) for n, t in parsed.items()})
+        return parsed
+
+    async def named(self, region: str, names: list[str], field: str) -> list[InstanceType]:
+        listed = await self.types(region)
+        missing = [n for n in names if n not in listed]
+        if missing:
+            raise PriceUnknown(f"{field}: {missing[0]!r} is not in the bundled price snapshot for {region} and EC2 "
+                               "could not be asked about it", field)
+        return [listed[n] for n in names]
+
+    async def zones(self, region: str, names: Optional[list[str]] = None) -> dict[str, set[str]]:
+        return {n: set() for n in names or ()}
+
+    async def spot_prices(self, region: str, names: Optional[list[str]] = None) -> dict[str, float]:
+        return {}
+
+    async def _sizing_prices(self, region: str, names: list[str]) -> dict[str, float]:
+        return {name: found[0] for name in names if (found := price_snapshot.aws_on_demand(region, name))}
+
+    async def describe_region(self, region: str) -> dict[str, Any]:
+        view = await self._view(region)
+        for item in view["instance_types"]:
+            found = price_snapshot.aws_on_demand(region, item["name"])
+            item["price_per_hour"] = found[0] if found else None
+        return view

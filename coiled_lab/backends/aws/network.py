@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .. import ingress
 from ..ingress import DASHBOARD_PORT, SCHEDULER_PORT
 from .session import AWSError, AWSSession, error_code
 from .tags import INGRESS, MANAGED, PURPOSE, as_dict, managed, tag_filter, tag_specs
@@ -28,11 +27,6 @@ class Network:
 
     def to_state(self) -> dict[str, Any]:
         return {"vpc_id": self.vpc_id, "subnets": self.subnets, "cluster_group": self.cluster_group}
-
-
-def resolve_cidr(value: str, aws: AWSSession, region: str) -> str:
-    """``allow_ingress_from`` as a CIDR: ``me`` becomes this server's address /32."""
-    return ingress.resolve_cidr(value, aws.endpoint("ec2", region), AWSError)
 
 
 def ingress_group_name(cidr: str) -> str:

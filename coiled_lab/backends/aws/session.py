@@ -1,20 +1,20 @@
 """boto3 for the AWS backend: one session, clients with botocore's retry mode, calls off the loop.
 
 Every AWS call of the backend goes through :meth:`AWSSession.call` (or :meth:`pages`): it
-runs the blocking boto3 call in a worker thread so the manager's event loop never waits
-on the network, and the client's retry configuration (``coiled-lab.aws.retry-mode`` /
+runs the blocking boto3 call in a daemon thread (:mod:`coiled_lab.deadline`: one that
+hangs never holds the process at exit) so the manager's event loop never waits on the
+network, and the client's retry configuration (``coiled-lab.aws.retry-mode`` /
 ``max-attempts``) absorbs throttling and transient server errors, so no call site
 retries by hand. boto3 is imported on first use: ``import coiled_lab`` stays cheap.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
 from typing import Any, Optional
 
-from ... import config
+from ... import config, deadline
 from ...spec import ClusterSpecError
 
 
@@ -97,7 +97,7 @@ class AWSSession:
     async def call(self, service: str, region: str, operation: str, **params: Any) -> dict[str, Any]:
         """One API call (``operation`` as boto3 names it, e.g. ``run_instances``), in a thread."""
         method = getattr(self.client(service, region), operation)
-        return await asyncio.to_thread(method, **params)
+        return await deadline.blocking(method, **params)
 
     async def pages(self, service: str, region: str, operation: str, key: str, **params: Any) -> list[Any]:
         """Every page of a paginated call, the lists under ``key`` concatenated."""
@@ -109,7 +109,7 @@ class AWSSession:
                 out.extend(page.get(key, []))
             return out
 
-        return await asyncio.to_thread(collect)
+        return await deadline.blocking(collect)
 
     def endpoint(self, service: str, region: str) -> str:
         """The URL this session sends ``service`` requests to (AWS_ENDPOINT_URL when set)."""

@@ -10,8 +10,8 @@ tagged ``coiled-lab:managed=true``:
   route table sending outbound traffic through it;
 - a security group letting members of a cluster reach each other, and one opening the
   scheduler and dashboard ports to ``allow_ingress_from`` only (default: this server);
-- the VMs' IAM role and instance profile (write their log streams, read and upload
-  environment archives, nothing else);
+- the VMs' IAM role and instance profile (write log streams in the log group, read
+  environment inputs and archives and upload archives, nothing else: :mod:`.iam`);
 - the CloudWatch log group, with its retention (30 days by default);
 - the S3 bucket of built environments, private, its objects removed after
   ``env-expire-days`` (counted from the upload: an environment in use longer than that is
@@ -25,14 +25,18 @@ import json
 from typing import Any, Awaitable, Callable, Optional
 
 from ... import config
+from ..ingress import reach
 from ..plan import Plan
 from . import iam
 from .envstore import bucket_name
-from .network import create_ingress_group, ingress_group_name, resolve_cidr
+from .network import create_ingress_group, ingress_group_name
 from .session import AWSError, AWSSession, error_code
 from .tags import INGRESS, MANAGED, PURPOSE, as_dict, managed, tag_filter, tag_list, tag_specs
 
 NAME = "coiled-lab"
+# The IAM policies `setup aws` prints (`--policy` one alone), and what each is for.
+POLICIES = {"setup": "running `coiled-lab setup aws` (detach it once setup is done)",
+            "everyday": "everyday use (starting, watching and stopping clusters)"}
 
 
 async def plan(
@@ -58,8 +62,10 @@ async def plan(
         p.add(f"create VPC {cidr}", create_vpc)
     new_subnets = await _plan_subnets(aws, p, cidr, existing=bool(vpc))
     await _plan_routes(aws, p, existing=bool(vpc), new_subnets=new_subnets)
-    await _plan_security_groups(aws, p, resolve_cidr(allow_ingress_from or config.get("cluster.allow-ingress-from"),
-                                                     aws, region), existing=bool(vpc))
+    source = allow_ingress_from or config.get("cluster.allow-ingress-from")
+    _, open_to = await reach(config.get("cluster.connect-via"), source, "aws", p.ids.get("vpc", ""),
+                             aws.endpoint("ec2", region), AWSError)
+    await _plan_security_groups(aws, p, open_to, existing=bool(vpc))
     p.ids["buckets"] = await buckets_pattern(aws, region)
     await _plan_role(aws, p)
     await _plan_log_group(aws, p)
@@ -80,12 +86,18 @@ async def run(
     p = await plan(aws, region, vpc_id, vpc_cidr, allow_ingress_from)
     emit(f"coiled-lab setup aws: region {region}")
     await p.carry_out(emit, dry_run)
-    role, group = config.get("aws.instance-profile"), config.get("aws.log-group")
-    emit("\nIAM policy for running `coiled-lab setup aws` (detach it once setup is done):")
-    emit(json.dumps(iam.setup_policy(role, group, p.ids["buckets"]), indent=2))
-    emit("\nIAM policy for everyday use (starting, watching and stopping clusters):")
-    emit(json.dumps(iam.everyday_policy(role, group, p.ids["buckets"]), indent=2))
+    for which, what in POLICIES.items():
+        emit(f"\nIAM policy for {what}:")
+        emit(json.dumps(await policy(aws, region, which, p.ids["buckets"]), indent=2))
     return p
+
+
+async def policy(aws: AWSSession, region: str, which: str, buckets: Optional[str] = None) -> dict[str, Any]:
+    """The IAM policy ``which`` ("setup" or "everyday") exactly as `setup aws` prints it
+    (``buckets``: :func:`buckets_pattern`, asked for when not given)."""
+    make = {"setup": iam.setup_policy, "everyday": iam.everyday_policy}[which]
+    return make(config.get("aws.instance-profile"), config.get("aws.log-group"),
+                buckets or await buckets_pattern(aws, region))
 
 
 # -- VPC, subnets, routes ----------------------------------------------------------------

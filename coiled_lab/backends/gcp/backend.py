@@ -7,11 +7,13 @@ each cluster's VMs (the last ``aggregatedList`` by label, kept for
 ``coiled-lab.gcp.poll-interval`` seconds and updated by this process's own launches and
 deletions — the manager asks every 0.1 s while a cluster starts).
 
-A VM whose bootstrap ended powers itself off; GCE keeps it, stopped (``TERMINATED``), and
-stops billing its vCPUs and memory. Such VMs of a cluster are deleted (one batch request)
-the second time a listing shows them — the manager reads a failed boot's serial output in
-between — and by :meth:`cleanup`; ``coiled-lab cleanup`` removes them when no control
-plane is left to.
+A VM whose bootstrap ended deletes itself, disk and all (:mod:`.startup`; each launch lets
+its new VMs do so, :func:`.instances.grant_self_delete`), so nothing of it bills even when
+no control plane is left. One that could not powers off; GCE keeps it, stopped
+(``TERMINATED``), and stops billing its vCPUs and memory but not its disk. Such VMs of a
+cluster are deleted (one batch request) the second time a listing shows them — the
+manager reads a failed boot's serial output in between — and by :meth:`cleanup`;
+``coiled-lab cleanup`` removes them when no control plane is left to.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import time
 from typing import Any, Mapping, Optional
 
-from ... import config
+from ... import config, pricing, utc
 from ...control.store import Instance
 from ...logs import LogRecord
 from ...pricing import PriceBook
@@ -30,7 +32,7 @@ from .. import bootconfig, ingress
 from ..base import Backend, ClusterContext, check_vm_software, owner_id
 from ..envstore import ARCHIVE, boot_fields
 from . import envstore, instances, logs, network, startup, sweep
-from .catalog import Catalog, Images, MachineType
+from .catalog import Catalog, Images, MachineType, SnapshotCatalog
 from .labels import CLUSTER, NETWORK_TAG, ROLE, cluster_labels
 from .session import GCPError, GCPSession, is_not_found
 
@@ -80,7 +82,7 @@ class GCPBackend(Backend):
             software=await self._software(cluster, role), project=self.gcp.project,
             log_name=config.get("gcp.log-name"), logging_endpoint=self.gcp.endpoint("logging"),
         )
-        return startup.build(bootconfig.archive(bootstrap), bootstrap)
+        return startup.build(bootconfig.archive(bootstrap), bootstrap, self.gcp.endpoint("compute"))
 
     def _instance(self, item: Any, region: str) -> Instance:
         interface = item.network_interfaces[0] if item.network_interfaces else None
@@ -92,11 +94,11 @@ class GCPBackend(Backend):
         return Instance(
             id=item.name,
             role=item.labels.get(ROLE, "worker"),
-            address=(public if config.get("gcp.connect-via") == "public" else private) or None,
+            address=private or None,
             vm_type=vm_type,
             zone=item.zone.rsplit("/", 1)[-1],
             spot=item.scheduling.provisioning_model == "SPOT",
-            launched_at=_parse_time(created) if created else time.time(),
+            launched_at=utc.parse(created) if created else time.time(),
             data={"private_ip": private, "public_ip": public, "region": region,
                   **({"machine": known.machine()} if known else {})},
         )
@@ -139,12 +141,14 @@ class GCPBackend(Backend):
             if cluster.spec.zone not in zones:
                 raise ClusterSpecError(f"zone: {cluster.spec.zone!r} is not allowed: {region} has zones "
                                        f"{', '.join(zones)}", "zone")
-        cidr = ingress.resolve_cidr(cluster.spec.allow_ingress_from, self.gcp.endpoint("compute"), GCPError)
+        via, cidr = await ingress.reach(cluster.spec.connect_via, cluster.spec.allow_ingress_from, self.name,
+                                        f"{self.gcp.project}/{config.get('gcp.network')}", self.gcp.endpoint("compute"),
+                                        GCPError)
         tag = await network.ensure_ingress(self.gcp, net, cidr)
         store = None
         if cluster.environment is not None:
             store = await envstore.find(self.gcp, lambda message: cluster.notify("software", message))
-        return {**net.to_state(), "region": region, "ingress_tag": tag, "ingress_cidr": cidr,
+        return {**net.to_state(), "region": region, "ingress_tag": tag, "ingress_cidr": cidr, "connect_via": via,
                 "env_bucket": store.bucket if store else None}
 
     async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
@@ -164,7 +168,9 @@ class GCPBackend(Backend):
             self.gcp, name, zones,
             lambda z: instances.properties(scheduler_type, z, image, cluster.state["subnetwork"], self.gcp.project,
                                            script, labels, [NETWORK_TAG, cluster.state["ingress_tag"]], spot=False,
-                                           storage=bool(cluster.state.get("env_bucket"))))
+                                           storage=bool(cluster.state.get("env_bucket")),
+                                           lifetime_left=spec.max_lifetime))
+        await self._let_delete_themselves(cluster, [(zone, name)])
         if refused:
             cluster.notify("capacity", f"no capacity for the scheduler ({scheduler_type.name}) in "
                                        f"{', '.join(r.split(':')[0] for r in refused)}; the cluster runs in {zone}")
@@ -174,8 +180,8 @@ class GCPBackend(Backend):
         return launched
 
     async def scheduler_address(self, cluster: ClusterContext, scheduler: Instance) -> Optional[str]:
-        located = await self._located(cluster, scheduler)
-        return f"tls://{located.address}:{ingress.SCHEDULER_PORT}" if located.address else None
+        address = ingress.address_of((await self._located(cluster, scheduler)).data, cluster.state.get("connect_via"))
+        return f"tls://{address}:{ingress.SCHEDULER_PORT}" if address else None
 
     async def launch_workers(self, cluster: ClusterContext, count: int) -> list[Instance]:
         region, spec = self.region(cluster), cluster.spec
@@ -197,6 +203,8 @@ class GCPBackend(Backend):
         script = await self._script(cluster, "worker", offered[0],
                                     f"tls://{scheduler.data['private_ip']}:{ingress.SCHEDULER_PORT}")
         labels = self._labels(cluster, "worker")
+        # GCE's deadline for the workers is the scheduler's: its launch plus the cluster's max_lifetime.
+        lifetime_left = scheduler.launched_at + spec.max_lifetime - time.time() if spec.max_lifetime else None
         # One type per bulkInsert: the first choice, and the next one only when GCE has no
         # capacity for it in any zone the workers may use.
         refused: list[str] = []
@@ -207,7 +215,8 @@ class GCPBackend(Backend):
                     self.gcp, region, zones, all_zones, min(count, instances.MAX_BULK),
                     lambda spot, m=machine: instances.properties(m, None, image, cluster.state["subnetwork"],
                                                                  self.gcp.project, script, labels, [NETWORK_TAG],
-                                                                 spot, storage=bool(cluster.state.get("env_bucket"))),
+                                                                 spot, storage=bool(cluster.state.get("env_bucket")),
+                                                                 lifetime_left=lifetime_left),
                     f"coiled-lab-{cluster.id}-w", spec.spot_policy, machine, cluster.notify)
             except instances.NoCapacity as exc:
                 refused.append(f"{machine.name} in {', '.join(zones)} ({exc.code})")
@@ -223,21 +232,41 @@ class GCPBackend(Backend):
             cluster.notify("capacity", f"{len(launched)} workers ({machine.name}) run in {', '.join(elsewhere)}, "
                                        f"not in the scheduler's zone {scheduler.zone} (allow_cross_zone)")
         self._remember(cluster.id, launched)
+        await self._let_delete_themselves(cluster, await self._zoned(cluster, launched))
         return launched
 
-    async def stop_instances(self, cluster: ClusterContext, instances_: list[Instance]) -> None:
+    async def _zoned(self, cluster: ClusterContext, instances_: list[Instance]) -> list[tuple[str, str]]:
+        """(zone, name) of these VMs, listing the cluster once for those launched across
+        zones that this process has not seen listed; VMs that are gone are left out."""
         view = self._views.get(cluster.id, (0, {}))[1]
         targets = []
         for instance in instances_:
             zone = instance.zone or (view.get(instance.id).zone if view.get(instance.id) else None)
             if zone:
                 targets.append((zone, instance.id))
-        if len(targets) < len(instances_):  # launched across zones and never listed: look once
+        if len(targets) < len(instances_):
             listed = {i.name: i.zone.rsplit("/", 1)[-1] for i in
                       await sweep.listed(self.gcp, self.region(cluster), CLUSTER, cluster.id)}
             targets += [(listed[i.id], i.id) for i in instances_ if i.id in listed and (listed[i.id], i.id)
                         not in targets]
-        await instances.delete(self.gcp, targets)
+        return targets
+
+    async def _let_delete_themselves(self, cluster: ClusterContext, vms: list[tuple[str, str]]) -> None:
+        """Grant each new VM the right to delete itself (:func:`.instances.grant_self_delete`).
+        Refused, the VMs still run: they power off when they end and are deleted when this
+        backend next lists them, which the user is told once, with how to fix it."""
+        try:
+            await instances.grant_self_delete(self.gcp, vms)
+        except Exception as exc:  # noqa: BLE001 - a missing grant costs a stopped VM's minutes, not the cluster
+            cluster.notify("self-delete", f"VMs of this cluster cannot delete themselves when they end ({exc}); "
+                                          "they power off instead and coiled-lab deletes them when it next looks, "
+                                          "so their disks bill until then. Run `coiled-lab setup gcp` again (it "
+                                          f"makes the role {instances.SELF_DELETE_ROLE_ID}) and let the everyday "
+                                          "credentials set IAM policies on instances (roles/compute.instanceAdmin.v1)")
+
+    async def stop_instances(self, cluster: ClusterContext, instances_: list[Instance]) -> None:
+        view = self._views.get(cluster.id, (0, {}))[1]
+        await instances.delete(self.gcp, await self._zoned(cluster, instances_))
         for instance in instances_:
             view.pop(instance.id, None)
 
@@ -278,14 +307,34 @@ class GCPBackend(Backend):
         return [f"{i.role} {i.id}" for i in running] + [f"stopped VM {name}" for name in stopped]
 
     async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
-        return await self.types.describe_region(region or config.get("gcp.region"))
+        region = region or config.get("gcp.region")
+        return await pricing.catalog_view(self.types.describe_region(region),
+                                          lambda: self._offline_types().describe_region(region),
+                                          pricing.CATALOGS["gcp"])
+
+    @staticmethod
+    def _offline_types() -> SnapshotCatalog:
+        """The snapshot's machine types, priced by a book without credentials (the snapshot's)."""
+        async def prices(region: str, machines: list[MachineType], spot: bool) -> Mapping[str, Optional[float]]:
+            return await PriceBook().gcp_machines(region, [m.machine() for m in machines], spot)
+
+        return SnapshotCatalog(prices)
+
+    async def offline_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
+        """:meth:`price_inputs` from the price snapshot, for when Compute Engine cannot answer."""
+        region = spec.region or config.get("gcp.region")
+        scheduler_type, worker_types = await self._offline_types().choose(spec, region)
+        return self._inputs(region, scheduler_type, worker_types[0])
 
     async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
         region = spec.region or config.get("gcp.region")
         scheduler_type, worker_types = await self.types.choose(spec, region)
-        worker = worker_types[0]
-        return {"region": region, "scheduler_type": scheduler_type.name, "worker_type": worker.name,
-                "scheduler_machine": scheduler_type.machine(), "worker_machine": worker.machine(),
+        return self._inputs(region, scheduler_type, worker_types[0])
+
+    @staticmethod
+    def _inputs(region: str, scheduler: MachineType, worker: MachineType) -> dict[str, Any]:
+        return {"region": region, "scheduler_type": scheduler.name, "worker_type": worker.name,
+                "scheduler_machine": scheduler.machine(), "worker_machine": worker.machine(),
                 "spot_price": None, "volume_gb": int(config.get("gcp.disk-size-gb")),
                 "volume_type": config.get("gcp.disk-type")}
 
@@ -302,7 +351,7 @@ class GCPBackend(Backend):
         """``instance`` with its addresses, asking GCE if this process has not seen them."""
         view = self._views.get(cluster.id, (0, {}))[1]
         known = view.get(instance.id) or instance
-        if known.data.get("private_ip") and known.address:
+        if known.data.get("private_ip") and ingress.address_of(known.data, cluster.state.get("connect_via")):
             return known
         if not known.zone:
             return known
@@ -318,9 +367,3 @@ class GCPBackend(Backend):
         if located.id in view:
             view[located.id] = located
         return located
-
-
-def _parse_time(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp()

@@ -9,6 +9,9 @@ cheapest of a size first (:mod:`..sizing`, the rule AWS follows too), priced as 
 workers will be bought (on-demand, or Spot) by the price book the backend is given. A GPU
 request takes machine types with built-in GPUs (``g2``, ``a2``...) or an N1 type with
 ``coiled-lab.gcp.gpu-type`` GPUs attached (``guest_accelerators``).
+
+When Compute Engine cannot answer (no credentials, no network), :class:`SnapshotCatalog`
+makes the same choices among the machine types of the bundled price snapshot.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Optional
 
-from ... import config
+from ... import config, price_snapshot
+from ...pricing import PriceUnknown
 from ...spec import ClusterSpec, ClusterSpecError
 from .. import sizing
 from .session import GCPSession
@@ -170,6 +174,41 @@ class Catalog:
             "instance_types": [t.to_json() for t in sorted(types.values(),
                                                           key=lambda t: (t.gpus, t.vcpus, t.memory_mib, t.name))],
         }
+
+
+class SnapshotCatalog(Catalog):
+    """The catalog as the bundled price snapshot knows it (:mod:`coiled_lab.price_snapshot`):
+    the machine types it can price in a region, no zones; ``prices`` should price from the
+    snapshot too (a :class:`~coiled_lab.pricing.PriceBook` without credentials). No call is made."""
+
+    def __init__(self, prices: Prices):
+        super().__init__(gcp=None, prices=prices)  # type: ignore[arg-type]
+
+    async def types(self, region: str) -> dict[str, MachineType]:
+        if region not in price_snapshot.regions("gcp"):
+            raise PriceUnknown(f"region: the bundled price snapshot has no prices for {region!r} and Compute Engine "
+                               f"could not be asked; regions it prices: {', '.join(price_snapshot.regions('gcp'))}",
+                               "region")
+        machines = {name: MachineType(name=name, vcpus=size["vcpus"], memory_mib=size["memory_mib"],
+                                      gpus=size["gpus"], gpu_type=size["gpu_type"])
+                    for name, size in price_snapshot.gcp_types().items()}
+        priced = await self.prices(region, list(machines.values()), False)
+        return {name: machine for name, machine in machines.items() if priced.get(name) is not None}
+
+    async def named(self, region: str, names: list[str], field: str) -> list[MachineType]:
+        types = await self.types(region)
+        missing = [n for n in names if n not in types]
+        if missing:
+            raise PriceUnknown(f"{field}: {missing[0]!r} is not in the bundled price snapshot for {region} and "
+                               "Compute Engine could not be asked about it", field)
+        return [types[n] for n in names]
+
+    async def describe_region(self, region: str) -> dict[str, Any]:
+        view = await super().describe_region(region)
+        prices = await self.prices(region, list((await self.types(region)).values()), False)
+        for item in view["instance_types"]:
+            item["price_per_hour"] = prices.get(item["name"])
+        return view
 
 
 class Images:

@@ -13,10 +13,19 @@ the backend asks again with its next choice of type.
 
 Deletion uses Compute's batch endpoint: up to 1000 ``instances.delete`` calls in one HTTP
 request (``multipart/mixed``), so stopping a cluster costs a request or two at any size.
+
+A VM that ends by itself (a timeout, its scheduler gone, a failed boot) deletes itself, so
+that no stopped VM is left whose disk still bills: right after a launch, each new VM's own
+IAM policy grants the VMs' service account :data:`SELF_DELETE_ROLE_ID` (``compute.instances.delete``
+and nothing else; ``coiled-lab setup gcp`` makes it) on that VM alone, in one batch request
+(:func:`grant_self_delete`), and its tokens carry the Compute scope; the startup script
+(:mod:`.startup`) then deletes the VM when it ends. A cluster with a ``max_lifetime`` also
+gets GCE's own deadline: ``scheduling.maxRunDuration`` with ``instanceTerminationAction=DELETE``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -36,6 +45,16 @@ LOG_SCOPE = "https://www.googleapis.com/auth/logging.write"
 # The environment bucket (read, and the scheduler's upload of a new build); what the
 # service account may do there is the bucket's IAM policy's to say.
 STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+# Compute Engine, for a VM to delete itself: what the token may do there is IAM's to say,
+# and the service account's only Compute grants are on each VM's own policy (SELF_DELETE_ROLE_ID).
+COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
+# The custom role (``projects/<project>/roles/<id>``) a VM's own policy grants the VMs'
+# service account, and its permissions: a VM may delete itself, nothing more.
+SELF_DELETE_ROLE_ID = "coiledLabVmSelfDelete"
+SELF_DELETE_PERMISSIONS = ("compute.instances.delete",)
+# GCE's deadline for a VM of a cluster with a max_lifetime is that lifetime plus the start
+# timeout (the boot, which the scheduler's lifetime clock does not count); GCE's minimum is 30 s.
+MIN_RUN_DURATION = 30
 
 
 class NoCapacity(GCPError):
@@ -59,12 +78,26 @@ def service_account(project: str) -> str:
     return f"{config.get('gcp.service-account')}@{project}.iam.gserviceaccount.com"
 
 
+def self_delete_role(project: str) -> str:
+    return f"projects/{project}/roles/{SELF_DELETE_ROLE_ID}"
+
+
+def run_duration(lifetime_left: Optional[float]) -> Optional[int]:
+    """Seconds GCE lets a VM run before it deletes it: what is left of its cluster's
+    ``max_lifetime`` (None: no limit) plus the start timeout, at least GCE's minimum."""
+    if lifetime_left is None:
+        return None
+    return max(MIN_RUN_DURATION, int(lifetime_left + float(config.get("gcp.start-timeout"))))
+
+
 def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork: str, project: str,
                script: str, labels: dict[str, str], tags: list[str], spot: bool,
-               storage: bool = False) -> dict[str, Any]:
+               storage: bool = False, lifetime_left: Optional[float] = None) -> dict[str, Any]:
     """An instance (``zone`` given: for ``insert``) or a bulk launch's instance properties
     (no zone: names instead of zonal URLs). ``storage``: its service account's tokens may
-    reach Cloud Storage (the cluster uses the environment bucket); else Cloud Logging only."""
+    reach Cloud Storage (the cluster uses the environment bucket); else Cloud Logging and
+    Compute (where IAM lets it delete itself) only. ``lifetime_left``: seconds left of the
+    cluster's ``max_lifetime``, after which GCE deletes the VM (:func:`run_duration`)."""
     def zonal(kind: str, name: str) -> str:
         return f"zones/{zone}/{kind}/{name}" if zone else name
 
@@ -74,7 +107,12 @@ def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork
         "automatic_restart": not spot,
         "provisioning_model": "SPOT" if spot else "STANDARD",
     }
-    if spot:
+    deadline = run_duration(lifetime_left)
+    if deadline is not None:
+        scheduling["max_run_duration"] = {"seconds": deadline}
+    if spot or deadline is not None:
+        # What GCE does when it preempts a Spot VM or its run duration is over: delete it
+        # (with its disk), not stop it.
         scheduling["instance_termination_action"] = "DELETE"
     out: dict[str, Any] = {
         "machine_type": zonal("machineTypes", machine.name),
@@ -86,7 +124,7 @@ def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork
         "network_interfaces": [{"subnetwork": subnetwork,
                                 "access_configs": [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}]}],
         "service_accounts": [{"email": service_account(project),
-                              "scopes": [LOG_SCOPE, *([STORAGE_SCOPE] if storage else [])]}],
+                              "scopes": [LOG_SCOPE, COMPUTE_SCOPE, *([STORAGE_SCOPE] if storage else [])]}],
         "metadata": {"items": [{"key": "startup-script", "value": script}]},
         "labels": labels,
         "tags": {"items": tags},
@@ -178,28 +216,70 @@ async def launch_workers(
                      data={"region": region, "machine": machine.machine()}) for name, zone in made]
 
 
-async def delete(gcp: GCPSession, instances: list[tuple[str, str]]) -> None:
-    """Delete these (zone, name) VMs through the batch endpoint; already gone is fine."""
-    for start in range(0, len(instances), MAX_BULK):
-        chunk = instances[start:start + MAX_BULK]
+async def batch(gcp: GCPSession, calls: list[tuple[str, str, Optional[dict[str, Any]]]]) -> list[tuple[int, str]]:
+    """Compute calls (method, path under ``/compute/v1/projects/<project>/``, JSON body or
+    None) through the batch endpoint, up to 1000 per HTTP request; (status, body) of each, in order."""
+    answers: list[tuple[int, str]] = []
+    for start in range(0, len(calls), MAX_BULK):
         boundary = f"coiled-lab-{secrets.token_hex(8)}"
-        parts = [
-            f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <{i}>\r\n\r\n"
-            f"DELETE /compute/v1/projects/{gcp.project}/zones/{zone}/instances/{name} HTTP/1.1\r\n\r\n"
-            for i, (zone, name) in enumerate(chunk)
-        ]
+        parts = []
+        for i, (method, path, payload) in enumerate(calls[start:start + MAX_BULK]):
+            content = json.dumps(payload) if payload is not None else ""
+            parts.append(f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <{i}>\r\n\r\n"
+                         f"{method} /compute/v1/projects/{gcp.project}/{path} HTTP/1.1\r\n"
+                         + (f"Content-Type: application/json\r\nContent-Length: {len(content.encode())}\r\n"
+                            if content else "") + f"\r\n{content}\r\n")
         body = "".join(parts) + f"--{boundary}--\r\n"
 
-        def send() -> str:
+        def send(body: str = body, boundary: str = boundary) -> tuple[str, str]:
             from google.api_core import exceptions
 
             response = gcp.http().post(f"{gcp.endpoint('compute')}/batch/compute/v1", data=body.encode(),
                                        headers={"Content-Type": f"multipart/mixed; boundary={boundary}"}, timeout=120)
             if response.status_code >= 400:
                 raise exceptions.from_http_response(response)
-            return response.text
+            return response.text, response.headers.get("Content-Type", "")
 
-        answer = await gcp.call(send)
-        failed = [int(code) for code in re.findall(r"HTTP/1\.1 (\d{3})", answer) if int(code) >= 400 and int(code) != 404]
-        if failed:
-            raise GCPError(f"GCE refused to delete {len(failed)} of {len(chunk)} VMs (HTTP {failed[0]})")
+        text, content_type = await gcp.call(send)
+        answers += _parts(text, content_type)
+    return answers
+
+
+def _parts(text: str, content_type: str) -> list[tuple[int, str]]:
+    """(status, body) of each HTTP response in a batch answer (``multipart/mixed``)."""
+    found = re.search(r'boundary="?([^";]+)"?', content_type)
+    parts = text.split(f"--{found.group(1)}") if found else [text]
+    out = []
+    for part in parts:
+        status = re.search(r"^HTTP/1\.1 (\d{3})", part, re.M)
+        if status:
+            rest = part[status.end():].replace("\r\n", "\n")
+            out.append((int(status.group(1)), rest.split("\n\n", 1)[1].strip() if "\n\n" in rest else ""))
+    return out
+
+
+async def delete(gcp: GCPSession, instances: list[tuple[str, str]]) -> None:
+    """Delete these (zone, name) VMs through the batch endpoint; already gone is fine."""
+    answers = await batch(gcp, [("DELETE", f"zones/{zone}/instances/{name}", None) for zone, name in instances])
+    failed = [code for code, _ in answers if code >= 400 and code != 404]
+    if failed:
+        raise GCPError(f"GCE refused to delete {len(failed)} of {len(instances)} VMs (HTTP {failed[0]})")
+
+
+async def grant_self_delete(gcp: GCPSession, instances: list[tuple[str, str]]) -> None:
+    """Let each of these (zone, name) VMs delete itself and no other: its own IAM policy
+    (a new VM's is empty: it is set, not read and changed) grants the VMs' service account
+    :data:`SELF_DELETE_ROLE_ID`; one batch request. GCPError naming the first refusal."""
+    policy = {"policy": {"bindings": [{"role": self_delete_role(gcp.project),
+                                       "members": [f"serviceAccount:{service_account(gcp.project)}"]}]}}
+    answers = await batch(gcp, [("POST", f"zones/{zone}/instances/{name}/setIamPolicy", policy)
+                                for zone, name in instances])
+    failed = [(code, text) for code, text in answers if code >= 400]
+    if failed:
+        code, text = failed[0]
+        try:
+            why = json.loads(text)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            why = text[:200]
+        raise GCPError(f"GCE refused to set the IAM policy of {len(failed)} of {len(instances)} VMs "
+                       f"(HTTP {code}: {why})")

@@ -7,8 +7,9 @@ package covers (IAM, Resource Manager, Compute's batch endpoint) through
 ``coiled-lab.gcp.endpoints.<service>`` when set (the tests' local fake), else Google's;
 Cloud Storage, as Google's own libraries do, at ``STORAGE_EMULATOR_HOST`` when that is set.
 
-Every call runs in a worker thread (:meth:`GCPSession.call`) so the manager's event loop
-never waits on the network, and is retried on throttling (429) and transient server
+Every call runs in a daemon thread (:meth:`GCPSession.call`, :mod:`coiled_lab.deadline`:
+one that hangs never holds the process at exit) so the manager's event loop never waits
+on the network, and is retried on throttling (429) and transient server
 errors (500/502/503) with a growing pause, so no call site retries by hand. Credentials
 are the ones given (what the Jupyter server stores) or Application Default Credentials;
 the google packages are imported on first use.
@@ -16,12 +17,11 @@ the google packages are imported on first use.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from typing import Any, Callable, Optional
 
-from ... import config
+from ... import config, deadline
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 DEFAULT_ENDPOINTS = {
@@ -146,7 +146,7 @@ class GCPSession:
     # -- calls ------------------------------------------------------------------------------
     async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One client call, in a thread, retried on throttling and transient errors."""
-        return await asyncio.to_thread(_retry()(method), *args, **kwargs)
+        return await deadline.blocking(_retry()(method), *args, **kwargs)
 
     async def rest(self, method: str, service: str, path: str, body: Any = None, **kwargs: Any) -> Any:
         """One JSON request to ``<endpoint of service><path>``; a google.api_core error when refused."""

@@ -11,6 +11,10 @@ everything in place and says so. It makes:
   (default: this machine's address; never 0.0.0.0/0 unless asked);
 - the VMs' service account ``coiled-lab.gcp.service-account``, with one role on the project:
   ``roles/logging.logWriter`` (write log entries, nothing else);
+- the custom role ``coiledLabVmSelfDelete`` (``compute.instances.delete`` only), which each
+  new VM's own IAM policy grants that service account, so that a VM that ends deletes
+  itself, disk and all, instead of leaving a stopped VM whose disk bills
+  (:func:`~.instances.grant_self_delete`; granted on no project or other resource);
 - the bucket of built environments (:mod:`.envstore`; not with ``coiled-lab.gcp.env-bucket:
   false``), in the region prepared when it is first made: uniform bucket-level access,
   public access prevention enforced, a lifecycle rule deleting objects
@@ -30,7 +34,7 @@ from .. import ingress
 from ..plan import Plan
 from ..envstore import ARCHIVE
 from . import envstore, network
-from .instances import service_account
+from .instances import SELF_DELETE_PERMISSIONS, SELF_DELETE_ROLE_ID, self_delete_role, service_account
 from .session import GCPError, GCPSession, is_conflict, is_not_found
 
 VM_ROLE = "roles/logging.logWriter"
@@ -43,10 +47,12 @@ SETUP_ROLES = {
     "roles/compute.securityAdmin": "create the firewall rules",
     "roles/iam.serviceAccountAdmin": "create the VMs' service account",
     "roles/resourcemanager.projectIamAdmin": f"grant that service account {VM_ROLE}",
+    "roles/iam.roleAdmin": f"create the custom role {SELF_DELETE_ROLE_ID}, with which a VM deletes itself",
 }
 BUCKET_SETUP_ROLES = {"roles/storage.admin": "create the environment bucket, set its settings and IAM policy"}
 EVERYDAY_ROLES = {
-    "roles/compute.instanceAdmin.v1": "launch, list and delete VMs, read their serial output",
+    "roles/compute.instanceAdmin.v1": "launch, list and delete VMs, read their serial output, let each new VM "
+                                      f"delete itself ({SELF_DELETE_ROLE_ID} on its own IAM policy)",
     "roles/iam.serviceAccountUser": "run VMs as the coiled-lab service account (grant it on that account only)",
     "roles/logging.viewer": "read the clusters' logs",
     "roles/compute.securityAdmin": "open the scheduler to a CIDR no firewall rule opens yet "
@@ -104,7 +110,8 @@ async def plan(gcp: GCPSession, region: str, subnet_cidr: Optional[str] = None,
 
     wanted = [network.internal_rule(net_link)]
     source = allow_ingress_from or config.get("cluster.allow-ingress-from")
-    open_to = ingress.resolve_cidr(source, gcp.endpoint("compute"), GCPError)
+    _, open_to = await ingress.reach(config.get("cluster.connect-via"), source, "gcp", f"{project}/{name}",
+                                     gcp.endpoint("compute"), GCPError)
     wanted.append(network.ingress_rule(net_link, open_to))
     for rule in wanted:
         if await _get(lambda **kw: gcp.call(compute("Firewalls").get, **kw), project=project,
@@ -145,9 +152,40 @@ async def plan(gcp: GCPSession, region: str, subnet_cidr: Optional[str] = None,
             await gcp.rest("POST", "resourcemanager", f"{policy_path}:setIamPolicy", {"policy": current})
 
         p.add(f"grant {email} {VM_ROLE} on project {project} (its only role on the project)", grant)
+    await _plan_self_delete_role(p, gcp)
     if config.get("gcp.env-bucket") is not False:
         await _plan_bucket(p, gcp, region, member)
     return p
+
+
+async def _plan_self_delete_role(p: Plan, gcp: GCPSession) -> None:
+    """The custom role a VM's own IAM policy grants it, to delete itself: made, brought
+    back (a deleted custom role keeps its id for weeks), or given exactly its permissions."""
+    path = f"/v1/{self_delete_role(gcp.project)}"
+    role = await _get(lambda: gcp.rest("GET", "iam", path))
+    wanted = sorted(SELF_DELETE_PERMISSIONS)
+    if role is None:
+        async def create_role() -> None:
+            await gcp.rest("POST", "iam", f"/v1/projects/{gcp.project}/roles", {
+                "roleId": SELF_DELETE_ROLE_ID,
+                "role": {"title": "coiled-lab VM self-delete", "includedPermissions": wanted, "stage": "GA",
+                         "description": "granted on each coiled-lab VM's own IAM policy: the VM deletes itself "
+                                        "when it ends, nothing else"}})
+
+        p.add(f"create custom role {SELF_DELETE_ROLE_ID} ({', '.join(wanted)}), which each VM gets on itself only",
+              create_role)
+        return
+    if role.get("deleted"):
+        async def undelete_role() -> None:
+            await gcp.rest("POST", "iam", f"{path}:undelete", {"etag": role.get("etag")})
+
+        p.add(f"undelete custom role {SELF_DELETE_ROLE_ID}", undelete_role)
+    if sorted(role.get("includedPermissions", [])) != wanted:
+        async def update_role() -> None:
+            await gcp.rest("PATCH", "iam", path, {"includedPermissions": wanted},
+                           params={"updateMask": "includedPermissions"})
+
+        p.add(f"set the permissions of custom role {SELF_DELETE_ROLE_ID} to {', '.join(wanted)}", update_role)
 
 
 def bucket_settings(days: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ApiError, requestAPI } from '../request';
-import { ICatalog, ICluster, IEstimate, IFieldDefault } from '../types';
+import { ICatalog, ICluster, IEstimate, IFieldDefault, IReach } from '../types';
 import { ClustersModel } from './clusters';
 import { SoftwareModel } from './software';
 
@@ -27,6 +27,7 @@ export const FIELDS = [
   'worker_gpu',
   'n_workers',
   'spot_policy',
+  'allow_ingress_from',
   'idle_timeout',
   'tags',
   'package_sync',
@@ -35,7 +36,14 @@ export const FIELDS = [
 export type Field = (typeof FIELDS)[number];
 
 /** Fields that mean nothing on the local backend. */
-const CLOUD_ONLY: ReadonlySet<Field> = new Set(['region', 'zone', 'worker_vm_types', 'worker_gpu', 'spot_policy']);
+const CLOUD_ONLY: ReadonlySet<Field> = new Set([
+  'region',
+  'zone',
+  'worker_vm_types',
+  'worker_gpu',
+  'spot_policy',
+  'allow_ingress_from'
+]);
 const BY_TYPE: ReadonlySet<Field> = new Set(['worker_vm_types']);
 const BY_RESOURCES: ReadonlySet<Field> = new Set(['worker_cpu', 'worker_memory', 'worker_gpu']);
 const INTEGERS: ReadonlySet<Field> = new Set(['n_workers', 'worker_cpu', 'worker_gpu']);
@@ -115,6 +123,11 @@ export class FormModel {
 
   get catalog(): ICatalog | null {
     return this._catalog;
+  }
+
+  /** Who `me` is from the server, for a cloud backend (null until known, or on local). */
+  get reach(): IReach | null {
+    return this.isLocal ? null : (this._reach.get(String(this._values.backend)) ?? null);
   }
 
   get submitting(): boolean {
@@ -284,8 +297,21 @@ export class FormModel {
     }
   }
 
+  private async _loadReach(backend: string): Promise<void> {
+    if (backend === 'local' || this._reach.has(backend)) {
+      return;
+    }
+    try {
+      this._reach.set(backend, await requestAPI<IReach>('reach', { query: { backend } }));
+      this._changed.emit();
+    } catch {
+      // the hint only: the field and Create say what is wrong
+    }
+  }
+
   private async _loadCatalog(): Promise<void> {
     const backend = String(this._values.backend);
+    void this._loadReach(backend);
     const region = this.isLocal ? '' : String(this._values.region);
     const call = ++this._catalogCall;
     try {
@@ -362,6 +388,7 @@ export class FormModel {
     worker_gpu: '',
     n_workers: '',
     spot_policy: 'on-demand',
+    allow_ingress_from: '',
     idle_timeout: '',
     tags: '',
     package_sync: true,
@@ -379,6 +406,7 @@ export class FormModel {
   private _formError: string | null = null;
   private _estimate: IEstimate | null = null;
   private _catalog: ICatalog | null = null;
+  private _reach = new Map<string, IReach>();
   private _submitting = false;
   private _estimating = false;
   private _timer = 0;

@@ -1,7 +1,7 @@
 import { CommandRegistry } from '@lumino/commands';
 import React, { useEffect, useState } from 'react';
 
-import { accrued, money, stopsIn, where } from '../format';
+import { costText, stopsIn, where } from '../format';
 import { ClustersModel } from '../models/clusters';
 import { NotificationsModel } from '../models/notifications';
 import { CommandIDs } from '../tokens';
@@ -71,8 +71,8 @@ export function ClusterCard(props: ICardProps): JSX.Element {
           {ready}/{target} workers
         </span>
         {cluster.cost && (
-          <span className="jp-CoiledLab-cost" title="cost per hour now, and so far">
-            {money(cluster.cost.per_hour, cluster.cost.currency)}/h · {money(accrued(cluster.cost, live, now), cluster.cost.currency)} so far
+          <span className="jp-CoiledLab-cost" title={cluster.cost.unknown ?? 'cost per hour now, and so far'}>
+            {costText(cluster.cost, live, now)}
           </span>
         )}
         {clocks && (

@@ -147,6 +147,17 @@ export function ClusterForm(props: IFormProps): JSX.Element {
           </select>
         </Row>
       )}
+      {model.shown('allow_ingress_from') && (
+        <Row model={model} field="allow_ingress_from" label="Open to">
+          <input
+            className="jp-mod-styled"
+            value={text('allow_ingress_from')}
+            placeholder="me, or a CIDR such as 203.0.113.0/24"
+            onChange={e => set('allow_ingress_from')(e.target.value)}
+          />
+          <Reach model={model} />
+        </Row>
+      )}
       <Row model={model} field="idle_timeout" label="Idle timeout">
         <input
           className="jp-mod-styled"
@@ -269,6 +280,31 @@ function Row(props: { model: FormModel; field: Field; label: string; children: R
       {props.children}
       <FieldError model={model} field={field} />
     </div>
+  );
+}
+
+/** What `me` stands for, under the field: the address the cloud will let in. */
+function Reach(props: { model: FormModel }): JSX.Element | null {
+  const reach = props.model.reach;
+  const value = String(props.model.values.allow_ingress_from);
+  if (!reach || !(value === '' || value === 'me')) {
+    return null;
+  }
+  if (reach.public_address) {
+    const echo = reach.echo.replace(/^https?:\/\//, '').replace(/\/$/, '');
+    const inside = reach.private_address ? ` (${reach.private_address} from inside its network)` : '';
+    return (
+      <span className="jp-CoiledLab-hint">
+        me: {reach.public_address}, as {echo} sees this server{inside}
+      </span>
+    );
+  }
+  return reach.private_address ? (
+    <span className="jp-CoiledLab-hint">me: {reach.private_address}, this server inside its network</span>
+  ) : (
+    <span className="jp-CoiledLab-fieldError" role="alert">
+      {reach.error}
+    </span>
   );
 }
 

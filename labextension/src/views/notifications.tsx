@@ -4,7 +4,13 @@ import { NotificationsModel } from '../models/notifications';
 import { useSignal } from './hooks';
 
 function clock(time: number): string {
-  return new Date(time * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  // The browser's local time, labelled with its zone.
+  return new Date(time * 1000).toLocaleTimeString([], {
+    hour: '2-digit',
+    minute: '2-digit',
+    second: '2-digit',
+    timeZoneName: 'short'
+  });
 }
 
 export interface INotificationProps {

@@ -2,7 +2,7 @@ import { ReactWidget } from '@jupyterlab/apputils';
 import { CommandRegistry } from '@lumino/commands';
 import React, { useState } from 'react';
 
-import { accrued, duration, money } from '../format';
+import { costSoFar, duration } from '../format';
 import { clustersIcon } from '../icons';
 import { ClustersModel } from '../models/clusters';
 import { CredentialsModel } from '../models/credentials';
@@ -117,7 +117,7 @@ function History(props: { clusters: ICluster[]; commands: CommandRegistry }): JS
             <span className="jp-CoiledLab-name">{c.name}</span>
             <span className={`jp-CoiledLab-badge jp-mod-${c.status}`}>{c.status}</span>
             <span className="jp-CoiledLab-historyCost">
-              {c.cost ? money(accrued(c.cost, false, 0), c.cost.currency) : ''}
+              {c.cost ? costSoFar(c.cost) : ''}
             </span>
             <span className="jp-CoiledLab-historyAge">{duration(now - (c.stopped_at ?? c.updated_at))} ago</span>
             <button

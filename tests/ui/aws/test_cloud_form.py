@@ -39,7 +39,7 @@ def dollars(text: str) -> float:
     return float(re.search(r"\$([0-9.]+)/hour", text).group(1))
 
 
-def test_cloud_cluster_from_the_form(page, console, lab, moto, artifacts):
+def test_cloud_cluster_from_the_form(page, console, lab, moto, artifacts, vm_network):
     open_sidebar(page, lab)
     page.locator(".jp-CoiledLab-newCluster").click()
     form = page.locator(".jp-CoiledLab-form")
@@ -61,6 +61,10 @@ def test_cloud_cluster_from_the_form(page, console, lab, moto, artifacts):
     zone = field(page, "zone").locator("select")
     expect(zone.locator("option")).to_have_count(7, timeout=60_000)  # "any" and moto's six zones
     zone.select_option(ZONE)
+
+    # Who the scheduler's ports open to: "me", this server as the emulated internet sees it.
+    expect(field(page, "allow_ingress_from").locator(".jp-CoiledLab-hint")).to_contain_text(
+        f"me: {vm_network.egress_address}, as ")
 
     # The default estimate is priced from the Price List API: scheduler + 4 default-type workers
     # (coiled-lab.aws.worker-vm-types), plus their disks (a few tenths of a cent an hour).
