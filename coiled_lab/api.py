@@ -29,6 +29,8 @@ AUTH_SCHEME = "coiled-lab"  # Authorization: coiled-lab <token>
 RUNTIME_FILE = "server.json"
 API_PATH = "coiled-lab/api/"
 
+from .errors import APIError, from_answer
+
 T = TypeVar("T")
 
 
@@ -84,33 +86,9 @@ def _alive(pid: int) -> bool:
 
 
 # == errors ===============================================================================
-class APIError(RuntimeError):
-    """An answer with no control-plane meaning: refused token, server failure, or no server
-    (``status`` 599)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 def _raise_for(status: int, body: Any, subject: Optional[str]) -> None:
-    """Turn an error answer back into the exception the in-process manager would raise."""
-    from .errors import Conflict, ManagerBusy, NotFound
-
-    ours = isinstance(body, dict) and isinstance(body.get("error"), str)
-    message = body["error"] if ours else f"HTTP {status}"
-    if ours:
-        if status == 400:
-            from .spec import ClusterSpecError
-
-            raise ClusterSpecError(message, body.get("field"), body.get("errors"))
-        if status == 404 and subject is not None:
-            raise NotFound(subject)
-        if status == 409:
-            raise Conflict(message)
-        if status == 503:
-            raise ManagerBusy(message)
-    raise APIError(status, message)
+    """Raise again what the server raised (the one table's ``code``)."""
+    raise from_answer(status, body, subject)
 
 
 # == the client ===========================================================================

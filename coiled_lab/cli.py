@@ -2,57 +2,68 @@
 
 It reaches the control plane like every other front door (:func:`get_control`): the
 Jupyter server's API when one is running for this state directory, else a manager in
-this process (``store restore`` works on the state directory itself). Exit codes: 0 done,
-1 the cluster failed, 2 bad input, 3 conflict, store busy, damaged or not writable (one
-line says which file and what to do), 4 no such cluster, 130 interrupted.
+this process (``store restore`` works on the state directory itself). Every failure is one
+line from the error table (:func:`coiled_lab.errors.answer`), the traceback only with
+``--debug``. Exit codes: 0 done, 1 the cluster failed (or a bug), 2 bad input, 3 not now
+(a conflicting state; a store busy, damaged or not writable; a cloud or server that cannot
+be used), 4 no such cluster, 5 over an admin's limit, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from typing import Any, Optional, Sequence
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT, EXIT_NOT_FOUND = 1, 2, 3, 4
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from rich.console import Console
-    from rich.markup import escape
 
-    from .errors import ClusterError, Conflict, ManagerBusy, NotFound, Unavailable
-    from .options import HelpShown, UsageError, build_parser
-    from .spec import ClusterSpecError
+    from .options import HelpShown, build_parser
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    # The manager logs retries with their tracebacks; a shell user reads the progress lines
+    # and the one-line outcome instead (--debug: everything).
+    logging.getLogger("coiled_lab").addHandler(logging.StreamHandler() if "--debug" in args else logging.NullHandler())
+    if "--debug" in args:
+        logging.getLogger("coiled_lab").setLevel(logging.DEBUG)
     console = Console(highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
     parser = build_parser("coiled-lab", cli=True)
     try:
-        ns = parser.parse_args(argv)
+        ns = parser.parse_args(args)
         return _dispatch(ns, console)
     except HelpShown:
         return 0
-    except UsageError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return EXIT_USAGE
-    except ClusterSpecError as exc:
-        from .options import describe_error
-
-        err.print(f"[red]error:[/] {describe_error(exc)}")
-        return EXIT_USAGE
-    except NotFound as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return EXIT_NOT_FOUND
-    except (Conflict, ManagerBusy, Unavailable) as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        return EXIT_CONFLICT
-    except ClusterError as exc:
-        err.print(f"[red]failed:[/] {exc}")
-        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure is told as one line (--debug: the traceback)
+        if "--debug" in args:
+            raise
+        return _told(exc)
+
+
+def _told(exc: BaseException) -> int:
+    """Print the one line the error table has for ``exc``; return its exit code."""
+    from rich.console import Console
+
+    from .errors import answer
+    from .options import describe_error
+    from .spec import ClusterSpecError
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    told = answer(exc)
+    if told is None:
+        err.print(f"error: {type(exc).__name__}: {exc} (a bug in coiled-lab: `coiled-lab --debug ...` shows where)",
+                  style="red", markup=False)
+        return EXIT_FAILED
+    message = describe_error(exc) if isinstance(exc, ClusterSpecError) else told.message
+    err.print(f"{'failed' if told.code == 'cluster_failed' else 'error'}: {message}", style="red", markup=False)
+    return told.exit
 
 
 def _dispatch(ns, console) -> int:
@@ -326,10 +337,7 @@ def _setup_gcp(ns, console) -> int:
             asyncio.run(setup.run(GCPSession(), region, lambda line: console.print(line, markup=False),
                                   subnet_cidr=ns.subnet_cidr, dry_run=ns.dry_run))
     except (GCPError, google.auth.exceptions.GoogleAuthError, google.api_core.exceptions.GoogleAPIError) as exc:
-        from rich.console import Console
-
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {exc}", style="red", markup=False)
-        return EXIT_FAILED
+        return _told(exc)
     return 0
 
 
@@ -350,10 +358,7 @@ def _setup_aws(ns, console) -> int:
         asyncio.run(setup.run(AWSSession(), region, lambda line: console.print(line, markup=False),
                               vpc_id=ns.vpc_id, vpc_cidr=ns.vpc_cidr, dry_run=ns.dry_run))
     except (AWSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        from rich.console import Console
-
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {exc}", style="red", markup=False)
-        return EXIT_FAILED
+        return _told(exc)
     return 0
 
 

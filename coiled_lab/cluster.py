@@ -86,7 +86,10 @@ class Cluster(_DistributedCluster):
         async def started() -> "Cluster":
             if self._starting is None:
                 self._starting = asyncio.ensure_future(self._start())
-            await asyncio.shield(self._starting)
+            try:
+                await asyncio.shield(self._starting)
+            except Exception as exc:
+                raise _one_line(exc) from None
             return self
 
         return started().__await__()
@@ -259,3 +262,14 @@ class Cluster(_DistributedCluster):
         if self.shutdown_on_close and self.cluster_id:
             await self._control.stop(self.cluster_id)
             self.record = await self._control.wait(self.cluster_id, ("stopped",), 120)
+
+
+def _one_line(exc: Exception) -> Exception:
+    """A cloud library's error (no credentials, unreachable) as the error table tells it;
+    coiled-lab's own errors as they are (their message is already that line)."""
+    from .errors import CloudProblem, answer
+
+    told = answer(exc)
+    if told is not None and type(exc).__module__.startswith(("botocore", "google.", "requests.")):
+        return CloudProblem(told.status, told.code, told.message)
+    return exc

@@ -35,5 +35,13 @@ def state_dir() -> Path:
         from platformdirs import user_data_dir
 
         path = Path(user_data_dir("coiled-lab", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        from .errors import StoreUnavailable
+
+        why = "it is a file, not a directory" if path.exists() and not path.is_dir() else exc.strerror or str(exc)
+        raise StoreUnavailable(f"the state dir {path} cannot be used ({why}); point "
+                               "coiled-lab.state-dir (DASK_COILED_LAB__STATE_DIR) at a directory this user can "
+                               "write") from None
     return path

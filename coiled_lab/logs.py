@@ -8,6 +8,7 @@ Cloud Logging ``entries.list``). Filtering and following live here, once.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -143,11 +144,12 @@ def since_from(value: Any) -> Optional[float]:
     offset, as the times logs show are), or a duration ago ('10m')."""
     if value in (None, ""):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     text = str(value).strip()
     try:
-        return float(text)
+        if math.isfinite(float(text)):
+            return float(text)
     except ValueError:
         pass
     try:
@@ -158,5 +160,8 @@ def since_from(value: Any) -> Optional[float]:
 
     try:
         return time.time() - parse_timedelta(text)
-    except (ValueError, KeyError):
-        raise ValueError(f"since: {value!r} is not a time; expected epoch seconds, an ISO time or a duration like '10m'") from None
+    except (ValueError, KeyError, OverflowError):
+        from .errors import BadRequest, quoted
+
+        raise BadRequest(f"since: {quoted(value)} is not a time; expected epoch seconds, an ISO time or a duration "
+                         "like '10m'", "since") from None

@@ -29,11 +29,12 @@ def register(ipython) -> None:
 
 
 def coiled(line: str, cell: Optional[str] = None):
+    """Every failure is the error table's one line (an IPython UsageError, no traceback);
+    ``%coiled --debug ...`` raises the exception itself."""
     from IPython.core.error import UsageError
 
-    from .errors import ClusterError, Conflict, ManagerBusy, NotFound
+    from .errors import answer
     from .options import HelpShown, describe_error
-    from .options import UsageError as OptionsUsageError
     from .spec import ClusterSpecError
 
     try:
@@ -42,10 +43,14 @@ def coiled(line: str, cell: Optional[str] = None):
         return _line(line)
     except HelpShown:
         return None
-    except ClusterSpecError as exc:
-        raise UsageError(describe_error(exc)) from None
-    except (OptionsUsageError, NotFound, Conflict, ManagerBusy, ClusterError) as exc:
-        raise UsageError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - told as one line
+        if "--debug" in shlex.split(line):
+            raise
+        told = answer(exc)
+        if told is None:
+            raise UsageError(f"{type(exc).__name__}: {exc} (a bug in coiled-lab: `%coiled --debug ...` shows "
+                             "where)") from None
+        raise UsageError(describe_error(exc) if isinstance(exc, ClusterSpecError) else told.message) from None
 
 
 def _line(line: str):
@@ -68,9 +73,9 @@ def _cell(line: str, cell: str):
     from .spec import ClusterSpecError
 
     flags = shlex.split(line)
-    unknown = [f for f in flags if f not in ("--no-client",)]
+    unknown = [f for f in flags if f not in ("--no-client", "--debug")]
     if unknown:
-        raise UsageError(f"%%coiled: unknown option {unknown[0]!r}; allowed: --no-client")
+        raise UsageError(f"%%coiled: unknown option {unknown[0]!r}; allowed: --no-client, --debug")
     try:
         fields = yaml.safe_load(cell) or {}
     except yaml.YAMLError as exc:

@@ -123,6 +123,7 @@ def describe_error(exc: ClusterSpecError) -> str:
 def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
     """The commands of ``coiled-lab`` (``cli=True``) or ``%coiled``: one grammar for both."""
     parser = _Parser(prog=prog, description="Dask clusters in your own cloud, or on this machine.")
+    parser.add_argument("--debug", action="store_true", help="show a failure's traceback, not just its one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

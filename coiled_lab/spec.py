@@ -153,7 +153,7 @@ def _duration(value: Any) -> Optional[float]:
 
     try:
         seconds = parse_timedelta(value, default="seconds")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: "1e400s" is infinite
         raise ValueError("expected a duration such as '20m', '1h' or a number of seconds") from None
     if seconds is None or not 0 < seconds <= MAX_DURATION:
         raise ValueError("expected a positive duration of at most 365 days such as '20m', or 'off'")
@@ -171,7 +171,7 @@ def _memory(value: Any) -> Optional[int]:
 
     try:
         n = parse_bytes(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: "1e400B" is infinite
         raise ValueError("expected a size such as '16 GiB' or '8GB'") from None
     if not 0 < n <= MAX_MEMORY:
         raise ValueError("expected a positive size of at most 32 TiB such as '16 GiB'")
@@ -392,8 +392,10 @@ class ClusterSpec(BaseModel):
             for field in ("worker_vm_types", "scheduler_vm_type", "region", "zone"):
                 if field in explicit and getattr(self, field):
                     raise _CombinationError(field, f"the local backend has no {field}; use backend 'aws' or 'gcp'")
+            # Today's ceiling judges new requests and changes of n_workers, never a stored
+            # spec read again (a live cluster's next pass, its teardown) after an admin lowered it.
             limit = int(config.get("local.max-workers"))
-            if self.n_workers > limit:
+            if self.n_workers > limit and (info.context is None or "n_workers" in explicit):
                 raise _CombinationError(
                     "n_workers",
                     f"the local backend allows at most {limit} workers (coiled-lab.local.max-workers)",

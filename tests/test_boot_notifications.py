@@ -93,7 +93,7 @@ def test_a_refused_create_leaves_nothing_behind(state_dir, tmp_path):
     from coiled_lab.backends.aws import AWSBackend
 
     class NoCloud(AWSBackend):
-        async def check_access(self):
+        async def check_access(self, region=None):
             raise AssertionError("asked for credentials after a refusal")
 
     bad = tmp_path / "requirements.txt"

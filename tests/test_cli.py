@@ -210,3 +210,62 @@ def test_cleanup_goes_past_an_unreachable_cloud(state_dir):
     assert "aws was not cleaned up" in done.stdout and "aws's tagged resources were not swept" in done.stdout
     assert "Traceback" not in done.stderr
     wait_for(lambda: not cluster_processes(state_dir), timeout=30, what="the leftover scheduler stopped")
+
+
+def _without_cloud(state_dir, tmp_path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "GCE_"))}
+    env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true",
+               AWS_DEFAULT_REGION="us-east-1", NO_GCE_CHECK="True", CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+               GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "no-key.json"), **extra)
+    return env
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, never listening: a connect is refused at once
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+FAILURES = {
+    # name: (argv, extra environment, exit code, what the one line says)
+    "no AWS credentials": (["start", "2", "--backend", "aws", "--allow-ingress-from", "198.51.100.0/24"], {}, 3,
+                           "no usable AWS credentials"),
+    "AWS on a closed port": (["start", "2", "--backend", "aws", "--allow-ingress-from", "198.51.100.0/24"],
+                             {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0001", "AWS_SECRET_ACCESS_KEY": "fake",
+                              "AWS_ENDPOINT_URL": "http://127.0.0.1:{port}"}, 3, "cannot reach AWS (ec2.us-east-1)"),
+    "no GCP credentials": (["start", "2", "--backend", "gcp", "--allow-ingress-from", "198.51.100.0/24"], {}, 3,
+                           "no usable GCP credentials"),
+    "over an admin's limit": (["start", "3"], {"DASK_COILED_LAB__LIMITS__MAX_WORKERS": "2"}, 5,
+                              "coiled-lab.limits.max-workers"),
+    "infinite memory": (["start", "1", "--worker-memory", "1e400B"], {}, 2, "--worker-memory: '1e400B'"),
+    "infinite timeout": (["start", "1", "--idle-timeout", "1e400s"], {}, 2, "--idle-timeout: '1e400s'"),
+    "a --since that is no time": (["logs", "anything", "--since", "garbage"], {}, 2, "since: 'garbage' is not a time"),
+    "a state dir that is a file": (["list"], {"DASK_COILED_LAB__STATE_DIR": "{file}"}, 3, "{file}"),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_every_failure_is_one_line_and_an_exit_code(failure, state_dir, tmp_path):
+    """A table of what goes wrong for new users: each is one line on stderr naming the
+    cause and the fix, an exit code of the error table, no traceback, and no hang."""
+    argv, extra, code, says = FAILURES[failure]
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_text("not a directory")
+    fill = {"port": str(_closed_port()), "file": str(not_a_dir)}
+    extra = {k: v.format(**fill) for k, v in extra.items()}
+    started = time.monotonic()
+    done = cli(*argv, env=_without_cloud(state_dir, tmp_path, **extra), timeout=60)
+    took = time.monotonic() - started
+    lines = done.stderr.strip().splitlines()
+    assert (done.returncode, len(lines)) == (code, 1), done.stderr
+    assert says.format(**fill) in lines[0] and "Traceback" not in done.stdout + done.stderr
+    assert took < 20, f"{failure}: {took:.0f} s"
+    assert not cluster_processes(state_dir)
+
+
+def test_debug_shows_the_traceback(state_dir, tmp_path):
+    done = cli("--debug", "start", "2", "--backend", "aws", "--allow-ingress-from", "198.51.100.0/24",
+               env=_without_cloud(state_dir, tmp_path))
+    assert done.returncode != 0 and "Traceback" in done.stderr and "NoCredentialsError" in done.stderr

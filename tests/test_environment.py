@@ -180,7 +180,7 @@ class _Offline:
     name = "aws"
     prices = None
 
-    async def check_access(self) -> None:
+    async def check_access(self, region=None) -> None:
         pass
 
     def check_spec(self, spec) -> None:

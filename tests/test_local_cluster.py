@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import dask.config
 import psutil
 import pytest
 from distributed import Client
@@ -380,3 +381,42 @@ def test_async_cluster_starts_when_awaited_and_in_async_with(control, state_dir)
         assert (await control.get(cluster.cluster_id))["status"] == "stopped"
 
     asyncio.run(main())
+
+
+def test_a_lowered_ceiling_leaves_a_running_cluster_alone(control, state_dir):
+    """An admin lowers local.max-workers below a live cluster's size: new requests are
+    refused, the live cluster's passes go on, and it stops cleanly with nothing left."""
+    cluster = control.run(control.create({"n_workers": 4, "name": "before-the-change"}))
+    control.run(control.wait(cluster["id"], timeout=120))
+    with dask.config.set({"coiled-lab.local.max-workers": 2}):
+        with pytest.raises(ClusterSpecError, match="at most 2 workers"):
+            control.run(control.create({"n_workers": 3}))
+        manager = control.manager
+        for _ in range(3):  # passes of the live cluster, as the watch makes them
+            control.run(manager._reconcile(cluster["id"]))
+        assert control.run(control.get(cluster["id"]))["status"] == "running"
+        assert control.run(control.stop(cluster["id"]))["status"] in ("stopping", "stopped")
+        assert control.run(control.wait(cluster["id"], ("stopped", "error"), timeout=60))["status"] == "stopped"
+    wait_for(lambda: not cluster_processes(state_dir), timeout=30, what="no dask process left")
+
+
+def test_a_timeout_change_the_scheduler_does_not_take_changes_nothing(control, state_dir):
+    """PATCH of a timeout while the scheduler does not answer (here: frozen with SIGSTOP):
+    told as SchedulerUnreachable (HTTP 504) within seconds, and the stored value is the old one."""
+    from coiled_lab.errors import SchedulerUnreachable
+
+    cluster = control.run(control.create({"n_workers": 0, "name": "frozen", "idle_timeout": "30m"}))
+    control.run(control.wait(cluster["id"], timeout=120))
+    [scheduler] = [p for p in cluster_processes(state_dir) if any("dask_scheduler" in a for a in p.cmdline())]
+    scheduler.suspend()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SchedulerUnreachable, match="timeouts are unchanged"):
+            control.run(control.manager.update(cluster["id"], {"idle_timeout": "45m"}))
+        assert time.monotonic() - started < 15
+        assert control.run(control.get(cluster["id"]))["spec"]["idle_timeout"] == 1800
+    finally:
+        scheduler.resume()
+    assert control.run(control.manager.update(cluster["id"], {"idle_timeout": "45m"}))["spec"]["idle_timeout"] == 2700
+    control.run(control.stop(cluster["id"]))
+    control.run(control.wait(cluster["id"], ("stopped",), timeout=60))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from coiled_lab.control.inprocess import InProcessControl
@@ -70,9 +72,17 @@ def test_cell_magic_takes_a_yaml_spec(ip, state_dir):
         ("%coiled launch", "invalid choice: 'launch'"),
         ("%%coiled\nn_workers: [\n", "not valid YAML"),
         ("%%coiled\nn_wrokers: 2\n", "unknown field 'n_wrokers'"),
+        ("%coiled start 2 --backend aws --allow-ingress-from 198.51.100.0/24", "no usable AWS credentials"),
+        ("%coiled logs ghost --since garbage", "since: 'garbage' is not a time"),
+        ("%coiled start 1 --idle-timeout 1e400s", "--idle-timeout: '1e400s' is not allowed"),
     ],
 )
-def test_errors_are_one_line(ip, state_dir, capsys, line, message):
+def test_errors_are_one_line(ip, state_dir, capsys, monkeypatch, line, message):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
     result = ip.run_cell(line)
     out = capsys.readouterr()
     shown = out.out + out.err

@@ -9,7 +9,9 @@ write that records it).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -69,9 +71,10 @@ class Backend(ABC):
     # same day-long cache as its estimates and costs. None until the manager gives it.
     prices: Any = None
 
-    async def check_access(self) -> None:
-        """Raise if this backend cannot work at all (e.g. no cloud credentials), so that a
-        create is refused at once instead of failing in the background. No cloud call."""
+    async def check_access(self, region: Optional[str] = None) -> None:
+        """Raise if this backend cannot work at all (no cloud credentials, its endpoint
+        unreachable), so that a create is refused at once instead of failing in the
+        background after minutes of retries. No cloud call (a TCP connect at most)."""
 
     def check_spec(self, spec: ClusterSpec) -> None:
         """Raise :class:`~coiled_lab.spec.ClusterSpecError` for what this backend can tell
@@ -129,3 +132,35 @@ class Backend(ABC):
     async def catalog(self, region: Optional[str] = None) -> dict[str, Any]:
         """Regions, zones and instance types with their sizes."""
         return {"backend": self.name, "regions": [], "instance_types": []}
+
+
+REACH_TIMEOUT = 5.0  # seconds a front door waits to find a cloud's endpoint unreachable
+
+
+async def check_reachable(url: str, what: str) -> None:
+    """Raise :class:`~coiled_lab.errors.CloudProblem` (503) when nothing answers a TCP
+    connect to ``url``'s host within :data:`REACH_TIMEOUT`: botocore's and google's
+    retries would otherwise spend minutes on an endpoint that is not there. Behind an HTTP
+    proxy (``https_proxy``) only the proxy can tell: nothing is checked then."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from ..errors import CloudProblem
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(host):
+        return
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REACH_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as exc:
+        if isinstance(exc, asyncio.TimeoutError):
+            reason = f"no answer within {REACH_TIMEOUT:g} s"
+        elif isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        else:  # asyncio's "Connect call failed" says less than the errno
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+        raise CloudProblem(503, "cloud_unreachable",
+                           f"cannot reach {what} at {host}:{port} ({reason}); check this machine's network, or the "
+                           "endpoint it is configured with") from None
+    writer.close()

@@ -38,6 +38,14 @@ class LimitExceeded(ClusterSpecError):
     def to_json(self) -> dict[str, Any]:
         return {**super().to_json(), "limit": self.limit}
 
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> "LimitExceeded":
+        """The same error again from its REST answer (a client of a server that refused)."""
+        exc = cls.__new__(cls)
+        ClusterSpecError.__init__(exc, body["error"], body.get("field"), body.get("errors"))
+        exc.limit = body.get("limit") or ""
+        return exc
+
 
 async def check(spec: ClusterSpec, estimate: Callable[[ClusterSpec], Awaitable[dict]]) -> Optional[float]:
     """Raise LimitExceeded for the first limit this request alone breaks.

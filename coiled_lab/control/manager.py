@@ -37,7 +37,7 @@ from ..backends import Backend, ClusterContext, get_backend, ingress
 from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
 from ..bootstrap.vm import STARTED
 from ..deadline import Deadline
-from ..errors import Conflict, ManagerBusy, NotFound, StoreUnavailable, quoted
+from ..errors import Conflict, ManagerBusy, NotFound, SchedulerUnreachable, StoreUnavailable, quoted
 from ..logs import LogRecord, matches
 from ..pricing import PriceBook, extrapolate
 from ..spec import ClusterSpec, ClusterSpecError, check_place, cluster_python, parse_spec, revise, running_python
@@ -55,6 +55,7 @@ logger = logging.getLogger("coiled_lab.manager")
 TIMEOUT_FIELDS = ("idle_timeout", "no_client_timeout", "max_lifetime")
 LIVE_FIELDS = ("n_workers", *TIMEOUT_FIELDS)  # what PATCH may change on a live cluster
 BACKUP_RETRY = 300.0  # seconds before a failed backup is tried again
+SET_TIMEOUTS_WAIT = 10.0  # seconds a PATCH of a timeout waits for the scheduler to take it
 UNREACHABLE_AFTER = 20.0  # seconds a scheduler may say it is up while this server cannot reach it
 REACH_CHECK_INTERVAL = 10.0  # seconds between two reads of an unreachable scheduler's log
 
@@ -283,7 +284,7 @@ class ClusterManager:
         with self.admission.hold() as weigh:
             per_hour = await limits.check(spec, self._estimate)
             weigh(per_hour)  # right after the estimate: no await in between
-            await backend.check_access()
+            await backend.check_access(spec.region)
             if spec.backend != "local":  # 'me' that cannot be learned: refused now, not after the launch
                 await asyncio.to_thread(ingress.precheck, spec.connect_via, spec.allow_ingress_from, spec.backend,
                                         lambda message: ClusterSpecError(message, "allow_ingress_from"))
@@ -392,10 +393,17 @@ class ClusterManager:
         spec = revise(rec.spec, changes)  # validates every change before any of them applies
         timeouts = {k: getattr(spec, k) for k in TIMEOUT_FIELDS}
         if any(timeouts[k] != rec.spec[k] for k in TIMEOUT_FIELDS):
-            rec = self._update(rec, spec={**rec.spec, **timeouts})
+            # The scheduler enforces the timeouts: it hears of them first, and the store
+            # records them only once it has (an answer of failure leaves both unchanged).
             if rec.state.get("address"):
-                r = await self._rpc(rec, rec.state["address"])
-                await asyncio.wait_for(r.coiled_lab_set_timeouts(timeouts=timeouts), 10)
+                try:
+                    r = await self._rpc(rec, rec.state["address"])
+                    await asyncio.wait_for(r.coiled_lab_set_timeouts(timeouts=timeouts), SET_TIMEOUTS_WAIT)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    raise SchedulerUnreachable(
+                        f"the scheduler of {rec.name!r} did not answer ({exc or 'no answer'}); its timeouts are "
+                        "unchanged: try again in a moment") from None
+            rec = self._update(self.store.get_cluster(rec.id) or rec, spec={**rec.spec, **timeouts})
             self.request(rec.id)
         if "n_workers" in changes:
             return await self.scale(rec.id, spec.n_workers)
@@ -722,6 +730,8 @@ class ClusterManager:
             if address and (why := await self._unreachable(rec, ctx, address)):
                 return await self._fail(rec, why)
             return self._not_yet(rec, ctx, "scheduler")
+        if not rec.state.get("reached"):  # once reached, a lost connection is not a closed door
+            rec = self._update(rec, state={**rec.state, "reached": True})
         dashboard = _dashboard(address, info)
         if dashboard and dashboard != rec.state.get("dashboard"):
             rec = self._update(rec, state={**rec.state, "dashboard": dashboard})
@@ -786,7 +796,7 @@ class ClusterManager:
         self.store.mark_terminated(rec.id, list(instances))
         await self._update_cost(self.store.get_cluster(rec.id))
         await self._forget_rpc(rec.id)
-        for kept in (self._usage, self._tls_material, self._client_args):
+        for kept in (self._usage, self._tls_material, self._client_args, self._reach_checked):
             kept.pop(rec.id, None)
 
     # == talking to the scheduler =========================================================
@@ -811,7 +821,10 @@ class ClusterManager:
         rules say, so a closed door is told within a minute, not after start-timeout."""
         launched = rec.state.get("scheduler_launched")
         now = time.time()
-        if not launched or now - launched < UNREACHABLE_AFTER or \
+        # Only a scheduler this server has never reached: one it has reached and lost (a
+        # network blip, or the scheduler ending itself) is the watch's business, not this.
+        if rec.status != State.provisioning or rec.state.get("reached") or not launched or \
+                now - launched < UNREACHABLE_AFTER or \
                 time.monotonic() - self._reach_checked.get(rec.id, 0) < REACH_CHECK_INTERVAL:
             return None
         self._reach_checked[rec.id] = time.monotonic()

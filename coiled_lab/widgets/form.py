@@ -19,6 +19,8 @@ from ..spec import BACKENDS, SPOT_POLICIES, ClusterSpecError, parse_spec
 from .cluster import ClusterWidget
 
 DEBOUNCE = 0.4  # seconds of quiet before the estimate is asked for again
+# Fields that mean nothing on the local backend (as in the sidebar's form.ts).
+CLOUD_ONLY = ("worker_vm_types", "worker_gpu", "spot_policy", "region", "allow_ingress_from")
 
 
 def _error(text: str) -> str:
@@ -37,18 +39,21 @@ class ClusterForm(w.VBox):
             "name": w.Text(placeholder="generated", description="name", style=style, layout=layout),
             "backend": w.Dropdown(options=BACKENDS, value=spec.backend, description="backend", style=style,
                                   layout=layout),
-            "n_workers": w.BoundedIntText(value=spec.n_workers, min=0, max=10_000, description="workers",
-                                          style=style, layout=layout),
+            # Plain IntText: a value out of range goes to the server, which names the field
+            # and the bounds (a bounded widget would silently clamp -1 to 0).
+            "n_workers": w.IntText(value=spec.n_workers, description="workers", style=style, layout=layout),
             "worker_vm_types": w.SelectMultiple(options=[], description="instance types", rows=5, style=style,
                                                 layout=layout),
             "worker_cpu": w.Text(placeholder="any", description="vCPUs per worker", style=style, layout=layout),
             "worker_memory": w.Text(placeholder="any, e.g. 16 GiB", description="memory per worker", style=style,
                                     layout=layout),
-            "worker_gpu": w.BoundedIntText(value=spec.worker_gpu or 0, min=0, max=16, description="GPUs per worker",
-                                           style=style, layout=layout),
+            "worker_gpu": w.IntText(value=spec.worker_gpu or 0, description="GPUs per worker", style=style,
+                                    layout=layout),
             "spot_policy": w.Dropdown(options=SPOT_POLICIES, value=spec.spot_policy, description="purchase",
                                       style=style, layout=layout),
             "region": w.Dropdown(options=[], description="region", style=style, layout=layout),
+            "allow_ingress_from": w.Text(placeholder="me, or a CIDR", description="open to", style=style,
+                                         layout=layout),
             "idle_timeout": w.Text(value=_as_text(defaults.get("idle_timeout"), spec.idle_timeout),
                                    description="idle timeout", style=style, layout=layout),
             "tags": w.Text(placeholder="team=geo, project=x", description="tags", style=style, layout=layout),
@@ -66,8 +71,10 @@ class ClusterForm(w.VBox):
         for name, field in self.fields.items():
             field.observe(self._changed(name), names="value")
         self.create.on_click(lambda _: self.submit())
-        rows = [w.VBox([field, self.errors[name]]) for name, field in self.fields.items()]
-        super().__init__([*rows, self.estimate, self.software, w.HBox([self.create, self.message]), self.output])
+        self.rows = {name: w.VBox([field, self.errors[name]]) for name, field in self.fields.items()}
+        super().__init__([*self.rows.values(), self.estimate, self.software, w.HBox([self.create, self.message]),
+                          self.output])
+        self._show_fields()
         # The first catalog and estimate are fetched before the form is shown, so it
         # appears complete; later ones follow the fields in the background.
         self._load_catalog(wait=True)
@@ -79,6 +86,12 @@ class ClusterForm(w.VBox):
         cloud = self.fields["backend"].value != "local"
         self.software.value = html.escape(f"software: synced from {describe_here()} when you create") if cloud else ""
 
+    def _show_fields(self) -> None:
+        """The local backend hides the cloud's fields, as the sidebar's form does."""
+        local = self.fields["backend"].value == "local"
+        for name in CLOUD_ONLY:
+            self.rows[name].layout.display = "none" if local else None
+
     # -- what the user asked for -----------------------------------------------------
     def spec_fields(self) -> dict[str, Any]:
         """The fields a user set (or that differ from the defaults shown), as ClusterSpec takes them."""
@@ -89,7 +102,7 @@ class ClusterForm(w.VBox):
                 value = list(value) or None
             elif name == "tags":
                 value = _tags(value)
-            elif name in ("worker_cpu", "worker_memory", "name"):
+            elif name in ("worker_cpu", "worker_memory", "name", "allow_ingress_from"):
                 value = value.strip() or None
             elif name == "worker_gpu":
                 value = value or None
@@ -104,6 +117,7 @@ class ClusterForm(w.VBox):
             if name == "backend":
                 self._load_catalog()
                 self._show_software()
+                self._show_fields()
             self._debounce()
 
         return handler

@@ -123,7 +123,7 @@ def test_setup_prepares_an_existing_vpc_and_keeps_its_gateway(aws_env, moto, cap
 
 
 def test_setup_names_a_missing_vpc(aws_env, capsys):
-    assert main(["setup", "aws", "--region", REGION, "--vpc-id", "vpc-0000000000000000"]) == 1
+    assert main(["setup", "aws", "--region", REGION, "--vpc-id", "vpc-0000000000000000"]) == 3  # EXIT_CONFLICT
     assert "--vpc-id" in capsys.readouterr().err
 
 

@@ -78,7 +78,7 @@ def test_setup_is_idempotent_and_opens_the_scheduler_to_this_machine_only(networ
 
 def test_setup_without_credentials_says_what_to_do(gcp_env, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
-    assert main(["setup", "gcp", "--region", REGION]) == 1
+    assert main(["setup", "gcp", "--region", REGION]) == 3  # EXIT_CONFLICT: the cloud cannot be used yet
     assert "missing.json" in capsys.readouterr().err
 
 

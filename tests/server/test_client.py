@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 
+import dask.config
 import pytest
 
 from coiled_lab.api import APIClient, APIError, read_runtime_file, write_runtime_file
 from coiled_lab.control import get_control
 from coiled_lab.control.events import Event
+from coiled_lab.control.limits import LimitExceeded
 from coiled_lab.control.states import State
 from coiled_lab.control.store import ClusterRecord
 from coiled_lab.errors import Conflict, NotFound
@@ -66,6 +68,13 @@ async def test_same_surface_and_exceptions_as_in_process(service, client):
         await client.scale("aaaaaaaaaaaa", 3)
     with pytest.raises(Conflict):
         await client.connection("aaaaaaaaaaaa")
+    # An admin's limit is a 403 with a code of its own: the client raises the limit again,
+    # not "token refused" (which is the APIError below).
+    with dask.config.set({"coiled-lab.limits.max-workers": 2}):
+        with pytest.raises(LimitExceeded) as over:
+            await client.create({"n_workers": 3})
+    assert (over.value.limit, over.value.field) == ("max-workers", "n_workers")
+    assert "coiled-lab.limits.max-workers" in str(over.value)
 
     # The sync face, as the CLI uses it (from a thread that is not this test's loop).
     assert await asyncio.to_thread(client.run, client.get("aaaaaaaaaaaa")) == await client.get("aaaaaaaaaaaa")

@@ -23,7 +23,7 @@ from ... import config, pricing
 from ...control.store import Instance
 from ...logs import LogRecord
 from ...spec import ClusterSpec, ClusterSpecError
-from ..base import Backend, ClusterContext, check_vm_software, owner_id
+from ..base import Backend, ClusterContext, check_reachable, check_vm_software, owner_id
 from ..envstore import boot_fields
 from ..ingress import address_of, reach
 from . import envstore, fleet, logs, network, sweep, userdata
@@ -104,15 +104,18 @@ class AWSBackend(Backend):
             self._views[cluster_id][1].update({i.id: i for i in instances})
 
     # -- Backend interface --------------------------------------------------------------------
-    async def check_access(self) -> None:
-        """Credentials resolve locally (environment, profile, the server's store); an
-        instance role is looked up in IMDS, which only answers on EC2."""
+    async def check_access(self, region: Optional[str] = None) -> None:
+        """Credentials resolve locally (environment, profile, the server's store; an
+        instance role is looked up in IMDS, which only answers on EC2), and EC2's endpoint
+        answers a connect."""
         import asyncio
 
         from botocore.exceptions import NoCredentialsError
 
         if await asyncio.to_thread(self.aws.boto3.get_credentials) is None:
             raise NoCredentialsError()
+        region = _asked_region(region)
+        await check_reachable(self.aws.endpoint("ec2", region), f"AWS (ec2.{region})")
 
     def check_spec(self, spec: ClusterSpec) -> None:
         _asked_region(spec.region)

@@ -29,7 +29,7 @@ from ...logs import LogRecord
 from ...pricing import PriceBook
 from ...spec import ClusterSpec, ClusterSpecError
 from .. import bootconfig, ingress
-from ..base import Backend, ClusterContext, check_vm_software, owner_id
+from ..base import Backend, ClusterContext, check_reachable, check_vm_software, owner_id
 from ..envstore import ARCHIVE, boot_fields
 from . import envstore, instances, logs, network, startup, sweep
 from .catalog import Catalog, Images, MachineType, SnapshotCatalog
@@ -120,10 +120,12 @@ class GCPBackend(Backend):
             self._views[cluster_id][1].update({i.id: i for i in launched})
 
     # -- Backend interface --------------------------------------------------------------------
-    async def check_access(self) -> None:
+    async def check_access(self, region: Optional[str] = None) -> None:
         """Credentials resolve locally (the server's store, ADC: a key file, gcloud's
-        login); on GCE the metadata server is asked, which only answers there."""
+        login; on GCE the metadata server is asked, which only answers there), and
+        Compute Engine's endpoint answers a connect."""
         await asyncio.to_thread(lambda: self.gcp.project)
+        await check_reachable(self.gcp.endpoint("compute"), "Google Cloud (Compute Engine)")
 
     def check_spec(self, spec: ClusterSpec) -> None:
         check_vm_software(spec, self.name)
