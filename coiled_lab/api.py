@@ -104,7 +104,7 @@ class APIClient:
     _shared_lock = threading.Lock()
 
     def __init__(self, url: str, token: str, request_timeout: float = 60, reconnect_for: float = 60):
-        from .control.inprocess import LoopThread
+        from .loopthread import LoopThread
 
         self.url = url.rstrip("/") + "/"
         self._token = token
@@ -180,6 +180,9 @@ class APIClient:
     async def scale(self, name_or_id: str, n_workers: int) -> dict[str, Any]:
         return await self._call("PATCH", f"clusters/{_quote(name_or_id)}", body={"n_workers": n_workers}, subject=name_or_id)
 
+    async def adapt(self, name_or_id: str, bounds: Optional[list[int]]) -> dict[str, Any]:
+        return await self._call("PATCH", f"clusters/{_quote(name_or_id)}", body={"adaptive": bounds}, subject=name_or_id)
+
     async def stop(self, name_or_id: str) -> dict[str, Any]:
         return await self._call("DELETE", f"clusters/{_quote(name_or_id)}", subject=name_or_id)
 
@@ -212,6 +215,10 @@ class APIClient:
 
     async def estimate(self, spec: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "estimate", body=spec)
+
+    async def schema(self, backend: Optional[str] = None) -> dict[str, Any]:
+        """ClusterSpec's JSON schema with the server's defaults and limits (forms are built from it)."""
+        return await self._call("GET", "schema", params={"backend": backend})
 
     async def cleanup(self, dry_run: bool = False) -> dict[str, Any]:
         return await self._call("POST", "cleanup", body={"dry_run": dry_run})

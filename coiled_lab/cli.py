@@ -67,7 +67,7 @@ def _told(exc: BaseException) -> int:
 
 
 def _dispatch(ns, console) -> int:
-    from .control import get_control
+    from .connect import get_control
 
     if ns.command == "setup":
         return _setup_gcp(ns, console) if ns.cloud == "gcp" else _setup_aws(ns, console)
@@ -118,7 +118,8 @@ async def _start(control, ns, console) -> int:
     fields = spec_fields(ns)
     spec = parse_spec(fields)  # bad input stops here, before any request
     environment = await asyncio.to_thread(for_request, spec, f"the coiled-lab CLI ({sys.executable})")
-    record = await control.create(spec.model_dump(mode="json", include=set(fields)), environment)
+    # What was typed, in the spec's own names (2:10 also set adaptive; --compute-purchase-option is spot_policy).
+    record = await control.create(spec.model_dump(mode="json", include=spec.model_fields_set), environment)
     if not ns.json:
         console.print(f"cluster [bold]{record['name']}[/] ({record['id']}) requested on {record['backend']}")
     if not ns.no_wait:

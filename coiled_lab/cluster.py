@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import math
 from contextlib import suppress
 from typing import Any, Optional
 
@@ -18,11 +19,11 @@ from distributed.core import rpc
 from distributed.deploy.cluster import Cluster as _DistributedCluster
 from distributed.utils import Log, Logs
 
-from .control import get_control
+from .connect import get_control
 from .errors import ClusterError, NotFound
 from .logs import LogRecord
 from .environment import for_request
-from .spec import ClusterSpecError, parse_spec
+from .spec import ClusterSpec, ClusterSpecError, parse_spec, revise
 from .tls import TLSMaterial
 
 logger = logging.getLogger("coiled_lab.cluster")
@@ -35,7 +36,12 @@ class Cluster(_DistributedCluster):
     >>> cluster = Cluster(name="etl", backend="aws")    # attach to "etl" if live, else create it
     >>> client = cluster.get_client()
 
-    Every ClusterSpec field is a keyword argument. ``shutdown_on_close`` (default True)
+    Every ClusterSpec field is a keyword argument, and so are Coiled's names for them
+    (``n_workers=[2, 10]`` adapts between the bounds, ``compute_purchase_option``,
+    ``backend_options``, ``scheduler_options``: :mod:`coiled_lab.coiled_names`).
+    ``wait_for_workers`` (default True: all of them) is how many workers must be ready
+    before the constructor returns: False or 0 for none, a number, or a fraction of
+    ``n_workers``. ``shutdown_on_close`` (default True)
     makes ``close()`` stop the cluster; with False it only disconnects. ``send_credentials``
     (default False) calls :meth:`send_credentials` once the cluster runs: True for the
     backend's cloud, or a provider's name (``"aws"``, ``"gcp"``).
@@ -49,6 +55,7 @@ class Cluster(_DistributedCluster):
         loop=None,
         timeout: Optional[float] = None,
         shutdown_on_close: bool = True,
+        wait_for_workers: bool | int | float = True,
         send_credentials: bool | str = False,
         control: Any = None,
         **spec_fields: Any,
@@ -63,7 +70,9 @@ class Cluster(_DistributedCluster):
             if send_credentials not in PROVIDERS:
                 raise ClusterSpecError(f"send_credentials: {send_credentials!r} is not True, False or one of "
                                        f"{', '.join(PROVIDERS)}", "send_credentials")
-        self._explicit = set(fields)
+        # What the user set, in the spec's own names (n_workers=[2, 10] also set adaptive).
+        self._explicit = set(self._spec.model_fields_set)
+        self._start_workers = _check_wait_for_workers(wait_for_workers)
         self._control = control if control is not None else get_control()
         self._timeout = timeout
         self.shutdown_on_close = shutdown_on_close
@@ -109,10 +118,13 @@ class Cluster(_DistributedCluster):
         self.cluster_id = record["id"]
         self.name = record["name"]
         self.record = record
+        # The cluster's own spec from now on: one attached by name was not made from this
+        # kernel's fields and defaults, which may name another backend or size.
+        self._spec = revise(record["spec"])
         self._events_task = asyncio.ensure_future(self._follow_events())
-        record = await control.wait(self.cluster_id, ("running",), self._timeout)
+        record = await self._until_started()
         self.record = record
-        if record["status"] != "running":
+        if record["status"] not in ("running", "provisioning", "scaling"):
             raise ClusterError(f"cluster {record['name']} is {record['status']}: {record.get('message')}")
         conn = await control.connection(self.cluster_id)
         self.security = TLSMaterial(conn["tls"]["cert"], conn["tls"]["key"]).security()
@@ -121,6 +133,31 @@ class Cluster(_DistributedCluster):
         if self._send_credentials_on_start:
             on_start = self._send_credentials_on_start
             await self._send_credentials(on_start if isinstance(on_start, str) else None)
+
+    async def _until_started(self) -> dict[str, Any]:
+        """The record once the cluster runs, or (``wait_for_workers`` less than all) once its
+        scheduler is reached and that many workers are ready; or once it failed."""
+        control, cluster_id = self._control, self.cluster_id
+        if self._start_workers is True:
+            return await control.wait(cluster_id, ("running",), self._timeout)
+
+        async def enough() -> dict[str, Any]:
+            while True:
+                # Woken at once by running or a final state; the counts are read again each second.
+                with suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(control.wait(cluster_id, ("running",)), 1.0)
+                record = await control.get(cluster_id)
+                if record["dashboard"] and record["workers"]["ready"] >= self._workers_needed(record):
+                    return record
+
+        return await asyncio.wait_for(enough(), self._timeout)
+
+    def _workers_needed(self, record: dict[str, Any]) -> int:
+        """``wait_for_workers`` as a number of workers: a fraction is of the target."""
+        wanted = self._start_workers
+        if isinstance(wanted, float):
+            return math.ceil(wanted * record["workers"]["target"])
+        return min(int(wanted), record["workers"]["target"])
 
     def _check_attach(self, found: dict[str, Any]) -> None:
         """Attaching by name to a cluster with a different backend would surprise."""
@@ -137,6 +174,12 @@ class Cluster(_DistributedCluster):
                 with suppress(Exception):
                     self.record = await self._control.get(self.cluster_id)
 
+    @property
+    def spec(self) -> ClusterSpec:
+        """What the cluster is made of: the fields given here until it starts, then its
+        recorded spec (for one attached by name, the record's, not this kernel's defaults)."""
+        return self._spec
+
     # -- scaling ---------------------------------------------------------------------
     def scale(self, n: int = 0, memory=None, cores=None) -> Any:
         """Ask for ``n`` workers; returns at once (``wait_for_workers(n)`` to wait)."""
@@ -146,6 +189,27 @@ class Cluster(_DistributedCluster):
 
     async def _scale(self, n: int) -> None:
         self.record = await self._control.scale(self.cluster_id, int(n))
+        self._spec = revise(self.record["spec"])
+
+    def adapt(self, minimum: int = 0, maximum: Optional[int] = None, **options: Any) -> Any:
+        """Grow and shrink between ``minimum`` and ``maximum`` workers as the work asks (the
+        same as ``n_workers=[minimum, maximum]``). The control plane decides, not this kernel:
+        the cluster keeps adapting after the kernel exits. How often it looks and how long
+        it waits before shrinking are the server's ``coiled-lab.adaptive.*`` settings;
+        ``adapt(maximum=None)`` is refused, and ``cluster.adapt(0, 0)`` is no bounds at all."""
+        if options:
+            raise ClusterSpecError(
+                f"adapt: {sorted(options)[0]!r} is not taken here: the control plane adapts the cluster, with the "
+                "server's coiled-lab.adaptive.interval and coiled-lab.adaptive.wait-count; give minimum and maximum",
+                "adaptive")
+        if maximum is None:
+            raise ClusterSpecError("adapt: maximum is needed: the most workers the cluster may grow to", "adaptive")
+        bounds = None if (minimum, maximum) == (0, 0) else [int(minimum), int(maximum)]
+        return self.sync(self._adapt, bounds)
+
+    async def _adapt(self, bounds: Optional[list[int]]) -> None:
+        self.record = await self._control.adapt(self.cluster_id, bounds)
+        self._spec = revise(self.record["spec"])
 
     def scale_down(self, workers) -> Any:
         """Used by ``Adaptive``: the given workers are already retired by the scheduler."""
@@ -180,9 +244,7 @@ class Cluster(_DistributedCluster):
     async def _send_credentials(self, provider: Optional[str] = None) -> None:
         from . import credentials
 
-        # The cluster's backend as recorded: one attached by name (the magic's) was not
-        # asked for with a spec of this kernel's, whose defaults may name another cloud.
-        backend = self.record.get("backend") or self._spec.backend
+        backend = self._spec.backend  # as recorded (see _start)
         provider = provider or (backend if backend in credentials.PROVIDERS else "aws")
         plugin = await credentials.send(self.scheduler_comm, provider)
         if provider in self._credentials_tasks:
@@ -262,6 +324,16 @@ class Cluster(_DistributedCluster):
         if self.shutdown_on_close and self.cluster_id:
             await self._control.stop(self.cluster_id)
             self.record = await self._control.wait(self.cluster_id, ("stopped",), 120)
+
+
+def _check_wait_for_workers(value: Any) -> bool | int | float:
+    """``wait_for_workers`` as Coiled takes it: True (all), False or 0 (the scheduler only), a
+    number of workers, or a fraction of them between 0 and 1."""
+    if isinstance(value, bool) or (isinstance(value, int) and value >= 0) or \
+            (isinstance(value, float) and 0 <= value <= 1):
+        return 0 if value is False else value
+    raise ClusterSpecError(f"wait_for_workers: {value!r} is not allowed: expected True (all workers), False (none), "
+                           "a number of workers, or a fraction between 0 and 1", "wait_for_workers")
 
 
 def _one_line(exc: Exception) -> Exception:

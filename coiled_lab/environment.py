@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import fnmatch
 import hashlib
 import io
@@ -55,6 +56,7 @@ from .spec import ENV_NAME, MAX_ENVIRON, ClusterSpecError, check_environ_size
 # Tools of the environment itself (the VMs' environment gets its own), and coiled-lab:
 # the VMs run its bootstrap, shipped with their start-up data, not the library.
 NEVER_SYNCED = {"pip", "setuptools", "wheel", "distribute", "coiled-lab"}
+ALWAYS_SYNCED = frozenset({"dask", "distributed"})  # whatever package_sync_only says
 ORIGINS = ("index", "conda", "editable", "local", "vcs")
 # Never shipped, whatever the include patterns say: files that hold secrets by name.
 SECRET_PATTERNS = (".env", ".env.*", "*.env", ".aws", ".ssh", ".gnupg", ".netrc", ".pypirc", ".git-credentials",
@@ -135,6 +137,30 @@ class Environment:
         count = len(self.packages)
         return (f"software: synced from {self.where} ({count} package{'' if count == 1 else 's'}, {len(self.local)} local"
                 f"{', ' + state if state else ''})")
+
+    def filtered(self, ignore: list[str], only: Optional[list[str]]) -> "Environment":
+        """This environment without the packages ``ignore`` names, or with only those ``only``
+        names (``package_sync_ignore`` / ``package_sync_only``): their pins, wheels and what
+        was said about them. dask and distributed always stay: no cluster runs without them."""
+        if not ignore and only is None:
+            return self
+        dropped = {canonical(n) for n in ignore}
+        kept = None if only is None else {canonical(n) for n in only} | ALWAYS_SYNCED
+
+        def wanted(name: str) -> bool:
+            key = canonical(name)
+            return key not in dropped and (kept is None or key in kept)
+
+        return dataclasses.replace(
+            self, packages=[p for p in self.packages if wanted(p.name)],
+            wheels={f: d for f, d in self.wheels.items() if wanted(f.split("-", 1)[0])},
+            skipped=[(item, why) for item, why in self.skipped if wanted(item.split(" ", 1)[0])],
+            conda_only=[c for c in self.conda_only if wanted(c.split(" ", 1)[0])])
+
+    def unsynced(self) -> list[str]:
+        """What the VMs will not have, one line each (the VMs' log repeats them)."""
+        return [f"{item}: {why}" for item, why in self.skipped] + [
+            f"{x}: a conda package with no Python distribution (not on the package index)" for x in self.conda_only]
 
     # -- the wire ----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -295,15 +321,6 @@ def for_request(spec: Any, where: Optional[str] = None) -> Optional[dict[str, An
     if spec.backend == "local" or not spec.package_sync or spec.software:
         return None
     return snapshot(where or describe_here()).to_json()
-
-
-def send() -> dict[str, Any]:
-    """Take this kernel's environment and keep it on the server: its summary (with the
-    hash a create request then names). The sidebar runs this in the notebook's kernel."""
-    from .control import get_control
-
-    control = get_control()
-    return control.run(control.stage_environment(snapshot(describe_here()).to_json()))
 
 
 def _origin(dist: metadata.Distribution) -> tuple[str, Optional[str]]:

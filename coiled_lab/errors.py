@@ -36,6 +36,49 @@ def quoted(value: Any) -> str:
     return f"{text[:QUOTED_CHARS]}… ({size})"
 
 
+class ClusterSpecError(ValueError):
+    """A request that is not a valid cluster: names the field and what is allowed."""
+
+    def __init__(self, message: str, field: str | None = None, errors: list[dict] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.errors = errors or [{"field": field, "error": message}]
+
+    def to_json(self) -> dict[str, Any]:
+        """The body the REST API answers with (HTTP 400)."""
+        return {"error": self.message, "field": self.field, "errors": self.errors}
+
+
+class LimitExceeded(ClusterSpecError):
+    """A valid request beyond what the admin allows (``coiled-lab.limits``)."""
+
+    def __init__(self, field: Optional[str], limit: str, message: str):
+        super().__init__(f"{field or 'request'}: {message} (limit coiled-lab.limits.{limit})", field)
+        self.limit = limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "limit": self.limit}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> "LimitExceeded":
+        """The same error again from its REST answer (a client of a server that refused)."""
+        exc = cls.__new__(cls)
+        ClusterSpecError.__init__(exc, body["error"], body.get("field"), body.get("errors"))
+        exc.limit = body.get("limit") or ""
+        return exc
+
+
+class UsageError(ValueError):
+    """A command line that cannot be parsed; the message is one line for the user."""
+
+
+class CloudSetupError(RuntimeError):
+    """A cloud request that failed in a way the user must act on (the cloud is not set up
+    for this: no network, run ``coiled-lab setup``; no project); the message says how.
+    Each cloud backend's own error class derives from it."""
+
+
 class NotFound(KeyError):
     """No cluster with that name or id (HTTP 404)."""
 
@@ -122,12 +165,6 @@ class Answer:
 
 def answer(exc: BaseException) -> Optional[Answer]:
     """The table: how ``exc`` is told at every front door; None for anything else (a bug)."""
-    from .backends.aws.session import AWSError
-    from .backends.gcp.session import GCPError
-    from .control.limits import LimitExceeded
-    from .options import UsageError
-    from .spec import ClusterSpecError
-
     table: tuple[tuple[type[BaseException], int, int, str], ...] = (
         (LimitExceeded, 403, EXIT_LIMIT, "limit"),
         (ClusterSpecError, 400, EXIT_USAGE, "bad_input"),
@@ -136,9 +173,7 @@ def answer(exc: BaseException) -> Optional[Answer]:
         (UsageError, 400, EXIT_USAGE, "bad_input"),
         (NotFound, 404, EXIT_NOT_FOUND, "not_found"),
         (Conflict, 409, EXIT_CONFLICT, "conflict"),
-        # the cloud is not set up for this (no network: run `coiled-lab setup aws`), or no GCP project
-        (AWSError, 409, EXIT_CONFLICT, "cloud_setup"),
-        (GCPError, 409, EXIT_CONFLICT, "cloud_setup"),
+        (CloudSetupError, 409, EXIT_CONFLICT, "cloud_setup"),
         (ManagerBusy, 503, EXIT_CONFLICT, "busy"),
         (SchedulerUnreachable, 504, EXIT_CONFLICT, "scheduler_unreachable"),
         (Unavailable, 503, EXIT_CONFLICT, "unavailable"),
@@ -213,12 +248,8 @@ def from_answer(status: int, body: Any, subject: Optional[str]) -> BaseException
         return APIError(status, f"HTTP {status} from the coiled-lab server; its log says why")
     message, code = body["error"], body.get("code")
     if code == "limit":
-        from .control.limits import LimitExceeded
-
         return LimitExceeded.from_json(body)
     if code in ("bad_input", "too_large") or (code is None and status == 400):
-        from .spec import ClusterSpecError
-
         return ClusterSpecError(message, body.get("field"), body.get("errors"))
     if code == "not_found" or (code is None and status == 404 and subject is not None):
         return NotFound(subject) if subject is not None else APIError(status, message)

@@ -121,7 +121,7 @@ def _show_widget(cluster_id: str, control) -> None:
 
 
 def _control():
-    from .control import get_control
+    from .connect import get_control
 
     return get_control()
 

@@ -13,6 +13,8 @@ import argparse
 import typing
 from typing import Any, Optional
 
+from .errors import UsageError, quoted
+from .coiled_names import MAPPED, SPOT_POLICIES
 from .spec import ClusterSpec, ClusterSpecError, describe_fields
 
 # Extra spellings users of Coiled and dask-cloudprovider reach for.
@@ -28,10 +30,6 @@ ALIASES: dict[str, list[str]] = {
 }
 # Fields given positionally by the commands that take them.
 POSITIONAL = {"n_workers"}
-
-
-class UsageError(ValueError):
-    """A command line that cannot be parsed; the message is one line for the user."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +64,21 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def key_values(text: str, field: str) -> dict[str, str]:
+    """``team=geo, project=x`` as a dict: the one-line spelling of a map field (tags) in
+    the forms, read by the same rule as ``--tag KEY=VALUE``; ClusterSpecError naming the
+    field otherwise."""
+    out: dict[str, str] = {}
+    for pair in _comma_list(text):
+        try:
+            key, value = _key_value(pair)
+        except argparse.ArgumentTypeError:
+            raise ClusterSpecError(f"{field}: {quoted(pair)} is not allowed: expected KEY=VALUE pairs separated by "
+                                   "commas", field) from None
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _comma_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -90,7 +103,8 @@ def add_spec_options(parser: argparse.ArgumentParser, positional_workers: bool =
         elif origin is dict:
             group.add_argument(*names, action="append", type=_key_value, metavar="KEY=VALUE", **kwargs)
         elif list in (origin, *map(typing.get_origin, args)):
-            group.add_argument(*names, action="extend", type=_comma_list, metavar="TYPE[,TYPE]", **kwargs)
+            metavar = "MIN,MAX" if field == "adaptive" else "TYPE[,TYPE]"
+            group.add_argument(*names, action="extend", type=_comma_list, metavar=metavar, **kwargs)
         else:
             choices = None
             literal = next((a for a in (annotation, *args) if typing.get_origin(a) is typing.Literal), None)
@@ -98,12 +112,22 @@ def add_spec_options(parser: argparse.ArgumentParser, positional_workers: bool =
                 choices = typing.get_args(literal)
                 kwargs["metavar"] = "{" + ",".join(choices) + "}"
             group.add_argument(*names, **kwargs)
+    # Coiled's names that are not fields (coiled_lab.coiled_names): read into fields by ClusterSpec.
+    for name, (kind, help_text) in MAPPED.items():
+        kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if kind == "map":
+            group.add_argument(option_name(name), action="append", type=_key_value, metavar="KEY=VALUE", **kwargs)
+        elif kind == "list":
+            group.add_argument(option_name(name), action="extend", type=_comma_list, metavar="TYPE[,TYPE]", **kwargs)
+        else:
+            group.add_argument(option_name(name), choices=SPOT_POLICIES, metavar="{" + ",".join(SPOT_POLICIES) + "}",
+                               **kwargs)
 
 
 def spec_fields(ns: argparse.Namespace) -> dict[str, Any]:
     """The ClusterSpec fields a user typed, in the shapes ClusterSpec accepts."""
     out: dict[str, Any] = {}
-    for field in ClusterSpec.model_fields:
+    for field in (*ClusterSpec.model_fields, *MAPPED):
         if hasattr(ns, field):
             value = getattr(ns, field)
             if isinstance(value, list) and value and isinstance(value[0], tuple):

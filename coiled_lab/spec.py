@@ -20,13 +20,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from . import config
-from .errors import QUOTED_CHARS, quoted
+from .errors import QUOTED_CHARS, ClusterSpecError, quoted
 
 BACKENDS = ("local", "aws", "gcp")
 SPOT_POLICIES = ("on-demand", "spot", "spot_with_fallback")
@@ -49,6 +50,12 @@ MAX_PATH = 4096  # software: a file path
 MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 32, 128, 256  # within both clouds' limits with coiled-lab's own tags
 MAX_ENVIRON, MAX_ENVIRON_CHARS = 64, 16384  # variables; all names and values together
 MAX_ERRORS = 10  # errors listed in one answer
+MAX_PACKAGE_NAMES = 256  # package_sync_ignore / package_sync_only entries
+_PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
+MIN_DISK_GB, MAX_DISK_GB = 8, 16384  # a VM root disk: what the images need, what EBS and GCE allow
+MAX_THREADS = 1024  # worker_options nthreads
+WORKER_OPTIONS = ("nthreads", "memory_limit")
+WORKER_CLASSES = ("distributed.Nanny", "distributed.Worker", "dask_cuda.CUDAWorker")
 RESERVED_TAG_PREFIX = "coiled-lab:"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
 # Cloud region and zone names: us-east-1, us-east-1b, europe-west4, europe-west4-a.
@@ -126,20 +133,6 @@ def check_environ_size(environ: dict[str, str]) -> None:
         raise ValueError(f"expected at most {MAX_ENVIRON_CHARS} characters of names and values in all, got {size}")
 
 
-class ClusterSpecError(ValueError):
-    """A request that is not a valid cluster: names the field and what is allowed."""
-
-    def __init__(self, message: str, field: str | None = None, errors: list[dict] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.errors = errors or [{"field": field, "error": message}]
-
-    def to_json(self) -> dict[str, Any]:
-        """The body the REST API answers with (HTTP 400)."""
-        return {"error": self.message, "field": self.field, "errors": self.errors}
-
-
 def _duration(value: Any) -> Optional[float]:
     """Seconds from ``20m``, ``"1 hour"``, ``90`` (seconds); ``None``/``"off"`` disables."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none", "never")):
@@ -196,6 +189,9 @@ class ClusterSpec(BaseModel):
     """What a user asks for. Pure data: no I/O, no cloud calls."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    # Set by validation: the fields the user set, and whether this is a stored spec revised.
+    _explicit: frozenset[str] = PrivateAttr(default=frozenset())
+    _revised: bool = PrivateAttr(default=False)
 
     name: Optional[str] = Field(
         None,  # its pattern bounds its length
@@ -226,11 +222,44 @@ class ClusterSpec(BaseModel):
         default_factory=_default("scheduler_vm_type"), max_length=MAX_NAME,
         description="Instance type for the scheduler",
     )
+    scheduler_cpu: Optional[int] = Field(
+        default_factory=_default("scheduler_cpu"), ge=1, le=448,
+        description="vCPUs of the scheduler's VM (instead of scheduler_vm_type)",
+    )
+    scheduler_memory: Memory = Field(
+        default_factory=_default("scheduler_memory"),
+        description="Memory of the scheduler's VM, e.g. '8 GiB' (instead of scheduler_vm_type)",
+    )
+    adaptive: Optional[list[int]] = Field(
+        default_factory=_default("adaptive"), min_length=2, max_length=2,
+        description="[min, max]: adapt the number of workers between them (n_workers=[min, max] sets it)",
+    )
+    worker_options: dict[str, Any] = Field(
+        default_factory=_default("worker_options"),
+        description=f"Options of each worker's dask process: {', '.join(WORKER_OPTIONS)}",
+    )
+    worker_class: Optional[Literal[WORKER_CLASSES]] = Field(  # type: ignore[valid-type]
+        default_factory=_default("worker_class"),
+        description="The dask worker class (distributed.Nanny restarts a worker that dies); left out: the backend's",
+    )
+    worker_disk_size: Optional[int] = Field(
+        default_factory=_default("worker_disk_size"), ge=MIN_DISK_GB, le=MAX_DISK_GB,
+        description="Root disk of each VM in GiB (a number, or a size such as '200 GiB'); left out: the image's",
+    )
     spot_policy: Literal["on-demand", "spot", "spot_with_fallback"] = Field(
         default_factory=_default("spot_policy"), description="Purchase option for workers"
     )
     region: Optional[str] = Field(default_factory=_default("region"), max_length=MAX_NAME, description="Cloud region")
     zone: Optional[str] = Field(default_factory=_default("zone"), max_length=MAX_NAME, description="Availability zone")
+    use_best_zone: bool = Field(
+        default_factory=_default("use_best_zone"),
+        description="Without a zone, let the cloud pick the zone with capacity (the cluster stays in one zone)",
+    )
+    arm: bool = Field(default_factory=_default("arm"), description="ARM VMs (AWS Graviton, GCP Tau T2A)")
+    allow_ssh_from: Optional[str] = Field(
+        default_factory=_default("allow_ssh_from"), max_length=MAX_TEXT,
+        description="CIDR (or 'me') that may reach port 22 of the VMs; left out: SSH stays closed",
+    )
     allow_cross_zone: bool = Field(
         default_factory=_default("allow_cross_zone"),
         description="Spread workers over zones (cross-zone traffic costs money)",
@@ -267,6 +296,24 @@ class ClusterSpec(BaseModel):
     package_sync: bool = Field(
         default_factory=_default("package_sync"), description="Install this environment's packages on the VMs"
     )
+    package_sync_ignore: list[str] = Field(
+        default_factory=_default("package_sync_ignore"), max_length=MAX_PACKAGE_NAMES,
+        description="Packages package sync leaves out (names; their dependencies are still synced)",
+    )
+    package_sync_only: Optional[list[str]] = Field(
+        default_factory=_default("package_sync_only"), max_length=MAX_PACKAGE_NAMES,
+        description="Sync these packages only (names; dask and distributed are always synced)",
+    )
+    package_sync_strict: bool = Field(
+        default_factory=_default("package_sync_strict"),
+        description="Refuse to launch unless the VMs can have exactly this environment: the same platform, "
+                    "and every package at its version (else the cluster ends in error)",
+    )
+    package_sync_fail_on: Literal["critical-only", "warning-or-higher"] = Field(
+        default_factory=_default("package_sync_fail_on"),
+        description="critical-only: only what dask needs must sync; warning-or-higher: any package that cannot "
+                    "be synced (not shipped, conda-only, not installable on the VMs) fails the cluster",
+    )
     software: Optional[str] = Field(
         default_factory=_default("software"), max_length=MAX_PATH,
         description="Requirements file (a .txt path on the Jupyter server) to install instead of package sync",
@@ -284,6 +331,19 @@ class ClusterSpec(BaseModel):
             raise ValueError(
                 "expected 1-63 lower-case letters, digits or '-', starting and ending with a letter or digit"
             )
+        return v
+
+    @field_validator("package_sync_ignore", "package_sync_only", mode="before")
+    @classmethod
+    def _package_names(cls, v: Any) -> Any:
+        if isinstance(v, str):  # "pandas, polars" from a command line or a form
+            v = [n.strip() for n in v.split(",") if n.strip()]
+        if isinstance(v, (list, tuple)):
+            if len(v) > MAX_PACKAGE_NAMES:
+                raise ValueError(f"expected at most {MAX_PACKAGE_NAMES} package names, got {len(v)}")
+            for name in v:
+                if not isinstance(name, str) or not _PACKAGE_NAME.match(name):
+                    raise ValueError(f"{quoted(name)} is not a package name (such as 'pandas' or 'scikit-learn')")
         return v
 
     @field_validator("worker_vm_types", mode="before")
@@ -325,10 +385,59 @@ class ClusterSpec(BaseModel):
     def _check_python(cls, v: Any) -> Optional[str]:
         return _python_version(v)
 
-    @field_validator("allow_ingress_from")
+    @model_validator(mode="before")
     @classmethod
-    def _check_cidr(cls, v: str) -> str:
-        if v == "me":
+    def _coiled_names(cls, data: Any, info: ValidationInfo) -> Any:
+        """Coiled's names (``n_workers=[2, 10]``, ``compute_purchase_option``...) as fields."""
+        if not isinstance(data, dict):
+            return data
+        from .coiled_names import NameProblem, translate
+
+        try:
+            return translate(data, (info.context or {}).get("explicit"), _same_value)
+        except NameProblem as exc:
+            raise _CombinationError(exc.field, str(exc)) from None
+
+    @field_validator("adaptive")
+    @classmethod
+    def _check_adaptive(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and not 0 <= v[0] <= v[1] <= MAX_WORKERS:
+            raise ValueError(f"expected [min, max] with 0 <= min <= max <= {MAX_WORKERS}")
+        return v
+
+    @field_validator("worker_options", mode="before")
+    @classmethod
+    def _check_worker_options(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {}
+        for key, value in v.items():
+            if key == "nthreads":
+                n = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+                if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+                    raise ValueError(f"nthreads: {quoted(value)} is not a number of threads; expected a whole "
+                                     f"number from 1 to {MAX_THREADS}")
+                out[key] = n
+            elif key == "memory_limit":
+                try:
+                    out[key] = _memory(value)
+                except ValueError as exc:
+                    raise ValueError(f"memory_limit: {quoted(value)}: {exc}") from None
+            else:
+                raise ValueError(f"unknown option {quoted(key)}; allowed: {', '.join(WORKER_OPTIONS)}")
+        return out
+
+    @field_validator("worker_disk_size", mode="before")
+    @classmethod
+    def _disk_gib(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip().isdigit():
+            return -(-_memory(v) // 2**30)  # a size such as "200 GiB": whole GiB, rounded up
+        return v
+
+    @field_validator("allow_ingress_from", "allow_ssh_from")
+    @classmethod
+    def _check_cidr(cls, v: Optional[str]) -> Optional[str]:
+        if v is None or v == "me":
             return v
         try:
             return str(ipaddress.ip_network(v, strict=False))
@@ -369,42 +478,69 @@ class ClusterSpec(BaseModel):
     def _check_combinations(self, info: ValidationInfo) -> "ClusterSpec":
         # What the user set (a stored spec re-checked with changes names them in the context).
         explicit = (info.context or {}).get("explicit", self.model_fields_set)
+        self._explicit, self._revised = frozenset(explicit), info.context is not None
         # Given a value, not just present: a stored spec (public()) carries every field, sizes as None.
         sized = [f for f in ("worker_cpu", "worker_memory") if f in explicit and getattr(self, f) is not None]
         if self.worker_vm_types and sized:
             field = sized[0]
             raise _CombinationError(field, "give either worker_vm_types or worker_cpu/worker_memory, not both")
+        if self.scheduler_vm_type and "scheduler_vm_type" in explicit:
+            sized = [f for f in ("scheduler_cpu", "scheduler_memory") if f in explicit and getattr(self, f) is not None]
+            if sized:
+                raise _CombinationError(sized[0], "give either scheduler_vm_type or scheduler_cpu/scheduler_memory, "
+                                                  "not both")
+        if self.zone and "zone" in explicit and "use_best_zone" in explicit and self.use_best_zone:
+            raise _CombinationError("use_best_zone", "use_best_zone lets the cloud pick the zone, and zone names "
+                                                     "one; give one of them")
+        if self.adaptive and not self.adaptive[0] <= self.n_workers <= self.adaptive[1]:
+            low, high = self.adaptive
+            raise _CombinationError("n_workers", f"the cluster adapts between {low} and {high} workers "
+                                                 f"(n_workers=[{low}, {high}]); give a number within them, or "
+                                                 "new bounds as n_workers=[min, max]")
+        if self.arm and self.worker_gpu:
+            raise _CombinationError("arm", "GPU workers run on x86_64 machines; leave arm out, or worker_gpu")
+        if self.worker_class == "dask_cuda.CUDAWorker" and not self.worker_gpu:
+            raise _CombinationError("worker_class", "dask_cuda.CUDAWorker needs GPUs: set worker_gpu")
         if self.software and "package_sync" in explicit and self.package_sync:
             raise _CombinationError("package_sync", "package_sync cannot be on when software is given")
-        if self.backend == "local":
-            # Cloud-only options a user set explicitly are errors; cloud defaults are ignored.
-            if "worker_gpu" in explicit and self.worker_gpu:
-                raise _CombinationError("worker_gpu", "the local backend has no GPUs; allowed: 0")
-            if "spot_policy" in explicit and self.spot_policy != "on-demand":
-                raise _CombinationError(
-                    "spot_policy", "the local backend has no spot instances; allowed: 'on-demand'"
-                )
-            here = running_python()
-            if "python_version" in explicit and self.python_version not in (None, here):
-                raise _CombinationError(
-                    "python_version", f"the local backend runs dask with this server's own Python ({here}); "
-                                      f"allowed: '{here}', or leave it out")
-            for field in ("worker_vm_types", "scheduler_vm_type", "region", "zone"):
-                if field in explicit and getattr(self, field):
-                    raise _CombinationError(field, f"the local backend has no {field}; use backend 'aws' or 'gcp'")
-            # Today's ceiling judges new requests and changes of n_workers, never a stored
-            # spec read again (a live cluster's next pass, its teardown) after an admin lowered it.
-            limit = int(config.get("local.max-workers"))
-            if self.n_workers > limit and (info.context is None or "n_workers" in explicit):
-                raise _CombinationError(
-                    "n_workers",
-                    f"the local backend allows at most {limit} workers (coiled-lab.local.max-workers)",
-                )
+        if self.package_sync_only is not None and self.package_sync_ignore and "package_sync_only" in explicit:
+            raise _CombinationError("package_sync_only", "give package_sync_only or package_sync_ignore, not both")
         return self
 
     def public(self) -> dict[str, Any]:
         """JSON-ready dict, durations in seconds and memory in bytes."""
         return self.model_dump(mode="json")
+
+    def __eq__(self, other: object) -> bool:
+        """Two specs are equal when their fields are: who set which is not part of the value."""
+        return isinstance(other, ClusterSpec) and self.__dict__ == other.__dict__
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The fields the user set in this request: every field given to a new spec, only
+        the changes of a stored one (:func:`revise`). Rules about explicit choices (a
+        backend's ``check_spec``) judge these, so that a stored spec read again (a live
+        cluster's next pass, its teardown) is never refused by today's config."""
+        return self._explicit
+
+    def judged(self, field: str) -> bool:
+        """Whether a rule about ``field`` applies: always to a new request, and to a stored
+        spec only where this revision changes it."""
+        return not self._revised or field in self._explicit
+
+    def refused(self, field: str, reason: str) -> ClusterSpecError:
+        """The error for ``field``'s value, in the shape every rule uses."""
+        return ClusterSpecError(f"{field}: {quoted(getattr(self, field, None))} is not allowed: {reason}", field)
+
+
+def _same_value(field: str, a: Any, b: Any) -> bool:
+    """Whether two spellings of ``field`` mean the same (``"20m"`` and 1200 seconds)."""
+    if field == "idle_timeout":
+        try:
+            return _duration(a) == _duration(b)
+        except ValueError:
+            return False
+    return a == b
 
 
 class _CombinationError(ValueError):
@@ -456,7 +592,10 @@ def spec_error(exc: ValidationError, data: dict[str, Any] | None = None) -> Clus
         loc = [str(p) for p in err.get("loc", ())]
         field = loc[0] if loc else None
         if err["type"] == "extra_forbidden":
-            message = f"unknown field {quoted(field)}; allowed fields: {', '.join(FIELDS)}"
+            from .coiled_names import MAPPED
+
+            message = (f"unknown field {quoted(field)}; allowed fields: {', '.join(FIELDS)}; "
+                       f"Coiled's names also taken: {', '.join(MAPPED)}")
         else:
             ctx_error = (err.get("ctx") or {}).get("error")
             if isinstance(ctx_error, _CombinationError):

@@ -12,7 +12,10 @@ import pytest
 from coiled_lab.control import notifications
 from coiled_lab.control.inprocess import InProcessControl
 from coiled_lab.control.manager import ClusterManager
+from coiled_lab.control.schedulers import SchedulerLinks
 from coiled_lab.spec import ClusterSpecError
+
+from .conftest import cluster_processes, wait_for
 
 BOOT = {
     "python": "3.11.2",
@@ -52,17 +55,25 @@ def test_boot_summary_keeps_the_known_fields_in_their_types():
                                        "skipped": tuple(BOOT["skipped"])}) == notifications.boot_summary(BOOT)
 
 
-class BootReportingManager(ClusterManager):
-    """The real manager and local backend; the scheduler's lifetime answer carries a boot
-    report, as a cloud VM's bootstrap gives it."""
+class BootReportingLinks(SchedulerLinks):
+    """The real scheduler calls; the lifetime answer carries a boot report, as a cloud VM's
+    bootstrap gives it."""
 
     boot: Optional[dict[str, Any]] = BOOT
 
-    async def _identity(self, rec, address):
-        info = await super()._identity(rec, address)
+    async def identity(self, cluster_id, address):
+        info = await super().identity(cluster_id, address)
         if info is not None:
             info["coiled_lab_lifetime"] = {**(info.get("coiled_lab_lifetime") or {}), "boot": self.boot}
         return info
+
+
+class BootReportingManager(ClusterManager):
+    """The real manager and local backend, with :class:`BootReportingLinks`."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.schedulers = BootReportingLinks(lambda cluster_id: self._tls(self.store.get_cluster(cluster_id)))
 
 
 def test_the_manager_keeps_the_boot_phases_and_tells_skipped_packages_once(state_dir):
@@ -83,6 +94,22 @@ def test_the_manager_keeps_the_boot_phases_and_tells_skipped_packages_once(state
         assert "bar @ https://example.org/bar-2.0.tar.gz (building the wheel failed" in told[0]["message"]
         control.run(control.stop(cluster["id"]))
         control.run(control.wait(cluster["id"], ("stopped",), 30))
+    finally:
+        control.close()
+
+
+def test_a_cluster_that_asks_for_every_package_ends_in_error_when_the_vms_skip_some(state_dir):
+    """package_sync_fail_on='warning-or-higher': what the VMs report they could not install
+    ends the cluster in error, naming the packages, and nothing is left running."""
+    manager = BootReportingManager(state_dir)
+    control = InProcessControl(manager)
+    try:
+        cluster = control.run(control.create({"n_workers": 1, "package_sync_fail_on": "warning-or-higher"}))
+        final = control.run(control.wait(cluster["id"], ("stopped",), 60))
+        assert final["status"] == "error"
+        assert "foo==1.0 (no wheel" in final["message"] and "package_sync_fail_on asks for every package" in \
+            final["message"]
+        wait_for(lambda: not cluster_processes(state_dir), timeout=30, what="no dask process left")
     finally:
         control.close()
 

@@ -109,7 +109,7 @@ def test_a_follow_in_los_angeles_shows_new_lines_at_their_utc_time(state_dir):
     [
         (["start", "-2"], "N_WORKERS: '-2' is not allowed"),
         (["start", "3", "--backend", "azure"], "--backend: 'azure' is not allowed"),
-        (["start", "3", "--gpu", "1"], "--worker-gpu: '1' is not allowed"),
+        (["start", "3", "--gpu", "1"], "--worker-gpu: 1 is not allowed"),
         (["start", "--idle-timeout", "soon"], "--idle-timeout: 'soon' is not allowed"),
         (["start", "--spot-policy", "cheap"], "--spot-policy: 'cheap' is not allowed"),
         (["start", "--tag", "novalue"], "expected KEY=VALUE"),

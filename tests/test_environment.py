@@ -226,6 +226,65 @@ def test_what_the_vms_will_not_have_is_told_once_before_launch(tmp_path):
     assert env.pins() == ["numpy==2.0.1"]
 
 
+def test_package_sync_ignore_and_only_choose_what_is_synced(tmp_path):
+    """Coiled's package_sync_ignore / package_sync_only: the environment the VMs get (and
+    its hash) leaves packages out; dask and distributed always stay."""
+    site = tmp_path / "site"
+    dists = [_dist(site, name, version, {f"{name}/__init__.py": ""}) for name, version in
+             (("dask", "2026.8.0"), ("distributed", "2026.8.0"), ("pandas", "2.2.2"), ("Polars", "1.9.0"))]
+    sent = snapshot("the kernel", cwd=tmp_path / "empty", include=[], environ=[], distributions=dists,
+                    prefix=tmp_path).to_json()
+    kept = Environments(tmp_path)
+    everything = kept.resolve(parse_spec({"backend": "aws"}), sent)
+    assert everything.pins() == ["dask==2026.8.0", "distributed==2026.8.0", "pandas==2.2.2", "Polars==1.9.0"]
+    ignored = kept.resolve(parse_spec({"backend": "aws", "package_sync_ignore": ["polars"]}), sent)
+    assert ignored.pins() == ["dask==2026.8.0", "distributed==2026.8.0", "pandas==2.2.2"]
+    assert ignored.hash != everything.hash and kept.get(ignored.hash).pins() == ignored.pins()  # kept by its hash
+    only = kept.resolve(parse_spec({"backend": "aws", "package_sync_only": "pandas"}), sent)
+    assert only.pins() == ["dask==2026.8.0", "distributed==2026.8.0", "pandas==2.2.2"]
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec({"backend": "aws", "package_sync_only": ["pandas"], "package_sync_ignore": ["polars"]})
+    assert info.value.field == "package_sync_only" and "not both" in info.value.message
+    with pytest.raises(ClusterSpecError) as info:
+        parse_spec({"backend": "aws", "package_sync_ignore": ["pandas; rm -rf /"]})
+    assert info.value.field == "package_sync_ignore" and "not a package name" in info.value.message
+
+
+def test_strict_and_fail_on_refuse_before_launch_what_would_not_sync(tmp_path):
+    """package_sync_fail_on='warning-or-higher' and package_sync_strict refuse a create
+    whose environment would not all reach the VMs, before anything is recorded."""
+    import asyncio
+
+    from coiled_lab.control.manager import ClusterManager
+
+    meta = tmp_path / "conda-meta"
+    meta.mkdir()
+    (meta / "openssl-3.3.1-h0.json").write_text(json.dumps({"name": "openssl", "version": "3.3.1", "files": []}))
+    dists = [_dist(tmp_path / "site", "numpy", "2.0.1", {"numpy/__init__.py": ""})]
+    env = snapshot("the kernel", cwd=tmp_path / "empty", include=[], environ=[], distributions=dists, prefix=tmp_path)
+    base = {"backend": "aws", "n_workers": 1, "allow_ingress_from": "198.51.100.0/24"}
+
+    async def create(**fields) -> Exception:
+        async with ClusterManager(tmp_path / "state", backends={"aws": _Offline()}, check_interval=60) as manager:
+            with pytest.raises(ClusterSpecError) as info:
+                await manager.create({**base, **fields}, env.to_json())
+            assert manager.store.list_clusters() == []
+            return info.value
+
+    refused = asyncio.run(create(package_sync_fail_on="warning-or-higher"))
+    assert refused.field == "package_sync_fail_on" and "openssl 3.3.1: a conda package" in refused.message
+    assert "\n" not in refused.message
+    assert asyncio.run(create(package_sync_strict=True)).field == "package_sync_strict"
+    elsewhere = snapshot("a Mac", cwd=tmp_path / "empty", include=[], environ=[], distributions=dists,
+                         prefix=tmp_path / "no-conda").to_json()
+    elsewhere["platform"] = "darwin-arm64"
+    kept = Environments(tmp_path)
+    with pytest.raises(ClusterSpecError) as info:
+        kept.resolve(parse_spec({**base, "package_sync_strict": True}), elsewhere)
+    assert "runs on darwin-arm64 and the VMs on linux-x86_64" in info.value.message
+    assert kept.resolve(parse_spec(base), elsewhere).platform == "darwin-arm64"  # not strict: the VMs' own builds
+
+
 def test_environments_no_live_cluster_uses_are_removed_after_a_while(tmp_path):
     import os
     import time

@@ -43,6 +43,7 @@ def priced(per_worker):
     "limits, fields, live, estimate, limit, field",
     [
         ({"max-workers": 4}, {"n_workers": 5}, 0, free, "max-workers", "n_workers"),
+        ({"max-workers": 4}, {"n_workers": [1, 5]}, 0, free, "max-workers", "n_workers"),  # adaptive maximum
         ({"max-clusters": 2}, {"n_workers": 1}, 2, free, "max-clusters", None),
         ({"allowed-instance-types": ["m6i.*"]}, {"backend": "aws", "worker_vm_types": ["m6i.large", "p4d.24xlarge"]},
          0, free, "allowed-instance-types", "worker_vm_types"),

@@ -20,6 +20,7 @@ from coiled_lab import Cluster
 from coiled_lab.backends.local import LocalBackend
 from coiled_lab.control.inprocess import InProcessControl
 from coiled_lab.control.manager import ClusterManager
+from coiled_lab.control.store import Store
 from coiled_lab.spec import ClusterSpecError
 from coiled_lab.tls import TLSMaterial
 
@@ -86,11 +87,14 @@ def test_cluster_lifecycle_over_tls(control, state_dir):
 
 
 def test_attach_by_name_and_progress_events(control, state_dir):
-    first = Cluster(name="shared", n_workers=1, control=control)
-    second = Cluster(name="shared", control=control, shutdown_on_close=False)
+    first = Cluster(name="shared", n_workers=1, idle_timeout="7m", control=control)
+    with dask.config.set({"coiled-lab.cluster.n-workers": 3, "coiled-lab.cluster.idle-timeout": "1h"}):
+        second = Cluster(name="shared", control=control, shutdown_on_close=False)
     try:
         assert second.cluster_id == first.cluster_id
         assert roles(state_dir).count("worker") == 1  # attaching launched nothing
+        # The attached Cluster's spec is the record's, not this kernel's defaults.
+        assert (second.spec.n_workers, second.spec.idle_timeout) == (1, 420)
         progress = [e["data"] for e in control.manager.store.events(first.cluster_id) if e["kind"] == "progress"]
         assert [p["step"] for p in progress][:3] == ["network", "scheduler", "workers"]
         assert progress[-1] == {**progress[-1], "ready": 1, "target": 1}
@@ -224,6 +228,28 @@ def test_transient_failures_are_retried(state_dir):
         control.run(control.wait(cluster["id"], ("stopped",), 30))
     finally:
         control.close()
+
+
+def test_failed_passes_are_counted_in_the_store_across_a_restart(state_dir):
+    """The count of failed passes lives in the cluster's record: a server restarted in the
+    middle goes on counting toward max-retries, it does not start again at zero."""
+    settings = {"coiled-lab.manager.max-retries": 4, "coiled-lab.manager.retry-backoff": 0.3}
+    with dask.config.set(settings):
+        first = FlakyBackend(failures=100)
+        control = InProcessControl(ClusterManager(state_dir, backends={"local": first}))
+        cluster = control.run(control.create({"n_workers": 1}))
+        wait_for(lambda: control.manager.store.get_cluster(cluster["id"]).state.get("failed_passes", 0) >= 2,
+                 timeout=30, what="two failed passes recorded")
+        control.close()
+        counted = Store(state_dir / "coiled-lab.sqlite").get_cluster(cluster["id"]).state["failed_passes"]
+        second = FlakyBackend(failures=100)
+        control = InProcessControl(ClusterManager(state_dir, backends={"local": second}))
+        try:
+            final = control.run(control.wait(cluster["id"], ("stopped",), 60))
+            assert final["status"] == "error" and "injected launch failure" in final["message"]
+            assert 2 <= counted < 4 and second.calls == 4 - counted
+        finally:
+            control.close()
 
 
 def test_permanent_failure_ends_in_error_and_leaves_nothing(state_dir):
@@ -377,10 +403,38 @@ def test_async_cluster_starts_when_awaited_and_in_async_with(control, state_dir)
         assert cluster.scheduler_address.startswith("tls://")
         assert await cluster is cluster  # a second await does not start a second cluster
         assert len([c for c in await control.list() if c["name"] == "awaited"]) == 1
+        # Every method has its async twin: from a running loop each returns an awaitable.
+        await cluster.scale(1)
+        await cluster.wait_for_workers(1, timeout=60)
+        assert cluster.record["workers"]["target"] == 1
+        assert isinstance(await cluster.get_notifications(), list)
+        assert "as_of" in await cluster.get_usage()
+        assert "Cluster" in await cluster.get_logs()
+        await cluster.scale(0)
+        assert cluster.record["workers"]["target"] == 0
         await cluster.close()
         assert (await control.get(cluster.cluster_id))["status"] == "stopped"
 
     asyncio.run(main())
+
+
+def test_adapt_keeps_the_bounds_with_the_cluster(control, state_dir):
+    """cluster.adapt() as Coiled users call it: the bounds are the cluster's own (kept and
+    acted on by the control plane), the size moves into them at once, (0, 0) clears them."""
+    with Cluster(n_workers=3, control=control, name="adapting") as cluster:
+        cluster.adapt(minimum=1, maximum=2)
+        assert cluster.spec.adaptive == [1, 2] and cluster.record["workers"]["target"] == 2
+        assert control.run(control.get("adapting"))["spec"]["adaptive"] == [1, 2]
+        with pytest.raises(ClusterSpecError, match="maximum is needed"):
+            cluster.adapt(minimum=1)
+        with pytest.raises(ClusterSpecError, match="coiled-lab.adaptive.interval"):
+            cluster.adapt(1, 2, interval="1s")
+        with pytest.raises(ClusterSpecError) as beyond:  # the local ceiling (64), as for n_workers=[1, 100]
+            cluster.adapt(1, 100)
+        assert beyond.value.field == "n_workers" and "at most 64" in beyond.value.message
+        cluster.adapt(0, 0)
+        assert cluster.spec.adaptive is None
+        assert control.run(control.get("adapting"))["spec"]["adaptive"] is None
 
 
 def test_a_lowered_ceiling_leaves_a_running_cluster_alone(control, state_dir):

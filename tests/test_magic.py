@@ -66,7 +66,7 @@ def test_cell_magic_takes_a_yaml_spec(ip, state_dir):
     "line, message",
     [
         ("%coiled start -1", "N_WORKERS: '-1' is not allowed"),
-        ("%coiled start 2 --gpu 1", "--worker-gpu: '1' is not allowed: the local backend has no GPUs"),
+        ("%coiled start 2 --gpu 1", "--worker-gpu: 1 is not allowed: the local backend has no GPUs"),
         ("%coiled start --backend nope", "--backend: 'nope' is not allowed"),
         ("%coiled stop ghost", "no cluster named or with id 'ghost'"),
         ("%coiled launch", "invalid choice: 'launch'"),

@@ -29,6 +29,20 @@ EXAMPLES = {
     "package_sync": (["--no-package-sync"], False),
     "software": (["--software", "env/requirements.txt"], "env/requirements.txt"),
     "python_version": (["--python-version", "3.12"], "3.12"),
+    "scheduler_cpu": (["--scheduler-cpu", "4"], 4),
+    "scheduler_memory": (["--scheduler-memory", "8GiB"], 8 * 2**30),
+    "adaptive": (["--adaptive", "2,10", "5"], [2, 10]),
+    "worker_options": (["--worker-options", "nthreads=2", "--worker-options", "memory_limit=2GiB"],
+                       {"nthreads": 2, "memory_limit": 2 * 2**30}),
+    "worker_class": (["--worker-class", "distributed.Worker"], "distributed.Worker"),
+    "worker_disk_size": (["--worker-disk-size", "200"], 200),
+    "use_best_zone": (["--no-use-best-zone"], False),
+    "arm": (["--arm"], True),
+    "allow_ssh_from": (["--allow-ssh-from", "203.0.113.7"], "203.0.113.7/32"),
+    "package_sync_ignore": (["--package-sync-ignore", "polars,pyarrow"], ["polars", "pyarrow"]),
+    "package_sync_only": (["--package-sync-only", "pandas"], ["pandas"]),
+    "package_sync_strict": (["--package-sync-strict"], True),
+    "package_sync_fail_on": (["--package-sync-fail-on", "warning-or-higher"], "warning-or-higher"),
 }
 
 

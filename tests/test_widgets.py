@@ -40,53 +40,64 @@ def test_form_estimates_validates_at_the_field_and_creates(control, state_dir):
     form = ClusterForm(control=control)
     wait_for(lambda: "$0.00/hour" in form.estimate.value, what="an estimate")
 
-    form.fields["worker_gpu"].value = 1  # the local backend has no GPUs
+    form.fields["n_workers"].value = 500  # over the local ceiling the schema carries
+    assert form.submit() is None
+    assert "expected at most 64 (coiled-lab.local.max-workers)" in form.errors["n_workers"].value
+    form.fields["n_workers"].value = 1
+    form.fields["idle_timeout"].value = "whenever"  # the server's validation, at its field
     form.submit()
-    wait_for(lambda: "no GPUs" in form.errors["worker_gpu"].value, what="the error at its field")
+    wait_for(lambda: "idle_timeout" in form.errors["idle_timeout"].value, what="the server's error at its field")
     assert control.run(control.list()) == []
 
-    form.fields["worker_gpu"].value = 0
+    form.fields["idle_timeout"].value = "30m"
     form.fields["tags"].value = "team"
     assert form.submit() is None and "KEY=VALUE" in form.errors["tags"].value
 
     form.fields["tags"].value = "team=geo"
-    form.fields["n_workers"].value = 1
     form.fields["name"].value = "from-form"
     form.submit()
     wait_for(lambda: form.widget is not None, what="the cluster widget")
     wait_for(lambda: form.widget.state()["status"] == "running", timeout=60, what="running")
     created = control.run(control.get("from-form"))
-    assert created["spec"]["tags"] == {"team": "geo"} and created["spec"]["worker_gpu"] is None
+    assert created["spec"]["tags"] == {"team": "geo"} and created["spec"]["idle_timeout"] == 1800
+    assert created["spec"]["worker_gpu"] is None
     control.run(control.stop("from-form"))
     control.run(control.wait("from-form", ("stopped",), 30))
     form.widget.close()
 
 
-# ClusterSpec fields each form leaves to the server's defaults, on purpose. A field added to
-# ClusterSpec must be shown by both forms or be named here (with the reason in review).
-NOT_IN_THE_SIDEBAR = {"scheduler_vm_type", "allow_cross_zone", "connect_via", "no_client_timeout", "max_lifetime",
-                      "environ", "python_version"}
-NOT_IN_THE_WIDGET = {"scheduler_vm_type", "zone", "allow_cross_zone", "connect_via", "no_client_timeout",
-                     "max_lifetime", "environ", "package_sync", "software", "python_version"}
-
-
-def test_no_clusterspec_field_is_forgotten_by_a_form(control, state_dir):
-    import re
-    from pathlib import Path
-
+def test_every_clusterspec_field_is_in_a_form_or_said_why_not():
+    from coiled_lab.schema import FORM, NOT_IN_THE_FORMS
     from coiled_lab.spec import FIELDS
-    from coiled_lab.widgets import ClusterForm
-    from coiled_lab.widgets.form import CLOUD_ONLY
 
-    source = (Path(__file__).parents[1] / "labextension" / "src" / "models" / "form.ts").read_text()
-    sidebar = set(re.findall(r"'(\w+)'", re.search(r"export const FIELDS = \[(.*?)\] as const", source, re.S)[1]))
-    assert sidebar | NOT_IN_THE_SIDEBAR == set(FIELDS) and not sidebar & NOT_IN_THE_SIDEBAR
+    forgotten = set(FIELDS) - set(FORM) - set(NOT_IN_THE_FORMS)
+    assert not forgotten, (f"ClusterSpec fields {sorted(forgotten)} are in neither coiled_lab/schema.py's FORM "
+                           "(shown by the forms) nor NOT_IN_THE_FORMS (with the reason): add each to one")
+    assert not set(FORM) & set(NOT_IN_THE_FORMS)
+    assert set(FORM) | set(NOT_IN_THE_FORMS) <= set(FIELDS), "a field the table names is gone from ClusterSpec"
+    assert all(reason.strip() for reason in NOT_IN_THE_FORMS.values())
+
+
+def test_the_widget_renders_the_schema_of_each_backend(control, state_dir):
+    from coiled_lab.schema import FORM, form_schema
+    from coiled_lab.widgets import ClusterForm
+
     form = ClusterForm(control=control)
-    assert set(form.fields) | NOT_IN_THE_WIDGET == set(FIELDS) and not set(form.fields) & NOT_IN_THE_WIDGET
-    # On local the cloud's fields are hidden, as in the sidebar; a cloud backend shows them.
-    assert all(form.rows[name].layout.display == "none" for name in CLOUD_ONLY)
-    form.fields["backend"].value = "aws"
-    assert all(form.rows[name].layout.display != "none" for name in CLOUD_ONLY)
+    assert set(form.fields) == set(FORM)
+    for backend in ("local", "aws", "gcp"):
+        form.fields["backend"].value = backend
+        schema = form_schema(backend)
+        shown = [name for name, row in form.rows.items() if row.layout.display != "none"]
+        assert shown == schema["x-form"], backend  # the same fields, in the same order
+        for name in shown:
+            assert form.fields[name].description == schema["properties"][name]["title"], name
+        for name in ("spot_policy", "backend"):
+            if name in shown:
+                assert list(form.fields[name].options) == schema["properties"][name]["enum"]
+    # On local the cloud's fields are hidden, as in the sidebar.
+    form.fields["backend"].value = "local"
+    assert {"region", "zone", "worker_vm_types", "worker_gpu", "spot_policy", "allow_ingress_from"}.isdisjoint(
+        name for name, row in form.rows.items() if row.layout.display != "none")
 
 
 def test_form_refuses_negative_workers_at_the_field(control, state_dir):
@@ -96,5 +107,30 @@ def test_form_refuses_negative_workers_at_the_field(control, state_dir):
     form.fields["n_workers"].value = -1
     assert form.fields["n_workers"].value == -1  # not clamped to 0 behind the user's back
     form.submit()
-    wait_for(lambda: "n_workers" in form.errors["n_workers"].value, what="the error at its field")
+    assert "n_workers: -1 is not allowed: expected at least 0" in form.errors["n_workers"].value
+    wait_for(lambda: form.estimate.value == "", what="no estimate for -1 workers")  # after the debounce
+    assert "expected at least 0" in form.errors["n_workers"].value
     assert control.run(control.list()) == []
+
+
+def test_local_form_warns_of_workers_bigger_than_this_machine(control, state_dir):
+    from dask.utils import format_bytes
+
+    from coiled_lab.schema import machine
+    from coiled_lab.widgets import ClusterForm
+
+    here = machine()
+    form = ClusterForm(control=control)
+    form.fields["worker_cpu"].value = str(here["cpu"] + 1)
+    form.fields["worker_memory"].value = format_bytes(here["memory"] * 2)
+    assert f"this machine has {here['cpu']} vCPUs" in form.warnings["worker_cpu"].value
+    assert "this machine has" in form.warnings["worker_memory"].value
+    # A warning, not a block: the estimate is still asked for and given.
+    wait_for(lambda: "$0.00/hour" in form.estimate.value, what="an estimate despite the warnings")
+    assert not form.errors["worker_cpu"].value and not form.errors["worker_memory"].value
+    form.fields["worker_cpu"].value = "1"
+    form.fields["worker_memory"].value = "1 GiB"
+    assert not form.warnings["worker_cpu"].value and not form.warnings["worker_memory"].value
+    form.fields["worker_memory"].value = format_bytes(here["memory"] * 2)
+    form.fields["backend"].value = "aws"  # a cloud's workers are VMs of their own: no warning
+    assert not form.warnings["worker_memory"].value

@@ -13,15 +13,35 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
-from ..control.store import Instance
 from ..logs import LogRecord
 from ..spec import ClusterSpec, ClusterSpecError, cluster_python
 from ..tls import TLSMaterial
+
+
+@dataclass
+class Instance:
+    """One machine (or local process) of a cluster, as the backend reported it (and the
+    store keeps it: the store imports it from here, never the other way round)."""
+
+    id: str
+    role: str  # "scheduler" | "worker"
+    address: Optional[str] = None
+    vm_type: Optional[str] = None
+    zone: Optional[str] = None
+    spot: bool = False
+    launched_at: float = field(default_factory=time.time)
+    terminated_at: Optional[float] = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 
 def check_vm_software(spec: ClusterSpec, cloud: str) -> None:

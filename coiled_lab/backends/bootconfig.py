@@ -95,7 +95,9 @@ def bootstrap_config(
         "required_packages": list(config.get("required-packages") or []),
         "index_url": config.get("package-index") or None,
         "gpu": gpu,
-        "nanny": bool(config.get(f"{cloud}.nanny")),
+        "nanny": spec.worker_class == "distributed.Nanny" if spec.worker_class else
+                 bool(config.get(f"{cloud}.nanny")),
+        "worker_options": dict(spec.worker_options),  # nthreads, memory_limit (bytes)
         "death_timeout": float(config.get(f"{cloud}.death-timeout")),
         "start_timeout": float(config.get(f"{cloud}.start-timeout")),
         "spot_poll_interval": float(config.get(f"{cloud}.spot-poll-interval")),

@@ -77,12 +77,6 @@ def inputs(env: Environment) -> bytes:
     return buffer.getvalue()
 
 
-def skipped_lines(env: Environment) -> list[str]:
-    """What the VMs will not have, one line each (the VMs' log repeats them)."""
-    return [f"{item}: {why}" for item, why in env.skipped] + [f"{x}: a conda package with no Python distribution "
-                                                              "(not on the package index)" for x in env.conda_only]
-
-
 async def boot_fields(env: Optional[Environment], store: Optional[EnvStore], role: str, cloud: str,
                       notify: Callable[..., None] = lambda kind, message, level="warning": None) -> dict[str, Any]:
     """config.json's software fields for one VM of a cluster syncing ``env``:
@@ -92,7 +86,7 @@ async def boot_fields(env: Optional[Environment], store: Optional[EnvStore], rol
     software line (where from, how many packages, built or building)."""
     if env is None:
         return {"packages": [], "packages_skipped": []}
-    skipped = skipped_lines(env)
+    skipped = env.unsynced()
     if role == "scheduler" and store is None:
         notify("software", env.line("no environment bucket: every VM installs it from the index"), "info")
     if store is None:

@@ -4,8 +4,9 @@ Each process plays the part of a VM. It is started detached (its own session, no
 inherited file descriptors) so it outlives the Python process that asked for it, as a
 VM outlives a laptop; it carries the cluster's directory in its command line, which is
 how :meth:`describe` and :meth:`cleanup` find it (the local analogue of a cloud tag).
-Workers run without a nanny: the manager's reconcile loop replaces lost workers, as it
-does for lost VMs, and a worker process costs one Python start instead of two.
+Workers run without a nanny unless ``worker_class="distributed.Nanny"`` asks for one: the
+manager's reconcile loop replaces lost workers, as it does for lost VMs, and a worker
+process costs one Python start instead of two.
 
 A new Python spends ~1 s of CPU importing distributed, which made time to ready a matter
 of imports. So this process keeps a :class:`Zygote`, a Python that has imported it once,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import secrets
 import signal
 import subprocess
@@ -30,10 +32,10 @@ from typing import Any, Optional
 from .. import config
 from ..bootstrap import lifetime, watchdog
 from ..bootstrap.vm import UTC_PRELOAD
-from ..control.store import Instance
 from ..logs import LogRecord, parse_lines
+from ..spec import ClusterSpec, running_python
 from ..zygote import Zygote
-from .base import Backend, ClusterContext
+from .base import Backend, ClusterContext, Instance
 
 # Environment variables a dask process may inherit from the server; everything else
 # (cloud credentials, Jupyter tokens) stays out of it.
@@ -67,6 +69,37 @@ class LocalBackend(Backend):
         # Children we started ourselves, polled so that they never linger as zombies.
         self._children: dict[int, subprocess.Popen] = {}
         self._scanned: dict[str, float] = {}  # cluster id -> time of its last full scan
+
+    def check_spec(self, spec: ClusterSpec) -> None:
+        """This machine's rules. Cloud-only options the user set are refused (cloud defaults
+        of a shared config are ignored), as are GPUs, spot, another Python or another
+        architecture. The worker ceiling (``local.max-workers``) judges new requests and
+        changes of ``n_workers``, never a stored spec read again after an admin lowered it
+        (a live cluster's next pass, its teardown)."""
+        explicit = spec.explicit
+        if "worker_gpu" in explicit and spec.worker_gpu:
+            raise spec.refused("worker_gpu", "the local backend has no GPUs; allowed: 0")
+        if "spot_policy" in explicit and spec.spot_policy != "on-demand":
+            raise spec.refused("spot_policy", "the local backend has no spot instances; allowed: 'on-demand'")
+        here = running_python()
+        if "python_version" in explicit and spec.python_version not in (None, here):
+            raise spec.refused("python_version", f"the local backend runs dask with this server's own Python "
+                                                 f"({here}); allowed: '{here}', or leave it out")
+        if "arm" in explicit and spec.arm and platform.machine().lower() not in ("arm64", "aarch64"):
+            raise spec.refused("arm", f"the local backend runs on this machine ({platform.machine()}); "
+                                      "allowed: False, or use backend 'aws' or 'gcp'")
+        if "worker_class" in explicit and spec.worker_class == "dask_cuda.CUDAWorker":
+            raise spec.refused("worker_class", "the local backend has no GPUs; allowed: distributed.Nanny or "
+                                               "distributed.Worker")
+        for field in ("worker_vm_types", "scheduler_vm_type", "region", "zone", "scheduler_cpu",
+                      "scheduler_memory", "worker_disk_size", "allow_ssh_from"):
+            if field in explicit and getattr(spec, field):
+                raise spec.refused(field, f"the local backend has no {field}; use backend 'aws' or 'gcp'")
+        limit = int(config.get("local.max-workers"))
+        most = spec.adaptive[1] if spec.adaptive else spec.n_workers
+        if most > limit and spec.judged("n_workers"):
+            raise spec.refused("n_workers", f"the local backend allows at most {limit} workers "
+                                            "(coiled-lab.local.max-workers)")
 
     # -- paths ------------------------------------------------------------------------
     @staticmethod
@@ -156,8 +189,12 @@ class LocalBackend(Backend):
 
         spec = cluster.spec
         n_total = max(spec.n_workers, 1)
-        nthreads = spec.worker_cpu or max(1, (os.cpu_count() or 1) // n_total)
-        memory = spec.worker_memory or int(psutil.virtual_memory().total // n_total)
+        # worker_options (Coiled's name for the worker's own arguments) win over the sizes.
+        nthreads = spec.worker_options.get("nthreads") or spec.worker_cpu or max(1, (os.cpu_count() or 1) // n_total)
+        memory = spec.worker_options.get("memory_limit") or spec.worker_memory or \
+            int(psutil.virtual_memory().total // n_total)
+        # No nanny unless asked for: the manager replaces lost workers, as it does lost VMs.
+        nanny = "--nanny" if spec.worker_class == "distributed.Nanny" else "--no-nanny"
         commands = []
         for _ in range(count):
             instance_id = f"w{secrets.token_hex(3)}"
@@ -170,7 +207,7 @@ class LocalBackend(Backend):
                 *self._tls_args(cluster),
                 "--nthreads", str(nthreads),
                 "--memory-limit", str(memory),
-                "--no-nanny",
+                nanny,
                 "--no-dashboard",
                 # A worker whose scheduler is gone exits, as a VM would shut down.
                 "--death-timeout", "60",
@@ -280,6 +317,7 @@ class LocalBackend(Backend):
                     "vcpu": os.cpu_count() or 1,
                     "memory": psutil.virtual_memory().total,
                     "gpu": 0,
+                    "arch": "arm64" if platform.machine().lower() in ("arm64", "aarch64") else platform.machine(),
                     "price_per_hour": 0.0,
                 }
             ],

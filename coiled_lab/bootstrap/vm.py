@@ -202,6 +202,9 @@ def dask_command(config: dict[str, Any], me: Identity, workdir: Path, python: st
         config["scheduler_address"], "--name", me.instance_id, "--host", me.private_ip, *tls,
         "--death-timeout", str(config["death_timeout"]), "--preload", UTC_PRELOAD,
     ]
+    options = config.get("worker_options") or {}  # the spec's worker_options
+    command += ["--nthreads", str(options["nthreads"])] if "nthreads" in options else []
+    command += ["--memory-limit", str(options["memory_limit"])] if "memory_limit" in options else []
     if not config["gpu"]:
         command += ["--nanny" if config["nanny"] else "--no-nanny", "--no-dashboard"]
         # dask cuda worker has no such option: its nanny's few lines are in the image's zone (UTC on clouds).

@@ -90,7 +90,10 @@ class Environments:
             env = self.stage(environment)
         if spec.backend == "local" or not spec.package_sync or spec.software:
             return None
-        return env or self.server()
+        env = env or self.server()
+        chosen = env.filtered(spec.package_sync_ignore, spec.package_sync_only)
+        check_syncable(spec, chosen)
+        return chosen if chosen is env else self.stage(chosen.to_json())
 
     def server(self) -> Environment:
         """This server's environment (no files, local packages named but not built), taken
@@ -108,3 +111,36 @@ def _mtime(path: str) -> int:
         return os.stat(path or ".").st_mtime_ns
     except OSError:
         return 0
+
+
+def cluster_platform(spec: ClusterSpec) -> str:
+    """The platform of a cloud cluster's VMs (Linux; Graviton / Tau T2A with ``arm``)."""
+    return "linux-aarch64" if spec.arm else "linux-x86_64"
+
+
+def check_syncable(spec: ClusterSpec, env: Environment) -> None:
+    """Refuse, before anything is launched, what the spec says must not be left out:
+    ``package_sync_strict`` needs the VMs' platform and Python; ``package_sync_fail_on:
+    warning-or-higher`` (or strict) needs every package shipped. Raise ClusterSpecError
+    naming the field, the cause and the fix."""
+    if spec.package_sync_strict:
+        vms = cluster_platform(spec)
+        if env.platform != vms:
+            raise ClusterSpecError(
+                f"package_sync_strict: True is not allowed: {env.where} runs on {env.platform} and the VMs on {vms}, "
+                "so its packages cannot be had exactly; leave package_sync_strict off (the VMs install the same "
+                "versions for their platform)", "package_sync_strict")
+        if spec.python_version and spec.python_version != env.python:
+            raise ClusterSpecError(
+                f"package_sync_strict: True is not allowed: {env.where} runs Python {env.python} and the cluster asks "
+                f"for {spec.python_version}; leave python_version out, or package_sync_strict off",
+                "package_sync_strict")
+    if spec.package_sync_strict or spec.package_sync_fail_on == "warning-or-higher":
+        field = "package_sync_strict" if spec.package_sync_strict else "package_sync_fail_on"
+        missing = env.unsynced()
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ClusterSpecError(
+                f"{field}: {quoted(getattr(spec, field))} is not allowed: these would not reach the VMs: "
+                f"{'; '.join(missing[:5])}{more}; install them from the package index, leave them out with "
+                "package_sync_ignore, or use package_sync_fail_on='critical-only'", field)

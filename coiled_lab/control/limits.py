@@ -17,34 +17,16 @@ import fnmatch
 import ipaddress
 import itertools
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Iterator, Optional
 
 from .. import config
-from ..spec import ClusterSpec, ClusterSpecError
+from ..errors import LimitExceeded
+from ..spec import ClusterSpec
 
 if TYPE_CHECKING:
     from .store import ClusterRecord
 
 ADMITTED_PER_HOUR = "admitted_per_hour"  # the estimate a live cluster was admitted with (its state)
-
-
-class LimitExceeded(ClusterSpecError):
-    """A valid request beyond what the admin allows."""
-
-    def __init__(self, field: Optional[str], limit: str, message: str):
-        super().__init__(f"{field or 'request'}: {message} (limit coiled-lab.limits.{limit})", field)
-        self.limit = limit
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "limit": self.limit}
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> "LimitExceeded":
-        """The same error again from its REST answer (a client of a server that refused)."""
-        exc = cls.__new__(cls)
-        ClusterSpecError.__init__(exc, body["error"], body.get("field"), body.get("errors"))
-        exc.limit = body.get("limit") or ""
-        return exc
 
 
 async def check(spec: ClusterSpec, estimate: Callable[[ClusterSpec], Awaitable[dict]]) -> Optional[float]:
@@ -56,8 +38,10 @@ async def check(spec: ClusterSpec, estimate: Callable[[ClusterSpec], Awaitable[d
     # Each key through config.get: dask stores a key set by environment variable
     # (DASK_COILED_LAB__LIMITS__MAX_WORKERS) as "max_workers", which only its getter matches.
     max_workers = config.get("limits.max-workers")
-    if max_workers is not None and spec.n_workers > int(max_workers):
-        raise LimitExceeded("n_workers", "max-workers", f"{spec.n_workers} workers asked, at most {max_workers} allowed")
+    most = spec.adaptive[1] if spec.adaptive else spec.n_workers  # an adaptive cluster may grow to its maximum
+    if max_workers is not None and most > int(max_workers):
+        asked = f"up to {most} workers asked (n_workers=[min, max])" if spec.adaptive else f"{most} workers asked"
+        raise LimitExceeded("n_workers", "max-workers", f"{asked}, at most {max_workers} allowed")
     patterns = config.get("limits.allowed-instance-types")
     if patterns and spec.backend != "local":
         for field in ("worker_vm_types", "scheduler_vm_type"):

@@ -1,28 +1,18 @@
 """ClusterManager: create/scale/stop clusters by editing what *should be*, then reconciling.
 
-Like ``distributed.deploy.SpecCluster`` and dask-gateway's DB backend: a verb only writes
-the spec or the target to the store and asks for a reconcile; the reconciler alone moves
-the cluster through the state machine, one idempotent pass at a time:
-
-    target stopped -> stop every instance, clean up, ``stopped``
-    target running -> network -> scheduler -> all missing workers at once -> wait for them
-                      to connect -> ``running``; too many -> retire the extras gracefully
-
-Passes for one cluster never overlap and requests made while one runs coalesce into a
-single next pass. A pass that has not converged asks for another one shortly; a pass
-that fails is retried with backoff and, after ``max-retries``, the cluster is stopped and
-marked ``error`` with the reason. On start the manager reloads the store and reconciles
-every live cluster, which adopts what still runs and cleans up what was half made.
+A verb only writes the cluster's target or spec to the store and asks for a pass of the
+reconciler (:mod:`.reconciler`, this class's other half), which alone moves the cluster
+through the state machine. On start the manager takes the store (:mod:`.leadership`:
+one manager per state dir, others follow read-only), reloads it and reconciles every live
+cluster, which adopts what still runs and cleans up what was half made. The scheduler
+calls live in :mod:`.schedulers`, the records' JSON in :mod:`.views`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import getpass
-import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -34,33 +24,29 @@ from dask.utils import parse_timedelta
 
 from .. import config
 from ..backends import Backend, ClusterContext, get_backend, ingress
-from ..bootstrap.lifetime import CLOCKS, STOP_MARKER, time_left
-from ..bootstrap.vm import STARTED
-from ..deadline import Deadline
-from ..errors import Conflict, ManagerBusy, NotFound, SchedulerUnreachable, StoreUnavailable, quoted
-from ..logs import LogRecord, matches
-from ..pricing import PriceBook, extrapolate
+from ..errors import Conflict, ManagerBusy, NotFound, SchedulerUnreachable, quoted
+from ..logs import matches
+from ..pricing import PriceBook
 from ..spec import ClusterSpec, ClusterSpecError, check_place, cluster_python, parse_spec, revise, running_python
 from ..tls import TLSMaterial
-from . import limits, notifications, storefile
+from . import leadership, limits, notifications, storefile
 from .environments import SERVER, Environments
 from .events import Event, EventBus, Subscription
-from .states import FINAL, State, check_transition
-from .store import ClusterRecord, Instance, NameInUse, Store
+from .reconciler import Reconciler
+from .schedulers import SchedulerLinks
+from .states import FINAL, State, Target
+from .store import ClusterRecord, NameInUse, Store
 from .usage import FIRST_WAIT, UsageMirror
+from .views import ListCache, cluster_json
 
 logger = logging.getLogger("coiled_lab.manager")
 
 
 TIMEOUT_FIELDS = ("idle_timeout", "no_client_timeout", "max_lifetime")
-LIVE_FIELDS = ("n_workers", *TIMEOUT_FIELDS)  # what PATCH may change on a live cluster
-BACKUP_RETRY = 300.0  # seconds before a failed backup is tried again
-SET_TIMEOUTS_WAIT = 10.0  # seconds a PATCH of a timeout waits for the scheduler to take it
-UNREACHABLE_AFTER = 20.0  # seconds a scheduler may say it is up while this server cannot reach it
-REACH_CHECK_INTERVAL = 10.0  # seconds between two reads of an unreachable scheduler's log
+LIVE_FIELDS = ("n_workers", "adaptive", *TIMEOUT_FIELDS)  # what PATCH may change on a live cluster
 
 
-class ClusterManager:
+class ClusterManager(Reconciler):
     def __init__(
         self,
         state_dir: Optional[Path] = None,
@@ -81,23 +67,22 @@ class ClusterManager:
         self._sessions = sessions
         self.check_interval = float(check_interval or config.get("manager.check-interval"))
         self.max_retries = int(config.get("manager.max-retries"))
+        self.retry_backoff = float(config.get("manager.retry-backoff"))
+        self.retry_backoff_max = float(config.get("manager.retry-backoff-max"))
         self.cost_interval = float(config.get("manager.cost-interval"))
         self._pending: set[str] = set()
         self._tasks: dict[str, asyncio.Task] = {}
         self._later: dict[str, asyncio.TimerHandle] = {}
-        self._failures: dict[str, int] = {}
         self._reach_checked: dict[str, float] = {}  # cluster id -> when its scheduler's log was last read
-        self._rpcs: dict[str, Any] = {}
         self._usage: dict[str, UsageMirror] = {}  # running clusters' watchdog samples
         self._tls_material: dict[str, TLSMaterial] = {}
-        self._client_args: dict[str, dict[str, Any]] = {}  # comm arguments (SSL context) to reach a scheduler
+        self.schedulers = SchedulerLinks(lambda cluster_id: self._tls(self.store.get_cluster(cluster_id)))
         self._usage_at: dict[str, float] = {}  # when the GPU-idle check last looked
-        self._encoded: dict[str, tuple[float, str]] = {}  # stopped clusters' JSON, by updated_at
-        self._fresh: dict[str, str] = {}
+        self._list_cache = ListCache()
         self._watch_task: Optional[asyncio.Task] = None
         self._backup_task: Optional[asyncio.Task] = None
         self.backup_interval = float(parse_timedelta(config.get("store.backup-interval")))
-        self._lock_file = None
+        self._lock = leadership.StoreLock(self.state_dir, self.store.path)
         self._busy: Optional[ManagerBusy] = None
         self.started = False
         self.owner = False  # holds the store's lock, so it may change and reconcile clusters
@@ -121,7 +106,7 @@ class ClusterManager:
             return self
         self.store.open()
         try:
-            self._take_lock()
+            self._lock.take()
         except ManagerBusy as exc:
             if not readonly_ok:
                 raise
@@ -140,7 +125,7 @@ class ClusterManager:
         for rec in self.store.list_clusters(live_only=True):
             self.request(rec.id)
         self._watch_task = asyncio.create_task(self._watch())
-        self._backup_task = asyncio.create_task(self._keep_backup())
+        self._backup_task = asyncio.create_task(leadership.keep_backup(self.store, self.backup_interval))
         if self.on_owner is not None:
             self.on_owner()
 
@@ -155,7 +140,7 @@ class ClusterManager:
                     self._publish(Event(e["cluster_id"], e["kind"], e["data"], e["time"], e["seq"]))
                     last = e["seq"]
             try:
-                self._take_lock()
+                self._lock.take()
             except ManagerBusy:
                 continue
             logger.info("took over %s: the manager that held it is gone", self.state_dir)
@@ -176,14 +161,12 @@ class ClusterManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for r in self._rpcs.values():
-            await r.close_rpc()
-        self._rpcs.clear()
+        await self.schedulers.close()
         self.bus.close()
         if owner:  # a clean shutdown: the backup is the store as it is left
-            await self._back_up()
+            await leadership.back_up(self.store)
         self.store.close()
-        self._release_lock()
+        self._lock.release()
 
     async def __aenter__(self) -> "ClusterManager":
         return await self.start()
@@ -191,50 +174,7 @@ class ClusterManager:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    def _take_lock(self) -> None:
-        path = self.state_dir / "manager.lock"
-        with storefile.translated(self.store.path, "(its lock, manager.lock)"):  # a read-only state dir, say
-            f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            f.close()
-            raise ManagerBusy(
-                f"another coiled-lab manager (pid {holder}) is using {self.state_dir}; "
-                "use it (e.g. through its Jupyter server), or stop it first"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._lock_file = f
-
-    def _release_lock(self) -> None:
-        if self._lock_file:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
-
-    # == the store's backup ===============================================================
-    async def _keep_backup(self) -> None:
-        """Keep the store's backup at most ``store.backup-interval`` old while this manager
-        owns the store (one at once when the last is older)."""
-        while True:
-            await asyncio.sleep(max(0.0, self.backup_interval - storefile.backup_age(self.store.path)))
-            if not await self._back_up():
-                await asyncio.sleep(min(self.backup_interval, BACKUP_RETRY))
-
-    async def _back_up(self) -> bool:
-        """Back the store up now; a failure (a full disk) is logged and the previous backup kept."""
-        try:
-            await asyncio.to_thread(self.store.backup)
-        except StoreUnavailable as exc:
-            logger.warning("the store's backup failed, the previous one is kept: %s", exc)
-            return False
-        return True
-
+    # == the store =======================================================================
     def restore_store(self, empty: bool = False) -> str:
         """Put the backup (or, with ``empty``, nothing) in place of a damaged store, while no
         manager uses it: what ``coiled-lab store restore`` runs. A whole store is refused
@@ -245,12 +185,12 @@ class ClusterManager:
         if self.started:
             raise Conflict("this manager is running; restore its store from the command line instead")
         storefile.require_damage(self.store.path)  # a whole store in use says so, not that it is in use
-        self._take_lock()
+        self._lock.take()
         try:
             self.store.close()
             return storefile.restore(self.store.path, empty)
         finally:
-            self._release_lock()
+            self._lock.release()
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
@@ -295,7 +235,7 @@ class ClusterManager:
             self._tell_software(rec.id, env)
             self.environments.prune({r.state.get("environment") for r in self.store.list_clusters(live_only=True)})
         self.request(rec.id)
-        return self._json(rec)
+        return cluster_json(rec)
 
     def _record(self, spec: ClusterSpec, env: Any, per_hour: Optional[float]) -> tuple[ClusterRecord, dict, int]:
         """Insert a new cluster's record (and its first event); synchronous, so that
@@ -316,7 +256,7 @@ class ClusterManager:
             state[limits.ADMITTED_PER_HOUR] = per_hour
         rec = ClusterRecord(
             id=cluster_id, name=name, backend=spec.backend, spec=spec.public(), status=State.pending,
-            target="running", message=None, state=state, created_at=now, updated_at=now,
+            target=Target.running, message=None, state=state, created_at=now, updated_at=now,
         )
         data = {"status": str(State.pending), "message": None, "name": name, "time": now}
         try:
@@ -329,9 +269,7 @@ class ClusterManager:
         """Before launch, when the software is not all the asker's: what of it the VMs will not
         have, or that the server's own is synced (the backend says where it comes from and
         whether it is built when it launches the scheduler)."""
-        from ..backends.envstore import skipped_lines
-
-        lines = skipped_lines(env)
+        lines = env.unsynced()
         if not lines and env.where != SERVER:
             return
         message = env.line() + (f"; not installed on the VMs: {'; '.join(lines)}" if lines else "")
@@ -351,34 +289,37 @@ class ClusterManager:
 
     async def scale(self, name_or_id: str, n_workers: int) -> dict[str, Any]:
         """Change the number of workers; the reconciler launches or retires the difference."""
-        rec = self._scalable(self._find(name_or_id))
-        spec = revise(rec.spec, {"n_workers": n_workers})
+        return await self._resize(self._find(name_or_id), {"n_workers": n_workers})
+
+    async def _resize(self, rec: ClusterRecord, changes: dict[str, Any]) -> dict[str, Any]:
+        """Write a new size (``n_workers``, and the adaptive bounds with it) once the backend's
+        rules and the admin's limits took it; the reconciler does the rest."""
+        rec = self._scalable(rec)
+        spec = revise(rec.spec, changes)
+        self._checked_backend(spec)  # the backend's rules on the new size (the local ceiling)
         with self.admission.hold(replacing=rec) as weigh:
             per_hour = await limits.check(spec, self._estimate)
             rec = self._scalable(self.store.get_cluster(rec.id))  # as it is now, after the await
             weigh(per_hour)
-            if spec.n_workers == rec.spec["n_workers"]:
-                return self._json(rec)
-            event = None
+            if spec.n_workers == rec.spec["n_workers"] and spec.adaptive == rec.spec.get("adaptive"):
+                return cluster_json(rec)
             fields: dict[str, Any] = {"spec": spec.public()}
             if per_hour is not None:
                 fields["state"] = {**rec.state, limits.ADMITTED_PER_HOUR: per_hour}
-            if rec.status == State.running:
-                fields["status"] = State.scaling
-                event = ("state", {"status": str(State.scaling), "message": f"scaling to {spec.n_workers} workers"})
-            self._update(rec, event=event, **fields)
+            self._acknowledge(self._update(rec, **fields))
         self.request(rec.id)
-        return self._json(self.store.get_cluster(rec.id))
+        return cluster_json(self.store.get_cluster(rec.id))
 
     def _scalable(self, rec: ClusterRecord) -> ClusterRecord:
         """``rec``, if this manager may scale it now (asked again after each await)."""
         self._check_owner()
-        if not rec.live or rec.target == "stopped":
+        if not rec.live or rec.target == Target.stopped:
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
         return rec
 
     async def update(self, name_or_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """PATCH: ``n_workers`` scales; the timeouts change on the running scheduler too."""
+        """PATCH: ``n_workers`` scales (``[min, max]`` sets adaptive bounds, as ``adaptive``
+        does; None turns adapting off); the timeouts change on the running scheduler too."""
         if not isinstance(changes, dict) or not changes:
             raise ClusterSpecError(f"expected a JSON object with some of: {', '.join(LIVE_FIELDS)}", None)
         unknown = sorted(set(changes) - set(LIVE_FIELDS))
@@ -388,8 +329,12 @@ class ClusterManager:
             )
         rec = self._find(name_or_id)
         self._check_owner()
-        if not rec.live or rec.target == "stopped":
+        if not rec.live or rec.target == Target.stopped:
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be changed")
+        if changes.get("adaptive") and "n_workers" not in changes:  # the size moves into the new bounds
+            low, high = (changes["adaptive"] + [0, 0])[:2] if isinstance(changes["adaptive"], list) else (0, 0)
+            if isinstance(low, int) and isinstance(high, int):
+                changes = {**changes, "n_workers": max(low, min(high, rec.spec["n_workers"]))}
         spec = revise(rec.spec, changes)  # validates every change before any of them applies
         timeouts = {k: getattr(spec, k) for k in TIMEOUT_FIELDS}
         if any(timeouts[k] != rec.spec[k] for k in TIMEOUT_FIELDS):
@@ -397,52 +342,39 @@ class ClusterManager:
             # records them only once it has (an answer of failure leaves both unchanged).
             if rec.state.get("address"):
                 try:
-                    r = await self._rpc(rec, rec.state["address"])
-                    await asyncio.wait_for(r.coiled_lab_set_timeouts(timeouts=timeouts), SET_TIMEOUTS_WAIT)
+                    await self.schedulers.set_timeouts(rec.id, rec.state["address"], timeouts)
                 except (OSError, asyncio.TimeoutError) as exc:
                     raise SchedulerUnreachable(
                         f"the scheduler of {rec.name!r} did not answer ({exc or 'no answer'}); its timeouts are "
                         "unchanged: try again in a moment") from None
             rec = self._update(self.store.get_cluster(rec.id) or rec, spec={**rec.spec, **timeouts})
             self.request(rec.id)
-        if "n_workers" in changes:
-            return await self.scale(rec.id, spec.n_workers)
-        return self._json(self.store.get_cluster(rec.id))
+        if "n_workers" in changes or "adaptive" in changes:
+            return await self._resize(self.store.get_cluster(rec.id),
+                                      {"n_workers": spec.n_workers, "adaptive": spec.adaptive})
+        return cluster_json(self.store.get_cluster(rec.id))
 
     async def stop(self, name_or_id: str) -> dict[str, Any]:
         """Ask for the cluster to stop; returns at once (watch events or :meth:`wait`)."""
         rec = self._find(name_or_id)
         if rec.status == State.stopped:
-            return self._json(rec)
+            return cluster_json(rec)
         self._check_owner()
-        if rec.target != "stopped":
-            self._update(
-                rec, target="stopped", status=State.stopping,
-                event=("state", {"status": str(State.stopping), "message": "stop requested"}),
-            )
+        if rec.target != Target.stopped:
+            self._acknowledge(self._update(rec, target=Target.stopped))
         self.request(rec.id)
-        return self._json(self.store.get_cluster(rec.id))
+        return cluster_json(self.store.get_cluster(rec.id))
 
     async def get(self, name_or_id: str) -> dict[str, Any]:
-        return self._json(self._find(name_or_id))
+        return cluster_json(self._find(name_or_id))
 
     async def list(self, live_only: bool = False) -> list[dict[str, Any]]:
-        return [self._json(r) for r in self.store.list_clusters(live_only=live_only)]
+        return [cluster_json(r) for r in self.store.list_clusters(live_only=live_only)]
 
     async def list_json(self, live_only: bool = False) -> str:
         """:meth:`list` already encoded as a JSON array, for the REST API. A stopped
         cluster's JSON never changes, so it is encoded once and reused until its row does."""
-        versions = self.store.versions(live_only)
-        wanted = [cid for cid, updated, status in versions
-                  if status not in FINAL or self._encoded.get(cid, (None,))[0] != updated]
-        for rec in self.store.get_clusters(wanted):
-            if rec.status in FINAL:
-                self._encoded[rec.id] = (rec.updated_at, json.dumps(self._json(rec)))
-            else:
-                self._encoded.pop(rec.id, None)
-                self._fresh[rec.id] = json.dumps(self._json(rec))
-        parts = [self._fresh.pop(cid) if cid in self._fresh else self._encoded[cid][1] for cid, _, _ in versions]
-        return "[" + ",".join(parts) + "]"
+        return self._list_cache.encode(self.store.versions(live_only), self.store.get_clusters)
 
     async def logs(
         self,
@@ -492,7 +424,7 @@ class ClusterManager:
                     current = self.store.get_cluster(rec.id)
                 return current
 
-            return self._json(await asyncio.wait_for(_until(), timeout))
+            return cluster_json(await asyncio.wait_for(_until(), timeout))
         finally:
             sub.close()
 
@@ -573,323 +505,6 @@ class ClusterManager:
                     await backend.stop_instances(ctx, running)
         return found
 
-    # == reconciliation ===================================================================
-    def request(self, cluster_id: str, delay: float = 0) -> None:
-        """Ask for a reconcile pass; requests made while one runs coalesce into one more."""
-        if not self.owner:
-            return
-        if delay > 0:
-            if cluster_id not in self._later:
-                loop = asyncio.get_running_loop()
-                self._later[cluster_id] = loop.call_later(delay, self._fire_later, cluster_id)
-            return
-        self._pending.add(cluster_id)
-        if cluster_id not in self._tasks:
-            self._tasks[cluster_id] = asyncio.create_task(self._worker(cluster_id))
-
-    def _fire_later(self, cluster_id: str) -> None:
-        self._later.pop(cluster_id, None)
-        self.request(cluster_id)
-
-    async def _worker(self, cluster_id: str) -> None:
-        try:
-            while cluster_id in self._pending and self.owner:
-                self._pending.discard(cluster_id)
-                try:
-                    await self._reconcile(cluster_id)
-                    self._failures.pop(cluster_id, None)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported
-                    await self._failed(cluster_id, exc)
-        finally:
-            self._tasks.pop(cluster_id, None)
-
-    async def _failed(self, cluster_id: str, exc: Exception) -> None:
-        n = self._failures.get(cluster_id, 0) + 1
-        self._failures[cluster_id] = n
-        logger.warning("reconcile of %s failed (%d/%d): %s", cluster_id, n, self.max_retries, exc, exc_info=True)
-        rec = self.store.get_cluster(cluster_id)
-        if rec is None or rec.status in FINAL:
-            return
-        if n < self.max_retries:
-            self.request(cluster_id, delay=min(0.5 * 2 ** (n - 1), 30))
-            return
-        self._failures.pop(cluster_id, None)
-        await self._fail(rec, f"{type(exc).__name__}: {exc}")
-
-    async def _fail(self, rec: ClusterRecord, message: str) -> None:
-        """Give up on a cluster: stop everything it has, then mark it ``error``."""
-        try:
-            await self._teardown(rec)
-        except Exception as exc:  # noqa: BLE001
-            message += f" (and stopping its instances failed: {exc}; run `coiled-lab cleanup`)"
-        self._transition(rec, State.error, message, target="stopped", stopped_at=time.time())
-
-    async def _watch(self) -> None:
-        """Look at every live cluster now and then: catches clusters that stopped themselves
-        (idle timeout), lost workers (to be replaced) and schedulers that died."""
-        while True:
-            await asyncio.sleep(self.check_interval)
-            for rec in self.store.list_clusters(live_only=True):
-                self.request(rec.id)
-
-    async def _reconcile(self, cluster_id: str) -> None:
-        rec = self.store.get_cluster(cluster_id)
-        if rec is None or rec.status in FINAL:
-            return
-        backend = self.backend(rec.backend)
-        if rec.target == "stopped":
-            await self._teardown(rec)
-            self._transition(rec, State.stopped, "stopped on request", stopped_at=time.time())
-            return
-
-        ctx = self._context(rec)
-        spec = ctx.spec
-        if rec.status == State.pending:
-            rec = self._transition(rec, State.provisioning, None)
-            self._progress(rec, "network")
-
-        # -- network -------------------------------------------------------------------
-        if not rec.state.get("network_ready"):
-            state = {**rec.state, **(await backend.ensure_network(ctx)), "network_ready": True}
-            rec = self._update(rec, state=state)
-            ctx.state = state
-
-        # -- what runs, versus what the store believes ----------------------------------
-        running = {i.id: i for i in await backend.describe(ctx)}
-        known = {i.id: i for i in self.store.instances(rec.id)}
-        now = time.time()
-        lost = [i for i in known.values() if i.id not in running and now - i.launched_at > backend.describe_grace]
-        if lost:
-            self.store.mark_terminated(rec.id, [i.id for i in lost])
-            for i in lost:
-                known.pop(i.id)
-        adopted = [i for i in running.values() if i.id not in known]
-        if adopted:  # launched, but the record of it was lost (e.g. a crash right after)
-            self.store.add_instances(rec.id, adopted)
-            known.update({i.id: i for i in adopted})
-
-        schedulers = [i for i in known.values() if i.role == "scheduler"]
-        if len(schedulers) > 1:
-            # A launch request whose answer was lost and that was sent again (a retry, or
-            # a manager killed mid-launch) can start a second scheduler. Keep the one
-            # clients know (the recorded address), else the first; the others would only cost.
-            recorded = rec.state.get("address")
-            addresses = {i.id: await backend.scheduler_address(ctx, i) for i in schedulers}
-            schedulers.sort(key=lambda i: (addresses[i.id] != recorded, i.launched_at, i.id))
-            extra = schedulers[1:]
-            logger.warning("cluster %s: stopping duplicate scheduler(s) %s", rec.name, [i.id for i in extra])
-            await backend.stop_instances(ctx, extra)
-            self.store.mark_terminated(rec.id, [i.id for i in extra])
-            for i in extra:
-                known.pop(i.id)
-        scheduler = schedulers[0] if schedulers else None
-        workers = [i for i in known.values() if i.role == "worker"]
-
-        # -- scheduler -----------------------------------------------------------------
-        if scheduler is None:
-            if rec.state.get("scheduler_launched"):
-                await self._scheduler_gone(rec, ctx, workers)
-                return
-            self._progress(rec, "scheduler")
-            # Counted before the request: a backend can tell a first launch from one after
-            # an attempt that may have left something behind (killed, or an answer lost).
-            rec = self._update(rec, state={**rec.state, "scheduler_attempts": rec.state.get("scheduler_attempts", 0) + 1})
-            ctx.state = dict(rec.state)
-            scheduler = await backend.launch_scheduler(ctx)
-            self.store.add_instances(rec.id, [scheduler])
-            rec = self._update(rec, state={**rec.state, "scheduler_launched": time.time()})
-            rec = await self._update_cost(rec)
-
-        # -- workers: launch every missing one at once, as soon as the scheduler exists ---
-        lost_workers = [i for i in lost if i.role == "worker"]
-        if lost_workers and rec.status == State.provisioning:
-            failed = rec.state.get("failed_workers", 0) + len(lost_workers)
-            rec = self._update(rec, state={**rec.state, "failed_workers": failed})
-            if failed > max(3, spec.n_workers):
-                tail = await self._log_tail(ctx, lost_workers[-1].id)
-                await self._fail(rec, f"workers keep exiting during start ({failed} so far); last lines:\n{tail}")
-                return
-        missing = spec.n_workers - len(workers)
-        if missing > 0:
-            ctx.instances = [scheduler, *workers]  # the workers join this scheduler, not a duplicate
-            new = await backend.launch_workers(ctx, missing)
-            self.store.add_instances(rec.id, new)
-            workers.extend(new)
-            rec = await self._update_cost(rec)
-            before = rec.state.get("observed", {})
-            rec = self._observe(rec, before.get("ready", 0), len(workers), before.get("lifetime"))
-
-        # -- observe through the scheduler ---------------------------------------------
-        address = rec.state.get("address") or await backend.scheduler_address(ctx, scheduler)
-        if address and address != rec.state.get("address"):
-            rec = self._update(rec, state={**rec.state, "address": address})
-        info = await self._identity(rec, address) if address else None
-        if info is None:
-            if address and (why := await self._unreachable(rec, ctx, address)):
-                return await self._fail(rec, why)
-            return self._not_yet(rec, ctx, "scheduler")
-        if not rec.state.get("reached"):  # once reached, a lost connection is not a closed door
-            rec = self._update(rec, state={**rec.state, "reached": True})
-        dashboard = _dashboard(address, info)
-        if dashboard and dashboard != rec.state.get("dashboard"):
-            rec = self._update(rec, state={**rec.state, "dashboard": dashboard})
-
-        connected = {w.get("name") for w in info["workers"].values()}
-        if len(workers) > spec.n_workers:
-            # Retire the extras gracefully (their data moves to the others), newest and
-            # not-yet-connected first, then stop their machines.
-            workers.sort(key=lambda i: (i.id in connected, -i.launched_at))
-            extras = workers[: len(workers) - spec.n_workers]
-            await self._retire(rec, [i.id for i in extras if i.id in connected])
-            await backend.stop_instances(ctx, extras)
-            self.store.mark_terminated(rec.id, [i.id for i in extras])
-            rec = await self._update_cost(rec)
-            workers = workers[len(extras):]
-        if time.time() - (rec.state.get("cost") or {}).get("as_of", 0) > self.cost_interval:
-            rec = await self._update_cost(rec)
-        ready = sum(1 for i in workers if i.id in connected)
-        rec = self._observe(rec, ready=ready, launched=len(workers), lifetime=info.get("coiled_lab_lifetime"))
-        rec = self._observe_boot(rec, (info.get("coiled_lab_lifetime") or {}).get("boot"))
-        if rec.status == State.running:
-            await self._check_notifications(rec)
-
-        if ready >= spec.n_workers and len(workers) == spec.n_workers:
-            if rec.status in (State.provisioning, State.scaling):
-                rec = self._update(rec, state={**rec.state, "failed_workers": 0})
-                self._transition(rec, State.running, None)
-            return
-        self._not_yet(rec, ctx, "workers")
-
-    def _not_yet(self, rec: ClusterRecord, ctx: ClusterContext, step: str) -> None:
-        """Not converged: look again shortly, unless provisioning has taken too long."""
-        started = rec.state.get("scheduler_launched") or rec.created_at
-        limit = float(config.get(f"{rec.backend}.start-timeout", 600))
-        if rec.status == State.provisioning and time.time() - started > limit:
-            raise TimeoutError(f"the {step} did not become ready within {limit:g}s")
-        self.request(rec.id, delay=0.1 if rec.status in (State.provisioning, State.scaling) else self.check_interval)
-
-    async def _scheduler_gone(self, rec: ClusterRecord, ctx: ClusterContext, workers: list[Instance]) -> None:
-        """The scheduler is gone while the cluster should run: it ended itself (a timeout)
-        or crashed. Either way the cluster is over; stop what is left and say why (its log
-        says it, when it can be read)."""
-        records, unread = await self._read_logs(ctx)
-        reason = next((r.message.split(STOP_MARKER, 1)[1].strip() for r in reversed(records)
-                       if STOP_MARKER in r.message), None)
-        await self._teardown(rec)
-        if reason:
-            self._transition(rec, State.stopped, f"stopped itself: {reason}", target="stopped", stopped_at=time.time())
-        else:
-            tail = unread or f"last lines:\n{_format_tail([r for r in records if r.role == 'scheduler'])}"
-            self._transition(rec, State.error, f"the scheduler exited unexpectedly; {tail}",
-                             target="stopped", stopped_at=time.time())
-
-    async def _teardown(self, rec: ClusterRecord) -> None:
-        backend = self.backend(rec.backend)
-        ctx = self._context(rec, load_tls=False)
-        instances = {i.id: i for i in self.store.instances(rec.id)}
-        instances.update({i.id: i for i in await backend.describe(ctx)})
-        if instances:
-            await backend.stop_instances(ctx, list(instances.values()))
-        await backend.cleanup(ctx)
-        self.store.mark_terminated(rec.id, list(instances))
-        await self._update_cost(self.store.get_cluster(rec.id))
-        await self._forget_rpc(rec.id)
-        for kept in (self._usage, self._tls_material, self._client_args, self._reach_checked):
-            kept.pop(rec.id, None)
-
-    # == talking to the scheduler =========================================================
-    async def _identity(self, rec: ClusterRecord, address: str) -> Optional[dict[str, Any]]:
-        """The scheduler's identity (plus our lifetime plugin's clocks), or None if unreachable."""
-        r = await self._rpc(rec, address)
-        try:
-            info = await asyncio.wait_for(r.identity(n_workers=-1), 5)
-        except (OSError, asyncio.TimeoutError, EnvironmentError):
-            await self._forget_rpc(rec.id)
-            return None
-        try:
-            info["coiled_lab_lifetime"] = await asyncio.wait_for(r.coiled_lab_lifetime(), 5)
-        except Exception:  # noqa: BLE001 - an older scheduler without the plugin
-            info["coiled_lab_lifetime"] = None
-        return info
-
-    async def _unreachable(self, rec: ClusterRecord, ctx: ClusterContext, address: str) -> Optional[str]:
-        """Why this server cannot reach a scheduler that its own log says is up (for
-        :data:`UNREACHABLE_AFTER` seconds), or None while that is not known. The log comes
-        through the cloud's logging service, which this server reaches whatever the ingress
-        rules say, so a closed door is told within a minute, not after start-timeout."""
-        launched = rec.state.get("scheduler_launched")
-        now = time.time()
-        # Only a scheduler this server has never reached: one it has reached and lost (a
-        # network blip, or the scheduler ending itself) is the watch's business, not this.
-        if rec.status != State.provisioning or rec.state.get("reached") or not launched or \
-                now - launched < UNREACHABLE_AFTER or \
-                time.monotonic() - self._reach_checked.get(rec.id, 0) < REACH_CHECK_INTERVAL:
-            return None
-        self._reach_checked[rec.id] = time.monotonic()
-        try:
-            records = await self.backend(rec.backend).logs(ctx, since=launched - 60)
-        except Exception as exc:  # noqa: BLE001 - a log read is bookkeeping: look again later
-            logger.info("cluster %s: could not read the scheduler's log (%s)", rec.name, exc)
-            return None
-        up = next((r for r in records if r.role == "scheduler" and STARTED["scheduler"] in r.message), None)
-        if up is None or now - up.time < UNREACHABLE_AFTER:
-            return None
-        head = f"this server cannot reach the scheduler at {address}, up for {now - up.time:.0f} s"
-        if rec.state.get("connect_via") == "public":
-            return (f"{head}: its ports are open to {rec.state.get('ingress_cidr')} only, which does not hold this "
-                    "server's address as the cloud sees it; set allow_ingress_from to a CIDR that does, or 'me'")
-        return (f"{head} over the cluster's private network, which this server is not in (nor peered with); "
-                "use connect_via='auto' or 'public'")
-
-    def _usage_of(self, rec: ClusterRecord) -> UsageMirror:
-        """The copy of a running cluster's usage samples (:mod:`.usage`)."""
-        address = rec.state.get("address")
-        if not rec.live or not address:
-            raise Conflict(f"cluster {rec.name!r} is {rec.status}; usage is only known while it runs")
-        mirror = self._usage.get(rec.id)
-        if mirror is None or mirror.address != address:
-
-            async def fetch(since: Optional[float]) -> dict[str, Any]:
-                """The watchdog's samples from the scheduler (over the cluster's TLS comms)."""
-                r = await self._rpc(rec, address)
-                try:
-                    return await asyncio.wait_for(r.coiled_lab_usage(since=since), 10)
-                except (OSError, asyncio.TimeoutError) as exc:
-                    raise Conflict(f"the scheduler of {rec.name!r} did not answer: {exc}") from None
-
-            mirror = self._usage[rec.id] = UsageMirror(fetch, address)
-        return mirror
-
-    async def _retire(self, rec: ClusterRecord, names: list[str]) -> None:
-        if not names or not rec.state.get("address"):
-            return
-        r = await self._rpc(rec, rec.state["address"])
-        try:
-            # Move their data off them; stopping the machine (next) closes them.
-            await asyncio.wait_for(r.retire_workers(names=names, close_workers=False, remove=False), 60)
-        except Exception as exc:  # noqa: BLE001 - stopping the machines follows anyway
-            logger.warning("graceful retirement of %s failed: %s", names, exc)
-
-    async def _rpc(self, rec: ClusterRecord, address: str):
-        from distributed.core import rpc
-
-        r = self._rpcs.get(rec.id)
-        if r is None or r.address != address:
-            # An SSL context is made from PEM files written for it: once per cluster.
-            args = self._client_args.get(rec.id)
-            if args is None:
-                args = self._client_args[rec.id] = self._tls(rec).security().get_connection_args("client")
-            r = rpc(address, timeout=3, connection_args=args)
-            self._rpcs[rec.id] = r
-        return r
-
-    async def _forget_rpc(self, cluster_id: str) -> None:
-        r = self._rpcs.pop(cluster_id, None)
-        if r is not None:
-            await r.close_rpc()
-
     # == helpers ==========================================================================
     @property
     def busy(self) -> Optional[ManagerBusy]:
@@ -942,42 +557,6 @@ class ClusterManager:
             ),
         )
 
-    def _update(self, rec: ClusterRecord, event: Optional[tuple[str, dict]] = None, **fields: Any) -> ClusterRecord:
-        if event:
-            event[1].setdefault("time", time.time())
-        seq = self.store.update_cluster(rec.id, event=event, **fields)
-        if event:
-            self._publish(Event(rec.id, event[0], event[1], event[1]["time"], seq))
-        return self.store.get_cluster(rec.id)
-
-    def _transition(self, rec: ClusterRecord, status: State, message: Optional[str], **fields: Any) -> ClusterRecord:
-        current = self.store.get_cluster(rec.id)
-        check_transition(current.status, status)
-        if current.status == status and current.message == message:
-            return current
-        data = {"status": str(status), "message": message}
-        logger.info("cluster %s (%s): %s%s", rec.name, rec.id, status, f" - {message}" if message else "")
-        return self._update(current, event=("state", data), status=status, message=message, **fields)
-
-    def _progress(self, rec: ClusterRecord, step: str, **data: Any) -> None:
-        payload = {"step": step, **data, "time": time.time()}
-        seq = self.store.add_event(rec.id, "progress", payload)
-        self._publish(Event(rec.id, "progress", payload, payload["time"], seq))
-
-    def _observe(self, rec: ClusterRecord, ready: int, launched: int, lifetime: Optional[dict]) -> ClusterRecord:
-        """Persist what the scheduler reports (so any process can show it); a change in
-        worker counts is also a progress event."""
-        target = rec.spec["n_workers"]
-        clocks = {k: v for k, v in (lifetime or {}).items() if k in CLOCKS}
-        observed = {"ready": ready, "launched": launched, "target": target, "lifetime": clocks or None}
-        before = rec.state.get("observed", {})
-        if observed == before:
-            return rec
-        rec = self._update(rec, state={**rec.state, "observed": observed})
-        if (before.get("ready"), before.get("launched"), before.get("target")) != (ready, launched, target):
-            self._progress(rec, "workers", ready=ready, target=target, launched=launched)
-        return rec
-
     def _checked_backend(self, spec: ClusterSpec) -> Backend:
         """The spec's backend, once it found nothing wrong with the spec that it can tell
         without its cloud (a region it lacks, an unsupported Python, a requirements file
@@ -991,145 +570,13 @@ class ClusterManager:
             check(spec)
         return backend
 
-    def _observe_boot(self, rec: ClusterRecord, boot: Optional[dict[str, Any]]) -> ClusterRecord:
-        """Keep how the scheduler's VM booted (its Python, the phases and their seconds,
-        what was installed) in the cluster's state for the UIs, and tell the user once
-        which requirements it could not install."""
-        if not isinstance(boot, dict):
-            return rec
-        kept = notifications.boot_summary(boot)
-        if kept == rec.state.get("boot"):
-            return rec  # seen (and told) in an earlier pass
-        rec = self._update(rec, state={**rec.state, "boot": kept})
-        for notice in notifications.skipped_packages(kept):
-            self.notify(rec.id, notice)
-        return self.store.get_cluster(rec.id)
-
     async def _estimate(self, spec: ClusterSpec) -> dict[str, Any]:
         from ..pricing import estimate
 
-        backend = None if spec.backend == "local" else self._checked_backend(spec)
-        return await estimate(spec, backend, self.prices)
-
-    async def _check_notifications(self, rec: ClusterRecord) -> None:
-        """Tell what a running cluster's user should know; stop it at its budget. What the
-        notices are made from (the scheduler's clocks, the cost, usage samples) may be
-        missing or malformed: that is told once, and never fails the pass."""
-        notices: list[notifications.Notice] = []
-        try:
-            observed = rec.state.get("observed", {})
-            notices += notifications.shutdown_soon(observed.get("lifetime"))
-            notices += notifications.budget(extrapolate(rec.state.get("cost")),
-                                            config.get("limits.max-cost-per-cluster"))
-        except Exception as exc:  # noqa: BLE001 - bookkeeping: reported, never raised
-            self._bookkeeping_failed(rec, "notifications", "the notifications of this cluster could not be worked "
-                                     "out", exc)
-        if config.get("telemetry.gpu") and time.time() - self._usage_at.get(rec.id, 0) > 30:
-            self._usage_at[rec.id] = time.time()
-            try:
-                mirror = self._usage_of(rec)
-                await mirror.refresh()
-                notices += notifications.gpu_idle(list(mirror.samples))
-            except Conflict:  # the scheduler did not answer: the reconcile pass deals with that
-                pass
-            except Exception as exc:  # noqa: BLE001 - bookkeeping: reported, never raised
-                self._bookkeeping_failed(rec, "usage", "the usage samples of this cluster could not be read", exc)
-        for notice in notices:
-            self.notify(rec.id, notice)
-            if notice.kind == "budget" and notice.level == "error":
-                await self.stop(rec.id)
-
-    def _bookkeeping_failed(self, rec: ClusterRecord, kind: str, what: str, exc: BaseException) -> None:
-        """Tell (once per cluster and ``kind``) that some bookkeeping failed and why."""
-        logger.warning("cluster %s: %s: %s", rec.name, what, exc, exc_info=exc)
-        self.notify(rec.id, notifications.Notice(f"{kind}:failed", kind, "warning",
-                                                 f"{what} ({type(exc).__name__}: {exc})"))
-
-    def notify(self, cluster_id: str, notice: notifications.Notice) -> None:
-        """Record and send a notification, once per situation (its key)."""
-        rec = self.store.get_cluster(cluster_id)
-        told = rec.state.get("notified", [])
-        if notice.key in told:
-            return
-        data = {"kind": notice.kind, "level": notice.level, "message": notice.message, "key": notice.key}
-        self._update(rec, event=("notification", data), state={**rec.state, "notified": [*told, notice.key]})
-
-    async def _update_cost(self, rec: ClusterRecord) -> ClusterRecord:
-        """Recompute the cost from every instance's launch/terminate times; persist it
-        (kept after the cluster stops) and send it as a ``cost`` event. A price that cannot
-        be had makes the cost unknown, told once: bookkeeping never fails a pass, let alone
-        tears a cluster down. It waits for prices twice :func:`~coiled_lab.pricing.timeout`
-        at most: a price look-up's own wait, and as much for a backend's other look-ups."""
-        from ..pricing import accrued, timeout, unknown_cost
-
-        try:
-            backend = self.backend(rec.backend)
-            within = Deadline(2 * timeout())
-            await self.prices.adopt(rec.backend, backend, within)  # its account's prices, even with no estimate made
-            instances = self.store.instances(rec.id, live_only=False)
-            prices: dict[tuple, float] = {}
-            for inst in instances:
-                key = (inst.vm_type, inst.zone, inst.spot)
-                if key not in prices:
-                    prices[key] = await within.wait(backend.instance_price(inst, self.prices),
-                                                    f"the price of {inst.vm_type}")
-            cost = accrued(instances, lambda i: prices[(i.vm_type, i.zone, i.spot)])
-        except Exception as exc:  # noqa: BLE001 - bookkeeping: reported, never raised
-            self._bookkeeping_failed(rec, "cost", "the cost of this cluster is unknown", exc)
-            cost = unknown_cost(f"{type(exc).__name__}: {exc}")
-            rec = self.store.get_cluster(rec.id)  # as the notification left it (its key among those told)
-        rec = self._update(rec, state={**rec.state, "cost": cost})
-        self._publish(Event(rec.id, "cost", cost, cost["as_of"]))
-        return rec
-
-    def _publish(self, event: Event) -> None:
-        self.bus.publish(event)
-
-    async def _log_tail(self, ctx: ClusterContext, instance: str, n: int = 20) -> str:
-        records, unread = await self._read_logs(ctx)
-        return unread or _format_tail([r for r in records if r.instance == instance], n)
-
-    async def _read_logs(self, ctx: ClusterContext) -> tuple[list[LogRecord], Optional[str]]:
-        """The cluster's log records, or none and why they could not be read: a message
-        that quotes the logs is still given (and the pass goes on) when the log service fails."""
-        try:
-            return await self.backend(ctx.spec.backend).logs(ctx), None
-        except Exception as exc:  # noqa: BLE001 - reading logs is bookkeeping
-            logger.warning("cluster %s: its logs could not be read: %s", ctx.name, exc)
-            return [], f"its logs could not be read ({type(exc).__name__}: {exc})"
-
-    def _json(self, rec: ClusterRecord) -> dict[str, Any]:
-        d = rec.to_json()
-        observed = rec.state.get("observed", {}) if rec.live else {}
-        d["workers"] = {
-            "target": rec.spec["n_workers"],
-            "launched": observed.get("launched", 0),
-            "ready": observed.get("ready", 0),
-        }
-        d["scheduler_address"] = rec.state.get("address") if rec.live else None
-        d["dashboard"] = rec.state.get("dashboard") if rec.live else None
-        clocks = observed.get("lifetime") if rec.live else None
-        try:
-            d["time_left"] = time_left(clocks) if clocks else None
-        except (KeyError, TypeError, AttributeError):  # clocks a scheduler sent malformed: unknown
-            d["time_left"] = None
-        d["cost"] = extrapolate(rec.state.get("cost")) if rec.live else rec.state.get("cost")
-        d.pop("state", None)  # backend-internal ids stay on the server
-        return d
+        backend = self._checked_backend(spec)
+        return await estimate(spec, None if spec.backend == "local" else backend, self.prices)
 
 
 def _default_name(cluster_id: str) -> str:
     user = re.sub(r"[^a-z0-9-]+", "-", getpass.getuser().lower()).strip("-") or "user"
     return f"{user[:40]}-{cluster_id[:6]}"
-
-
-def _dashboard(address: str, info: dict[str, Any]) -> Optional[str]:
-    port = (info.get("services") or {}).get("dashboard")
-    if not port:
-        return None
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
-    return f"http://{host}:{port}"
-
-
-def _format_tail(records: list[LogRecord], n: int = 20) -> str:
-    return "\n".join(r.format() for r in records[-n:]) or "(no log lines)"

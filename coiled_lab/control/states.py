@@ -23,6 +23,17 @@ class State(str, Enum):
         return self.value
 
 
+class Target(str, Enum):
+    """What a cluster should be: the one thing a verb writes (``stop`` writes ``stopped``;
+    ``scale`` changes the spec's size, not this)."""
+
+    running = "running"
+    stopped = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 FINAL = frozenset({State.stopped, State.error})
 
 TRANSITIONS: dict[State, frozenset[State]] = {

@@ -19,13 +19,14 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..backends.base import Instance
 from ..errors import StoreUnavailable
 from . import storefile
-from .states import FINAL, State
+from .states import FINAL, State, Target
 
 SCHEMA_VERSION = 2  # 2: the prices cache
 
@@ -84,31 +85,13 @@ class NameInUse(StoreError):
 
 
 @dataclass
-class Instance:
-    """One machine (or local process) of a cluster, as the backend reported it."""
-
-    id: str
-    role: str  # "scheduler" | "worker"
-    address: Optional[str] = None
-    vm_type: Optional[str] = None
-    zone: Optional[str] = None
-    spot: bool = False
-    launched_at: float = field(default_factory=time.time)
-    terminated_at: Optional[float] = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
 class ClusterRecord:
     id: str
     name: str
     backend: str
     spec: dict[str, Any]
     status: State
-    target: str  # "running" | "stopped"
+    target: Target
     message: Optional[str]
     state: dict[str, Any]
     created_at: float
@@ -122,7 +105,7 @@ class ClusterRecord:
     def to_json(self) -> dict[str, Any]:
         # A shallow dict: asdict() deep-copies spec and state, which dominates a long list.
         d = dict(self.__dict__)
-        d["status"] = str(self.status)
+        d["status"], d["target"] = str(self.status), str(self.target)
         return d
 
 
@@ -232,7 +215,7 @@ class Store:
             backend=row["backend"],
             spec=json.loads(row["spec"]),
             status=State(row["status"]),
-            target=row["target"],
+            target=Target(row["target"]),
             message=row["message"],
             state=json.loads(row["state"]),
             created_at=row["created_at"],
@@ -251,7 +234,7 @@ class Store:
                 db.execute(
                     "INSERT INTO clusters VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        rec.id, rec.name, rec.backend, json.dumps(rec.spec), str(rec.status), rec.target,
+                        rec.id, rec.name, rec.backend, json.dumps(rec.spec), str(rec.status), str(rec.target),
                         rec.message, json.dumps(rec.state), rec.created_at, rec.updated_at, rec.stopped_at,
                     ),
                 )
@@ -273,7 +256,7 @@ class Store:
         for key, value in fields.items():
             if key in ("spec", "state"):
                 value = json.dumps(value)
-            elif key == "status":
+            elif key in ("status", "target"):
                 value = str(value)
             cols.append(f"{key} = ?")
             values.append(value)

@@ -32,7 +32,7 @@ def error_body(exc: Optional[BaseException], status: int) -> dict[str, Any]:
         body = to_json() if callable(to_json) else {
             "error": told.message, "field": "name_or_id" if isinstance(exc, NotFound) else None}
         return {**body, "code": told.code}
-    if isinstance(exc, HTTPError) and status < 500:
+    if isinstance(exc, HTTPError) and status != 500:  # raised on purpose, with its message (a 502 too)
         message = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
         return {"error": message or exc.reason or f"HTTP {status}", "field": None}
     return {"error": f"HTTP {status}: the server failed; its log says why", "field": None}

@@ -29,6 +29,7 @@ from coiled_lab import config
 from coiled_lab.control.manager import ClusterManager
 from coiled_lab.errors import Conflict, quoted
 from coiled_lab.logs import LEVELS, since_from
+from coiled_lab.schema import form_schema
 from coiled_lab.spec import MAX_TEXT, describe_fields
 
 from . import dashboard
@@ -308,6 +309,14 @@ class DefaultsHandler(CoiledLabHandler):
         self.write_json({"fields": describe_fields()})
 
 
+class SchemaHandler(CoiledLabHandler):
+    """ClusterSpec's JSON schema with this server's defaults and limits: what forms are built from."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json(form_schema(self.query("backend") or None))
+
+
 class CleanupHandler(CoiledLabHandler):
     @web.authenticated
     async def post(self) -> None:
@@ -450,6 +459,20 @@ class DashboardProxyHandler(CoiledLabMixin, ProxyHandler):
                 del headers[name]
         return headers
 
+    async def proxy(self, host: str, port: int, path: str) -> None:
+        """jupyter-server-proxy's, with a dashboard that does not answer (its scheduler
+        stopped a moment ago, or died) told as 502, not as a failure of this server."""
+        try:
+            return await super().proxy(host, port, path)
+        except OSError as exc:  # connection refused or reset: tornado raises it as it is
+            why = str(exc)
+        except web.HTTPError as exc:
+            if exc.status_code not in (500, 599):
+                raise
+            why = exc.log_message or f"HTTP {exc.status_code}"
+        raise web.HTTPError(502, f"the dashboard of cluster {self.path_args[0]} did not answer ({why}); "
+                                 "its scheduler may have stopped")
+
     async def http_get(self, cluster: str, key: str, path: str) -> None:
         return await self.proxy(*self.target, path)
 
@@ -492,6 +515,7 @@ def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
         (f"{API}/environments/([0-9a-f]{{32}})", EnvironmentHandler, kwargs),
         (f"{API}/catalog", CatalogHandler, kwargs),
         (f"{API}/defaults", DefaultsHandler, kwargs),
+        (f"{API}/schema", SchemaHandler, kwargs),
         (f"{API}/reach", ReachHandler, kwargs),
         (f"{API}/cleanup", CleanupHandler, kwargs),
         (f"{API}/credentials", CredentialsHandler, kwargs),

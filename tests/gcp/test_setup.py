@@ -25,9 +25,12 @@ def test_setup_is_idempotent_and_opens_the_scheduler_to_this_machine_only(networ
     assert network["ipCidrRange"] == subnet_cidr and network["privateIpGoogleAccess"] is True
     internal = fake.firewalls["coiled-lab-internal"]
     assert internal["sourceTags"] == internal["targetTags"] == ["coiled-lab"]
-    opened = [f for f in fake.firewalls.values() if f.get("sourceRanges")]
+    opened = [f for f in fake.firewalls.values() if f.get("sourceRanges") and f["name"].startswith("coiled-lab-in-")]
     me = f"{vm_network.egress_address}/32"  # "me": this server as the emulated internet's echo sees it
     assert [f["sourceRanges"] for f in opened] == [[me]]
+    # Any other rule open to the outside is a cluster's allow_ssh_from (an earlier test's): port 22 only.
+    others = [f for f in fake.firewalls.values() if f.get("sourceRanges") and f not in opened]
+    assert all(f["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}] for f in others), others
     assert opened[0]["allowed"] == [{"IPProtocol": "tcp", "ports": ["8786-8787"]}]
     assert not any("0.0.0.0/0" in f.get("sourceRanges", []) for f in fake.firewalls.values())
     email = "coiled-lab-vm@coiled-lab-test.iam.gserviceaccount.com"

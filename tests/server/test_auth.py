@@ -32,6 +32,7 @@ ROUTES = [
     ("POST", ("coiled-lab/api/environments",), {"python": "3.11", "platform": "linux-x86_64"}),
     ("GET", ("coiled-lab/api/environments", "0" * 32), None),
     ("GET", ("coiled-lab/api/catalog",), None),
+    ("GET", ("coiled-lab/api/schema",), None),
     ("POST", ("coiled-lab/api/cleanup",), {"dry_run": True}),
     ("GET", ("coiled-lab/api/credentials",), None),
     ("PUT", ("coiled-lab/api/credentials",), {"provider": "aws", "clear": True}),

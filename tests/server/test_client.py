@@ -15,7 +15,7 @@ import dask.config
 import pytest
 
 from coiled_lab.api import APIClient, APIError, read_runtime_file, write_runtime_file
-from coiled_lab.control import get_control
+from coiled_lab.connect import get_control
 from coiled_lab.control.events import Event
 from coiled_lab.control.limits import LimitExceeded
 from coiled_lab.control.states import State

@@ -49,7 +49,7 @@ async def run_in_kernel(kc: Any, code: str, timeout: float = 180) -> str:
 KERNEL_START = """
 import json, os
 import coiled_lab
-from coiled_lab.control import get_control
+from coiled_lab.connect import get_control
 cluster = coiled_lab.Cluster(n_workers=2, name="from-kernel")
 client = cluster.get_client()
 total = client.submit(sum, range(10)).result()

@@ -12,6 +12,7 @@ Set-Cookie, Clear-Site-Data, HSTS or CORS of its own). A key opens its own clust
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any, Optional
 from urllib.parse import urlsplit
@@ -83,6 +84,13 @@ def dashboard(jp_asyncio_loop):
     stand_in = Dashboard(jp_asyncio_loop)
     yield stand_in
     stand_in.server.stop()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 async def add_cluster(service, cluster_id: str, name: str, dashboard: Optional[str]) -> None:
@@ -171,6 +179,13 @@ async def test_a_key_opens_its_own_cluster_only(service, jp_fetch, jp_http_port,
         await websocket_connect(HTTPRequest(f"ws://127.0.0.1:{jp_http_port}{other.replace('/status', '/ws')}",
                                             headers={"Origin": "null"}))
     assert ws_refused.value.code == 403
+    # A dashboard that no longer answers (its scheduler just stopped): 502, never a 500.
+    await add_cluster(service, "dddddddddddd", "gone", f"http://127.0.0.1:{closed_port()}")
+    gone = await jp_fetch("coiled-lab/clusters", "gone", "dashboard", "status",
+                          follow_redirects=False, raise_error=False)
+    answer = await no_credentials(server + gone.headers["Location"])
+    assert answer.code == 502 and b"did not answer" in answer.body, (answer.code, answer.body)
+    assert_isolated(answer)
     # A cluster with no dashboard yet: the link says so (409), naming the cluster.
     none = await jp_fetch("coiled-lab/clusters", "starting", "dashboard", "status",
                           follow_redirects=False, raise_error=False)

@@ -20,7 +20,7 @@ import time
 from typing import Any, Optional
 
 from ... import config, pricing
-from ...control.store import Instance
+from ..base import Instance
 from ...logs import LogRecord
 from ...spec import ClusterSpec, ClusterSpecError
 from ..base import Backend, ClusterContext, check_reachable, check_vm_software, owner_id
@@ -136,8 +136,10 @@ class AWSBackend(Backend):
         via, cidr = await reach(cluster.spec.connect_via, cluster.spec.allow_ingress_from, self.name, net.vpc_id,
                                 self.aws.endpoint("ec2", region), AWSError)
         ingress = await network.ingress_group(self.aws, region, net, cidr)
+        ssh = await self._ssh_group(cluster, net, region)
         store = await envstore.find(self.aws, region) if cluster.environment is not None else None
         return {**net.to_state(), "region": region, "ingress_group": ingress, "ingress_cidr": cidr, "connect_via": via,
+                "ssh_group": ssh,
                 "env_bucket": store.bucket if store else None,
                 "env_bucket_owner": store.owner if store else None}
 
@@ -156,8 +158,8 @@ class AWSBackend(Backend):
         tags = self._tags(cluster, "scheduler")
         data = fleet.template_data(
             await self.images.image(region, scheduler_type.kind), config.get("aws.instance-profile"),
-            [cluster.state["cluster_group"], cluster.state["ingress_group"]], userdata.build(bootstrap), tags,
-            scheduler_type.name,
+            [cluster.state["cluster_group"], cluster.state["ingress_group"], *self._ssh(cluster)],
+            userdata.build(bootstrap), tags, scheduler_type.name,
         )
         pools = [fleet.Pool(scheduler_type, z, cluster.state["subnets"][z]) for z in zones]
         launched = await fleet.launch(self.aws, region, f"coiled-lab-{cluster.id}-scheduler", data, tags, pools,
@@ -202,7 +204,8 @@ class AWSBackend(Backend):
         tags = self._tags(cluster, "worker")
         data = fleet.template_data(
             await self.images.image(region, kind), config.get("aws.instance-profile"),
-            [cluster.state["cluster_group"]], userdata.build(bootstrap), tags, worker_types[0].name,
+            [cluster.state["cluster_group"], *self._ssh(cluster)], userdata.build(bootstrap), tags,
+            worker_types[0].name, await self._worker_disk(region, kind, spec.worker_disk_size),
         )
         try:
             launched = await fleet.launch(self.aws, region, f"coiled-lab-{cluster.id}-workers", data, tags, pools,
@@ -277,6 +280,7 @@ class AWSBackend(Backend):
         if spec.spot_policy != "on-demand":
             spot_price = (await self.types.spot_prices(region, [worker.name])).get(worker.name)
         size, kind = await self.images.root_disk(region, worker.kind)
+        size = spec.worker_disk_size or size
         return {"region": region, "scheduler_type": scheduler_type.name, "worker_type": worker.name,
                 "spot_price": spot_price, "volume_gb": size, "volume_type": kind}
 
@@ -300,8 +304,35 @@ class AWSBackend(Backend):
 
     # -- more helpers ---------------------------------------------------------------------------
     def _zones(self, cluster: ClusterContext) -> list[str]:
+        """The zones the scheduler may go to, in order: the spec's; else every zone of the
+        network (EC2 takes the first with capacity: use_best_zone); else only the first."""
         subnets = cluster.state["subnets"]
-        return [cluster.spec.zone] if cluster.spec.zone else list(subnets)
+        if cluster.spec.zone:
+            return [cluster.spec.zone]
+        return list(subnets) if cluster.spec.use_best_zone else list(subnets)[:1]
+
+    async def _ssh_group(self, cluster: ClusterContext, net: Any, region: str) -> Optional[str]:
+        """The group opening port 22 to ``allow_ssh_from`` (None: SSH stays closed)."""
+        allowed = cluster.spec.allow_ssh_from
+        if not allowed:
+            return None
+        if allowed == "me":
+            _, allowed = await reach(cluster.spec.connect_via, "me", self.name, net.vpc_id,
+                                     self.aws.endpoint("ec2", region), AWSError)
+        return await network.ssh_group(self.aws, region, net, allowed)
+
+    @staticmethod
+    def _ssh(cluster: ClusterContext) -> list[str]:
+        return [cluster.state["ssh_group"]] if cluster.state.get("ssh_group") else []
+
+    async def _worker_disk(self, region: str, kind: str, size: Optional[int]) -> Optional[dict[str, Any]]:
+        """The root disk of a worker of ``worker_disk_size`` GiB (None: the image's): the
+        image's root device, its EBS type, the size asked for."""
+        if not size:
+            return None
+        device, volume_type = await self.images.root_device(region, kind)
+        return {"DeviceName": device, "Ebs": {"VolumeSize": size, "VolumeType": volume_type,
+                                              "DeleteOnTermination": True}}
 
     async def _located(self, cluster: ClusterContext, instance: Instance) -> Instance:
         """``instance`` with its addresses, asking EC2 if this process has not seen them."""

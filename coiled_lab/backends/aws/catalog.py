@@ -81,6 +81,15 @@ def parse_instance_type(item: dict[str, Any]) -> Optional[InstanceType]:
     )
 
 
+def _check_arch(types: list[InstanceType], field: str) -> None:
+    """With ``arm=True``, every type named for the cluster is an ARM (Graviton) one."""
+    wrong = next((t for t in types if t.arch != "arm64"), None)
+    if wrong is not None:
+        raise ClusterSpecError(f"{field}: {wrong.name!r} is not allowed: arm=True asks for ARM machines and it is "
+                               f"{'a GPU' if wrong.gpu else 'an x86_64'} type; name Graviton types such as "
+                               "m7g.xlarge, or leave arm out", field)
+
+
 def matching(types: Iterable[InstanceType], cpu: Optional[int], memory: Optional[int], gpu: Optional[int],
              prices: Optional[dict[str, float]] = None) -> list[InstanceType]:
     """Types with at least these sizes, the smallest first, then the cheapest of a size
@@ -187,18 +196,24 @@ class Catalog:
         return await self.spot_prices(region, names)
 
     async def choose(self, spec: ClusterSpec, region: str) -> tuple[InstanceType, list[InstanceType]]:
-        """The scheduler's type, and the workers' types in order of preference, all of one kind."""
-        scheduler = spec.scheduler_vm_type or config.get("aws.scheduler-vm-type")
+        """The scheduler's type, and the workers' types in order of preference, all of one
+        kind; with ``arm``, Graviton ones. Types chosen by size are of the spec's
+        architecture; types named choose their own, unless ``arm`` asks for ARM."""
+        arch = "arm64" if spec.arm else "x86_64"
+        prefix = "aws.arm-" if spec.arm else "aws."
+        scheduler = spec.scheduler_vm_type or config.get(f"{prefix}scheduler-vm-type")
         if spec.worker_vm_types or not (spec.worker_cpu or spec.worker_memory or spec.worker_gpu):
-            names = spec.worker_vm_types or list(config.get("aws.worker-vm-types"))
+            names = spec.worker_vm_types or list(config.get(f"{prefix}worker-vm-types"))
             # One call for both roles; an unknown name is most likely the one the spec gave.
             await self.named(region, [scheduler, *names],
                              "worker_vm_types" if spec.worker_vm_types else "scheduler_vm_type")
             workers = await self.named(region, names, "worker_vm_types")
             sizing.one_kind(names, (t.kind for t in workers))
+            if spec.arm:  # types named without arm choose their own architecture
+                _check_arch(workers, "worker_vm_types")
         else:
-            fits = matching((await self.types(region)).values(), spec.worker_cpu, spec.worker_memory,
-                            spec.worker_gpu)
+            fits = matching([t for t in (await self.types(region)).values() if t.arch == arch or t.gpu],
+                            spec.worker_cpu, spec.worker_memory, spec.worker_gpu)
             if not fits:
                 raise sizing.no_fit(spec, region, "instance type")
             # The smallest fitting sizes, then the cheapest of those (spot prices stand in
@@ -213,8 +228,25 @@ class Catalog:
                 raise ClusterSpecError(f"spot_policy: none of {', '.join(t.name for t in workers)} can be bought "
                                        "as spot capacity; use 'on-demand'", "spot_policy")
             workers = spot
-        (scheduler_type,) = await self.named(region, [scheduler], "scheduler_vm_type")
+        if spec.scheduler_cpu or spec.scheduler_memory:
+            scheduler_type = await self._sized_scheduler(spec, region, arch)
+        else:
+            (scheduler_type,) = await self.named(region, [scheduler], "scheduler_vm_type")
+            if spec.arm:
+                _check_arch([scheduler_type], "scheduler_vm_type")
         return scheduler_type, [t for t in workers if t.kind == workers[0].kind]
+
+    async def _sized_scheduler(self, spec: ClusterSpec, region: str, arch: str) -> InstanceType:
+        """The smallest, then cheapest, type with ``scheduler_cpu`` / ``scheduler_memory``."""
+        fits = matching([t for t in (await self.types(region)).values() if t.arch == arch],
+                        spec.scheduler_cpu, spec.scheduler_memory, None)
+        if not fits:
+            field = "scheduler_cpu" if spec.scheduler_cpu else "scheduler_memory"
+            raise ClusterSpecError(f"{field}: no {arch} instance type in {region} has {spec.scheduler_cpu or 1} vCPUs "
+                                   f"and {(spec.scheduler_memory or 0) / 2**30:g} GiB; ask for less", field)
+        nearest = [t for t in fits if (t.vcpu, t.memory) == (fits[0].vcpu, fits[0].memory)]
+        prices = await self._sizing_prices(region, [t.name for t in nearest])
+        return matching(nearest, spec.scheduler_cpu, spec.scheduler_memory, None, prices)[0]
 
     async def describe_region(self, region: str) -> dict[str, Any]:
         """The catalog as the API shows it: zones, and each type's sizes, zones and spot

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ...control.store import Instance
+from ..base import Instance
 from .catalog import InstanceType
 from .session import AWSError, AWSSession, error_code
 from .tags import tag_specs
@@ -47,9 +47,11 @@ class Pool:
 
 
 def template_data(image: str, profile: str, groups: list[str], user_data: bytes, tags: dict[str, str],
-                  instance_type: str) -> dict[str, Any]:
-    """The launch template: everything but the pool, which the fleet's overrides choose."""
+                  instance_type: str, root_disk: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The launch template: everything but the pool, which the fleet's overrides choose;
+    ``root_disk`` a block device mapping for a root disk other than the image's."""
     return {
+        **({"BlockDeviceMappings": [root_disk]} if root_disk else {}),
         "ImageId": image,
         "InstanceType": instance_type,
         "IamInstanceProfile": {"Name": profile},

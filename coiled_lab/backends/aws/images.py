@@ -23,7 +23,7 @@ class Images:
     def __init__(self, aws: AWSSession):
         self.aws = aws
         self._cache: dict[str, tuple[float, dict[str, str]]] = {}  # region -> (when, kind -> AMI id)
-        self._disks: dict[tuple[str, str], tuple[int, str]] = {}  # (region, AMI id) -> root disk
+        self._disks: dict[tuple[str, str], tuple[int, str, str]] = {}  # (region, AMI id) -> size, type, device
 
     async def image(self, region: str, kind: str) -> str:
         """The AMI id for ``kind`` ("x86_64", "arm64" or "gpu") in ``region``."""
@@ -42,6 +42,15 @@ class Images:
 
     async def root_disk(self, region: str, kind: str) -> tuple[int, str]:
         """Size (GiB) and EBS type of the root disk an instance of ``kind`` boots with."""
+        size, volume_type, _ = await self._root(region, kind)
+        return size, volume_type
+
+    async def root_device(self, region: str, kind: str) -> tuple[str, str]:
+        """Device name and EBS type of that root disk (to launch it with another size)."""
+        _, volume_type, device = await self._root(region, kind)
+        return device, volume_type
+
+    async def _root(self, region: str, kind: str) -> tuple[int, str, str]:
         image = await self.image(region, kind)
         if (region, image) not in self._disks:
             answer = await self.aws.call("ec2", region, "describe_images", ImageIds=[image])
@@ -51,5 +60,5 @@ class Images:
                          if m.get("DeviceName") == root and "Ebs" in m), None)
             if disk is None:
                 raise AWSError(f"the image {image} in {region} has no EBS root disk")
-            self._disks[(region, image)] = (int(disk["VolumeSize"]), disk.get("VolumeType", "gp3"))
+            self._disks[(region, image)] = (int(disk["VolumeSize"]), disk.get("VolumeType", "gp3"), root)
         return self._disks[(region, image)]

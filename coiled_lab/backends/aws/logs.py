@@ -14,7 +14,7 @@ import base64
 import binascii
 from typing import Any, Optional
 
-from ...control.store import Instance
+from ..base import Instance
 from ...logs import LogRecord, parse_lines
 from .session import AWSSession, error_code
 

@@ -24,6 +24,7 @@ class Network:
     subnets: dict[str, str]  # availability zone -> subnet id, zones in name order
     cluster_group: Optional[str] = None  # members of a cluster reach each other
     ingress_groups: dict[str, str] = field(default_factory=dict)  # CIDR -> group opening 8786-8787 to it
+    ssh_groups: dict[str, str] = field(default_factory=dict)  # CIDR -> group opening 22 to it (allow_ssh_from)
 
     def to_state(self) -> dict[str, Any]:
         return {"vpc_id": self.vpc_id, "subnets": self.subnets, "cluster_group": self.cluster_group}
@@ -56,21 +57,29 @@ async def find(aws: AWSSession, region: str, vpc_id: Optional[str] = None) -> Ne
             network.cluster_group = group["GroupId"]
         elif tags.get(PURPOSE) == "ingress" and tags.get(INGRESS):
             network.ingress_groups[tags[INGRESS]] = group["GroupId"]
+        elif tags.get(PURPOSE) == "ssh" and tags.get(INGRESS):
+            network.ssh_groups[tags[INGRESS]] = group["GroupId"]
     if network.cluster_group is None:
         raise AWSError(f"the coiled-lab security group is missing in {network.vpc_id}: "
                        f"run `coiled-lab setup aws --region {region}` again")
     return network
 
 
-async def create_ingress_group(aws: AWSSession, region: str, vpc_id: str, cidr: str) -> str:
-    """A security group opening the scheduler and dashboard ports to ``cidr`` alone."""
-    name = ingress_group_name(cidr)
+async def create_ingress_group(aws: AWSSession, region: str, vpc_id: str, cidr: str,
+                               purpose: str = "ingress") -> str:
+    """A security group opening the scheduler and dashboard ports (``purpose`` "ingress"),
+    or SSH ("ssh"), to ``cidr`` alone."""
+    name = ingress_group_name(cidr) if purpose == "ingress" else f"coiled-lab-ssh-{cidr.replace('/', '-')}".replace(
+        ":", "-")
+    ports, what = (SCHEDULER_PORT, DASHBOARD_PORT), "Dask scheduler and dashboard"
+    if purpose == "ssh":
+        ports, what = (22, 22), "SSH"
     try:
         group = await aws.call(
             "ec2", region, "create_security_group",
             GroupName=name, VpcId=vpc_id,
-            Description=f"coiled-lab: Dask scheduler and dashboard ports from {cidr}",
-            TagSpecifications=tag_specs(["security-group"], managed(name, {PURPOSE: "ingress", INGRESS: cidr})),
+            Description=f"coiled-lab: {what} ports from {cidr}",
+            TagSpecifications=tag_specs(["security-group"], managed(name, {PURPOSE: purpose, INGRESS: cidr})),
         )
     except Exception as exc:
         if error_code(exc) != "InvalidGroup.Duplicate":
@@ -83,9 +92,9 @@ async def create_ingress_group(aws: AWSSession, region: str, vpc_id: str, cidr: 
         "ec2", region, "authorize_security_group_ingress",
         GroupId=group["GroupId"],
         IpPermissions=[{
-            "IpProtocol": "tcp", "FromPort": SCHEDULER_PORT, "ToPort": DASHBOARD_PORT,
-            **({"Ipv6Ranges": [{"CidrIpv6": cidr, "Description": "Dask scheduler and dashboard"}]} if ":" in cidr
-               else {"IpRanges": [{"CidrIp": cidr, "Description": "Dask scheduler and dashboard"}]}),
+            "IpProtocol": "tcp", "FromPort": ports[0], "ToPort": ports[1],
+            **({"Ipv6Ranges": [{"CidrIpv6": cidr, "Description": what}]} if ":" in cidr
+               else {"IpRanges": [{"CidrIp": cidr, "Description": what}]}),
         }],
     )
     return group["GroupId"]
@@ -96,3 +105,10 @@ async def ingress_group(aws: AWSSession, region: str, network: Network, cidr: st
     if cidr not in network.ingress_groups:
         network.ingress_groups[cidr] = await create_ingress_group(aws, region, network.vpc_id, cidr)
     return network.ingress_groups[cidr]
+
+
+async def ssh_group(aws: AWSSession, region: str, network: Network, cidr: str) -> str:
+    """The group opening port 22 to ``cidr`` (``allow_ssh_from``), made if no cluster needed it before."""
+    if cidr not in network.ssh_groups:
+        network.ssh_groups[cidr] = await create_ingress_group(aws, region, network.vpc_id, cidr, "ssh")
+    return network.ssh_groups[cidr]

@@ -15,10 +15,11 @@ import threading
 from typing import Any, Optional
 
 from ... import config, deadline
+from ...errors import CloudSetupError
 from ...spec import ClusterSpecError
 
 
-class AWSError(RuntimeError):
+class AWSError(CloudSetupError):
     """An AWS request that failed in a way the user must act on; the message says how."""
 
 

@@ -24,7 +24,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from ... import config, pricing, utc
-from ...control.store import Instance
+from ..base import Instance
 from ...logs import LogRecord
 from ...pricing import PriceBook
 from ...spec import ClusterSpec, ClusterSpecError
@@ -128,7 +128,14 @@ class GCPBackend(Backend):
         await check_reachable(self.gcp.endpoint("compute"), "Google Cloud (Compute Engine)")
 
     def check_spec(self, spec: ClusterSpec) -> None:
+        if spec.arm:
+            raise ClusterSpecError("arm: True is not allowed: coiled-lab has no ARM (Tau T2A) image on GCP; use "
+                                   "backend 'aws' (Graviton), or leave arm out", "arm")
         check_vm_software(spec, self.name)
+
+    @staticmethod
+    def _ssh(cluster: ClusterContext) -> list[str]:
+        return [cluster.state["ssh_tag"]] if cluster.state.get("ssh_tag") else []
 
     async def environment_built(self, env_hash: str, region: Optional[str] = None) -> Optional[bool]:
         # One bucket per project, whatever the region.
@@ -147,10 +154,18 @@ class GCPBackend(Backend):
                                         f"{self.gcp.project}/{config.get('gcp.network')}", self.gcp.endpoint("compute"),
                                         GCPError)
         tag = await network.ensure_ingress(self.gcp, net, cidr)
+        ssh = None
+        if cluster.spec.allow_ssh_from:
+            allowed = cluster.spec.allow_ssh_from
+            if allowed == "me":
+                where = f"{self.gcp.project}/{config.get('gcp.network')}"
+                _, allowed = await ingress.reach(via, "me", self.name, where, self.gcp.endpoint("compute"), GCPError)
+            ssh = await network.ensure_ssh(self.gcp, net, allowed)
         store = None
         if cluster.environment is not None:
             store = await envstore.find(self.gcp, lambda message: cluster.notify("software", message))
         return {**net.to_state(), "region": region, "ingress_tag": tag, "ingress_cidr": cidr, "connect_via": via,
+                "ssh_tag": ssh,
                 "env_bucket": store.bucket if store else None}
 
     async def launch_scheduler(self, cluster: ClusterContext) -> Instance:
@@ -159,6 +174,8 @@ class GCPBackend(Backend):
         worker_zones = {z for t in worker_types for z in t.zones}
         zones = [z for z in ([spec.zone] if spec.zone else await self.types.zones(region))
                  if z in scheduler_type.zones and z in worker_zones]
+        if not spec.use_best_zone:  # only the first zone, not the first one with capacity
+            zones = zones[:1]
         if not zones:
             raise GCPError(f"no zone of {region} offers both {scheduler_type.name} and any of "
                            f"{', '.join(t.name for t in worker_types)}")
@@ -169,7 +186,9 @@ class GCPBackend(Backend):
         zone, refused = await instances.insert_scheduler(
             self.gcp, name, zones,
             lambda z: instances.properties(scheduler_type, z, image, cluster.state["subnetwork"], self.gcp.project,
-                                           script, labels, [NETWORK_TAG, cluster.state["ingress_tag"]], spot=False,
+                                           script, labels,
+                                           [NETWORK_TAG, cluster.state["ingress_tag"], *self._ssh(cluster)],
+                                           spot=False,
                                            storage=bool(cluster.state.get("env_bucket")),
                                            lifetime_left=spec.max_lifetime))
         await self._let_delete_themselves(cluster, [(zone, name)])
@@ -216,9 +235,11 @@ class GCPBackend(Backend):
                 launched = await instances.launch_workers(
                     self.gcp, region, zones, all_zones, min(count, instances.MAX_BULK),
                     lambda spot, m=machine: instances.properties(m, None, image, cluster.state["subnetwork"],
-                                                                 self.gcp.project, script, labels, [NETWORK_TAG],
-                                                                 spot, storage=bool(cluster.state.get("env_bucket")),
-                                                                 lifetime_left=lifetime_left),
+                                                                 self.gcp.project, script, labels,
+                                                                 [NETWORK_TAG, *self._ssh(cluster)], spot,
+                                                                 storage=bool(cluster.state.get("env_bucket")),
+                                                                 lifetime_left=lifetime_left,
+                                                                 disk_size_gb=spec.worker_disk_size),
                     f"coiled-lab-{cluster.id}-w", spec.spot_policy, machine, cluster.notify)
             except instances.NoCapacity as exc:
                 refused.append(f"{machine.name} in {', '.join(zones)} ({exc.code})")
@@ -326,18 +347,19 @@ class GCPBackend(Backend):
         """:meth:`price_inputs` from the price snapshot, for when Compute Engine cannot answer."""
         region = spec.region or config.get("gcp.region")
         scheduler_type, worker_types = await self._offline_types().choose(spec, region)
-        return self._inputs(region, scheduler_type, worker_types[0])
+        return self._inputs(region, scheduler_type, worker_types[0], spec.worker_disk_size)
 
     async def price_inputs(self, spec: ClusterSpec) -> dict[str, Any]:
         region = spec.region or config.get("gcp.region")
         scheduler_type, worker_types = await self.types.choose(spec, region)
-        return self._inputs(region, scheduler_type, worker_types[0])
+        return self._inputs(region, scheduler_type, worker_types[0], spec.worker_disk_size)
 
     @staticmethod
-    def _inputs(region: str, scheduler: MachineType, worker: MachineType) -> dict[str, Any]:
+    def _inputs(region: str, scheduler: MachineType, worker: MachineType,
+                disk_gb: Optional[int] = None) -> dict[str, Any]:
         return {"region": region, "scheduler_type": scheduler.name, "worker_type": worker.name,
                 "scheduler_machine": scheduler.machine(), "worker_machine": worker.machine(),
-                "spot_price": None, "volume_gb": int(config.get("gcp.disk-size-gb")),
+                "spot_price": None, "volume_gb": int(disk_gb or config.get("gcp.disk-size-gb")),
                 "volume_type": config.get("gcp.disk-type")}
 
     async def instance_price(self, instance: Instance, book: Any) -> float:

@@ -163,8 +163,20 @@ class Catalog:
             # Priced as they will be bought: Spot rates unless the workers run on demand.
             prices = await self.prices(region, fits, spec.spot_policy != "on-demand")
             workers = matching(fits, *sizes, prices)[: int(config.get("gcp.max-vm-types"))]
+        if spec.scheduler_cpu or spec.scheduler_memory:
+            return await self._sized_scheduler(spec, region), workers
         (scheduler,) = await self.named(region, [scheduler_name], "scheduler_vm_type")
         return scheduler, workers
+
+    async def _sized_scheduler(self, spec: ClusterSpec, region: str) -> MachineType:
+        """The smallest, then cheapest (on demand), type with ``scheduler_cpu`` / ``scheduler_memory``."""
+        sizes = (spec.scheduler_cpu, spec.scheduler_memory, None, config.get("gcp.gpu-type"))
+        fits = [t for t in matching(list((await self.types(region)).values()), *sizes) if not t.gpus]
+        if not fits:
+            field = "scheduler_cpu" if spec.scheduler_cpu else "scheduler_memory"
+            raise ClusterSpecError(f"{field}: no machine type in {region} has {spec.scheduler_cpu or 1} vCPUs and "
+                                   f"{(spec.scheduler_memory or 0) / 2**30:g} GiB; ask for less", field)
+        return matching(fits, *sizes, await self.prices(region, fits, False))[0]
 
     async def describe_region(self, region: str) -> dict[str, Any]:
         types = await self.types(region)

@@ -33,7 +33,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 from ... import config
-from ...control.store import Instance
+from ..base import Instance
 from .catalog import MachineType
 from .session import GCPError, GCPSession, is_conflict
 
@@ -92,12 +92,14 @@ def run_duration(lifetime_left: Optional[float]) -> Optional[int]:
 
 def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork: str, project: str,
                script: str, labels: dict[str, str], tags: list[str], spot: bool,
-               storage: bool = False, lifetime_left: Optional[float] = None) -> dict[str, Any]:
+               storage: bool = False, lifetime_left: Optional[float] = None,
+               disk_size_gb: Optional[int] = None) -> dict[str, Any]:
     """An instance (``zone`` given: for ``insert``) or a bulk launch's instance properties
     (no zone: names instead of zonal URLs). ``storage``: its service account's tokens may
     reach Cloud Storage (the cluster uses the environment bucket); else Cloud Logging and
     Compute (where IAM lets it delete itself) only. ``lifetime_left``: seconds left of the
-    cluster's ``max_lifetime``, after which GCE deletes the VM (:func:`run_duration`)."""
+    cluster's ``max_lifetime``, after which GCE deletes the VM (:func:`run_duration`).
+    ``disk_size_gb``: its boot disk (``worker_disk_size``); None: ``gcp.disk-size-gb``."""
     def zonal(kind: str, name: str) -> str:
         return f"zones/{zone}/{kind}/{name}" if zone else name
 
@@ -118,7 +120,8 @@ def properties(machine: MachineType, zone: Optional[str], image: str, subnetwork
         "machine_type": zonal("machineTypes", machine.name),
         "disks": [{
             "boot": True, "auto_delete": True,
-            "initialize_params": {"source_image": image, "disk_size_gb": int(config.get("gcp.disk-size-gb")),
+            "initialize_params": {"source_image": image,
+                                  "disk_size_gb": int(disk_size_gb or config.get("gcp.disk-size-gb")),
                                   "disk_type": zonal("diskTypes", config.get("gcp.disk-type")), "labels": labels},
         }],
         "network_interfaces": [{"subnetwork": subnetwork,

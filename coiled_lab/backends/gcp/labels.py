@@ -34,6 +34,11 @@ def label_filter(key: str, value: str) -> str:
     return f'labels.{key} = "{value}"'
 
 
+def ssh_tag(cidr: str) -> str:
+    """The network tag a firewall rule opening SSH to ``cidr`` (``allow_ssh_from``) targets."""
+    return f"coiled-lab-ssh-{hashlib.sha256(cidr.encode()).hexdigest()[:12]}"
+
+
 def ingress_tag(cidr: str) -> str:
     """The network tag a firewall rule opening the scheduler to ``cidr`` targets."""
     return f"coiled-lab-in-{hashlib.sha256(cidr.encode()).hexdigest()[:12]}"

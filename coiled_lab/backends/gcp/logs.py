@@ -15,7 +15,7 @@ import datetime
 from typing import Optional
 
 from ...bootstrap.cloudlogging import CLUSTER_LABEL, INSTANCE_LABEL, ROLE_LABEL
-from ...control.store import Instance
+from ..base import Instance
 from ...logs import LogRecord, parse_lines
 from .session import GCPSession, is_not_found
 

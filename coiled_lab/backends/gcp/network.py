@@ -14,7 +14,7 @@ from typing import Any
 
 from ... import config
 from ..ingress import DASHBOARD_PORT, SCHEDULER_PORT
-from .labels import NETWORK_TAG, ingress_tag
+from .labels import NETWORK_TAG, ingress_tag, ssh_tag
 from .session import GCPError, GCPSession, is_conflict, is_not_found
 
 INTERNAL_RULE = "coiled-lab-internal"
@@ -74,7 +74,13 @@ async def wait_global(gcp: GCPSession, operation: Any) -> None:
 
 async def ensure_ingress(gcp: GCPSession, network: Network, cidr: str) -> str:
     """The network tag of the rule opening the scheduler to ``cidr``, made if missing."""
-    name = ingress_rule_name(cidr)
+    await _ensure_firewall(gcp, ingress_rule_name(cidr), ingress_rule(network.network, cidr))
+    return ingress_tag(cidr)
+
+
+async def _ensure_firewall(gcp: GCPSession, name: str, rule: dict[str, Any]) -> None:
+    """The firewall rule ``name``, made from ``rule`` if missing (one another cluster made a
+    moment ago is taken as it is)."""
     firewalls = gcp.compute("Firewalls")
     try:
         await gcp.call(firewalls.get, project=gcp.project, firewall=name)
@@ -82,9 +88,19 @@ async def ensure_ingress(gcp: GCPSession, network: Network, cidr: str) -> str:
         if not is_not_found(exc):
             raise
         try:
-            await wait_global(gcp, await gcp.call(firewalls.insert_unary, project=gcp.project,
-                                                  firewall_resource=ingress_rule(network.network, cidr)))
+            await wait_global(gcp, await gcp.call(firewalls.insert_unary, project=gcp.project, firewall_resource=rule))
         except Exception as exc2:
-            if not is_conflict(exc2):  # another cluster made it a moment ago
+            if not is_conflict(exc2):
                 raise
-    return ingress_tag(cidr)
+
+
+def ssh_rule(network: str, cidr: str) -> dict[str, Any]:
+    return {"name": ssh_tag(cidr), "network": network, "direction": "INGRESS", "priority": 1000,
+            "description": f"coiled-lab: SSH from {cidr}", "source_ranges": [cidr], "target_tags": [ssh_tag(cidr)],
+            "allowed": [{"I_p_protocol": "tcp", "ports": ["22"]}]}
+
+
+async def ensure_ssh(gcp: GCPSession, network: Network, cidr: str) -> str:
+    """The network tag of the rule opening port 22 to ``cidr`` (``allow_ssh_from``), made if missing."""
+    await _ensure_firewall(gcp, ssh_tag(cidr), ssh_rule(network.network, cidr))
+    return ssh_tag(cidr)

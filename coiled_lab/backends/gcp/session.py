@@ -22,6 +22,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from ... import config, deadline
+from ...errors import CloudSetupError
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 DEFAULT_ENDPOINTS = {
@@ -34,7 +35,7 @@ DEFAULT_ENDPOINTS = {
 STORAGE_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"  # ``host:port`` or a URL, as google-cloud-storage reads it
 
 
-class GCPError(RuntimeError):
+class GCPError(CloudSetupError):
     """A Google Cloud request that failed in a way the user must act on; the message says how."""
 
 
