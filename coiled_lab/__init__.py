@@ -16,6 +16,12 @@ _LAZY = {
     "ClusterManager": "coiled_lab.control.manager",
     "ClusterForm": "coiled_lab.widgets",
     "ClusterWidget": "coiled_lab.widgets",
+    # Coiled's module-level names
+    "list_instance_types": "coiled_lab.instance_types",
+    "list_clusters": "coiled_lab.clusters",
+    "cluster_logs": "coiled_lab.clusters",
+    "delete_cluster": "coiled_lab.clusters",
+    "get_notifications": "coiled_lab.clusters",
 }
 
 
