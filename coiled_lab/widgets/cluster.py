@@ -2,8 +2,10 @@
 
 Standard ipywidgets 8 controls only, so it renders in JupyterLab, Notebook 7 and VS Code
 without a front-end extension of its own. It follows the control plane's event stream
-(state, progress, cost) instead of polling; between two events the cost and the time
-left are advanced locally from the last record.
+(state, progress, cost, lifetime) instead of polling; between two events the cost and the
+time left are advanced locally from the last record. A ``lifetime`` event (work, a client
+connecting or leaving, a timeout edited) carries the new time left, which restarts the
+countdown: the widget never counts down from a stale reading.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Optional
 
 import ipywidgets as w
 
+from .. import utc
 from ..display import STATUS_STYLE, stops_in
 from ..logs import LogRecord, follow
 from ..pricing import extrapolate
@@ -26,6 +29,14 @@ _COLORS = {"green": "#2e7d32", "yellow": "#b26a00", "cyan": "#00838f", "magenta"
            "bold red": "#c62828"}
 MAX_LOG_LINES = 500
 PLOT_REFRESH = 30.0  # seconds between two reloads of the usage plot (on events)
+
+
+def log_line(rec: LogRecord) -> str:
+    """A log line as the lab's log viewer shows it: ``scheduler``, ``worker-<id>``, the
+    role alone where the instance is named after it (a local scheduler), not
+    ``scheduler-scheduler``."""
+    source = rec.role if rec.instance in ("", rec.role) else f"{rec.role}-{rec.instance}"
+    return f"{utc.clock(rec.time)} {source} {rec.level:<7} {rec.message}"
 
 
 def _badge(status: str) -> str:
@@ -100,7 +111,10 @@ class ClusterWidget(w.VBox):
         async for event in self.control.events(self.cluster_id):
             if event.kind == "notification":
                 self._notified(event.data)
-            self.update(await self.control.get(self.cluster_id))
+            if event.kind == "lifetime" and self.record:
+                self.update({**self.record, "time_left": event.data})
+            else:
+                self.update(await self.control.get(self.cluster_id))
 
     def _notified(self, note: dict[str, Any]) -> None:
         """The latest word on where the cluster's software comes from, as one line."""
@@ -118,7 +132,7 @@ class ClusterWidget(w.VBox):
 
     def _follow_logs(self) -> None:
         def emit(rec: LogRecord) -> None:
-            lines = (self.logs.value.splitlines() + [rec.format()])[-MAX_LOG_LINES:]
+            lines = (self.logs.value.splitlines() + [log_line(rec)])[-MAX_LOG_LINES:]
             self.logs.value = "\n".join(lines)
 
         async def run() -> None:

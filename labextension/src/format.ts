@@ -24,6 +24,11 @@ export function duration(seconds: number): string {
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
+/** "1 line", "2 lines": a count with its noun. */
+export function plural(n: number, noun: string, nouns = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : nouns}`;
+}
+
 export function bytes(n: number): string {
   const gib = n / 2 ** 30;
   return gib >= 1 ? `${gib >= 10 ? gib.toFixed(0) : gib.toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(0)} MiB`;

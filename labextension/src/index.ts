@@ -7,8 +7,9 @@ import { credentialsPlugin } from './plugins/credentials';
 import { dashboardPlugin } from './plugins/dashboard';
 import { logsPlugin } from './plugins/logs';
 import { notebookPlugin } from './plugins/notebook';
+import { partnerPlugin } from './plugins/partner';
 import { sidebarPlugin } from './plugins/sidebar';
 
 export { ICoiledLab } from './tokens';
 
-export default [corePlugin, sidebarPlugin, logsPlugin, dashboardPlugin, credentialsPlugin, notebookPlugin];
+export default [corePlugin, sidebarPlugin, logsPlugin, dashboardPlugin, credentialsPlugin, notebookPlugin, partnerPlugin];

@@ -22,6 +22,7 @@ export interface ICost {
   unknown?: string;
 }
 
+/** Seconds left on each timeout; null where it is off or not counting (work runs, a client is connected). */
 export interface ITimeLeft {
   idle_timeout: number | null;
   no_client_timeout: number | null;
@@ -51,12 +52,14 @@ export interface ICluster {
   cost: ICost | null;
 }
 
-/** A message of the events WebSocket. `seq` is set for persisted kinds. */
+/** A message of the events WebSocket. `seq` is set for persisted kinds; a `lifetime`
+ * event's data is the cluster's new `time_left` (sent when work, a client or a timeout edit
+ * moved the scheduler's clocks). */
 export interface IClusterEvent {
   seq: number | null;
   cluster_id: string;
   time: number;
-  kind: 'state' | 'progress' | 'log' | 'cost' | 'notification';
+  kind: 'state' | 'progress' | 'log' | 'cost' | 'notification' | 'lifetime';
   data: { [key: string]: any };
 }
 
@@ -112,13 +115,6 @@ export interface IReach {
   echo: string;
   network: string | null;
   private_address: string | null;
-}
-
-/** One field of ClusterSpec with the server's default (its dask config). */
-export interface IFieldDefault {
-  name: string;
-  default: unknown;
-  help: string;
 }
 
 export interface ILogRecord {

@@ -23,6 +23,7 @@ from coiled_lab import config
 
 from . import secret_env, unavailable
 from .handlers import routes
+from .partner import Partner
 from .service import Service
 
 
@@ -31,6 +32,7 @@ class CoiledLabServer(ExtensionApp):
     description = "Dask clusters driven from JupyterLab: REST and WebSocket API, dashboard proxy"
 
     service: Optional[Service] = None
+    partner: Optional[Partner] = None  # dask-labextension's cluster list, when it is installed
     failure: Optional[str] = None  # why the extension could not start: what every route answers
     _starting: Optional[asyncio.Future] = None
 
@@ -51,12 +53,16 @@ class CoiledLabServer(ExtensionApp):
         assert self.service is not None
         self.service.publish(self.serverapp)
         self._starting = asyncio.ensure_future(self.service.start())
+        if self.partner is not None:
+            self.partner.start()
 
     def initialize_handlers(self) -> None:
         if self.service is None:
             self.handlers.extend(unavailable.routes(self.failure or "coiled-lab did not start"))
         else:
             self.handlers.extend(routes(self.service))
+            self.partner = Partner(self.service, self.serverapp.base_url)
+            self.handlers.extend(self.partner.routes())
 
     async def stop_extension(self) -> None:
         """Never raises: Jupyter awaits this on SIGTERM before it stops its loop, so an
@@ -64,6 +70,8 @@ class CoiledLabServer(ExtensionApp):
         if self.service is None:
             return
         try:
+            if self.partner is not None:
+                await self.partner.close()
             if self._starting is not None:
                 await self._starting  # Service.start logs its own failure and returns
             await self.service.close()

@@ -13,21 +13,24 @@ from playwright.sync_api import expect
 
 from tests.conftest import wait_for
 
-from .conftest import docs_screenshot
 from .notebook import run_cell, wait_idle
+from .theme import themed_screenshots, use_theme
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 SIDEBAR = ".jp-CoiledLab-panel"
 
 
-def open_sidebar(page, lab, goto: bool = True) -> None:
-    """The sidebar, in a freshly loaded lab (``goto``) or in the page as it is."""
+def open_sidebar(page, lab, goto: bool = True, widen: bool = True) -> None:
+    """The sidebar, in a freshly loaded lab (``goto``) or in the page as it is; dragged
+    wider (``widen``) or at JupyterLab's default width."""
     if goto:
         page.goto(lab.lab_url)
     page.locator('.lm-TabBar-tab[data-id="coiled-lab-sidebar"]').click()
     page.locator(SIDEBAR).wait_for()
     page.locator(".jp-CoiledLab-connection.jp-mod-connected").wait_for()
+    if not widen:
+        return
     # A wider sidebar than JupyterLab's default, as a user running clusters would drag it.
     handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first.bounding_box()
     x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
@@ -35,15 +38,6 @@ def open_sidebar(page, lab, goto: bool = True) -> None:
     page.mouse.down()
     page.mouse.move(x + 80, y, steps=4)
     page.mouse.up()
-
-
-def use_theme(page, theme: str) -> None:
-    page.locator(".lm-MenuBar-itemLabel").get_by_text("Settings", exact=True).click()
-    page.locator(".lm-Menu-itemLabel").get_by_text("Theme", exact=True).hover()
-    page.locator(".lm-Menu-itemLabel").get_by_text(theme, exact=True).click()
-    light = "false" if "Dark" in theme else "true"
-    page.locator(f'body[data-jp-theme-light="{light}"]').wait_for(state="attached")
-    page.locator("#jupyterlab-splash").wait_for(state="detached")
 
 
 def card(page, name: str):
@@ -96,10 +90,10 @@ def test_cluster_life_from_the_sidebar(page, console, lab, artifacts):
     steps = cluster.locator(".jp-CoiledLab-step.jp-mod-done").count()
     assert steps == 4, steps
 
-    # For the README: a running cluster and the form for the next one.
+    # For the README, light and dark: a running cluster and the form (with its estimate) for the next one.
     page.locator(".jp-CoiledLab-newCluster").click()
     page.locator(".jp-CoiledLab-estimate", has_text="for 2 workers").wait_for()
-    docs_screenshot(page.locator(SIDEBAR), "sidebar.png")
+    themed_screenshots(page, page.locator(SIDEBAR), "sidebar")
     page.locator(".jp-CoiledLab-newCluster").click()
 
     # The dashboard in a lab tab, through the server's proxy: bokeh's status page renders.
@@ -198,7 +192,7 @@ def test_sidebar_reconnects_after_server_restart(page, console, lab, artifacts):
 
     # Theme variables all the way: the dark theme applies as it is.
     use_theme(page, "JupyterLab Dark")
-    docs_screenshot(page.locator(SIDEBAR), "sidebar-dark.png")
+    page.locator(SIDEBAR).screenshot(path=artifacts / "reconnected-dark.png")
     use_theme(page, "JupyterLab Light")
 
     # The restarted server takes the page's requests (cookie and XSRF still valid).

@@ -1,13 +1,15 @@
 /**
  * Every cluster this server knows, kept current by the events WebSocket: a state event
- * re-reads that cluster, progress and cost events apply their numbers directly. Nothing
+ * re-reads that cluster, progress, cost and lifetime events apply their numbers directly
+ * (a lifetime event is the scheduler's clocks moved: the time left restarts from it, so
+ * the views count down from the server's word, never from a stale reading). Nothing
  * polls. The list is read again whenever the socket (re)connects, so a server restart
  * leaves it right.
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { requestAPI } from '../request';
-import { ClusterStatus, FINAL_STATES, ICluster, IClusterEvent, ILogRecord } from '../types';
+import { ClusterStatus, FINAL_STATES, ICluster, IClusterEvent, ILogRecord, ITimeLeft } from '../types';
 import { EventStream } from './events';
 
 /** A step of a cluster's start, as its events told it. */
@@ -21,7 +23,12 @@ export interface ITimelineEntry {
 
 /** Something a user should hear about a cluster (it stops soon, idle GPUs, budget). */
 export interface INotice {
+  clusterId: string;
+  /** The cluster's name, as a user knows it. */
   cluster: string;
+  /** What it is about (`shutdown-soon`, `budget`, …) and the situation, told once. */
+  kind: string;
+  key?: string;
   level: 'info' | 'warning' | 'error';
   message: string;
 }
@@ -74,9 +81,16 @@ export class ClustersModel {
     return this._timelines.get(id) ?? [];
   }
 
-  /** When the record of a cluster was last read (ms), to count its clocks down. */
+  /** When a cluster's time left was last read or told (ms), to count its clocks down. */
   readAt(id: string): number {
     return this._readAt.get(id) ?? Date.now();
+  }
+
+  /** A time of this browser's clock (ms) on the server's clock (epoch seconds), as
+   * lifetime events tell the difference (their latency included): what compares with the
+   * times the server puts in keys. */
+  serverTime(browserTime: number): number {
+    return browserTime / 1000 - this._clockOffset;
   }
 
   async refresh(): Promise<void> {
@@ -131,6 +145,10 @@ export class ClustersModel {
   }
 
   private _onEvent(_: EventStream, event: IClusterEvent): void {
+    if (event.kind === 'lifetime') {
+      // Stamped when sent and never replayed: its time tells the two clocks apart.
+      this._clockOffset = Date.now() / 1000 - event.time;
+    }
     const id = event.cluster_id;
     const cluster = this._clusters.get(id);
     if (event.kind === 'state' || event.kind === 'progress') {
@@ -153,8 +171,12 @@ export class ClustersModel {
       this._set({ ...cluster, workers: { ready, launched, target } });
     } else if (event.kind === 'cost') {
       this._set({ ...cluster, cost: event.data as ICluster['cost'] });
+    } else if (event.kind === 'lifetime') {
+      this._readAt.set(id, Date.now());
+      this._set({ ...cluster, time_left: event.data as ITimeLeft });
     } else if (event.kind === 'notification') {
-      this._notified.emit({ cluster: cluster.name, level: event.data.level, message: event.data.message });
+      const { kind, key, level, message } = event.data;
+      this._notified.emit({ clusterId: id, cluster: cluster.name, kind, key, level, message });
     } else {
       this._changed.emit();
     }
@@ -192,6 +214,7 @@ export class ClustersModel {
   private _clusters = new Map<string, ICluster>();
   private _timelines = new Map<string, ITimelineEntry[]>();
   private _readAt = new Map<string, number>();
+  private _clockOffset = 0;
   private _reading = new Map<string, boolean>();
   private _loaded = false;
   private _error: string | null = null;

@@ -1,56 +1,69 @@
 /**
- * The new-cluster form's state, apart from its view: field values (server defaults from
- * its dask config, then the lab settings, then what the user typed), the catalog for the
- * chosen backend and region, a debounced estimate and the
- * errors the server names per field. Only fields the user set (or the lab settings set)
- * are sent: the server fills in the rest from its own config. A cloud cluster that syncs
- * packages gets the environment of a notebook's kernel (`software`), sent on Create.
+ * The new-cluster form's state, apart from its view. What the form shows comes from the
+ * server's schema (`GET schema?backend=`: ClusterSpec's JSON schema with the server's
+ * defaults, limits and the forms' UI table, `coiled_lab/schema.py`), the one the notebook's
+ * `ClusterForm` is built from too: fields, labels, order, bounds, choices and which fields
+ * each backend shows. Values: the server's defaults, then the lab settings, then what the
+ * user typed. Also the catalog for the chosen backend and region, a debounced estimate, the
+ * errors per field (out of the schema's bounds here, else as the server names them) and, on
+ * the local backend, warnings for a worker bigger than this machine. Only fields the user
+ * set (or the lab settings set) are sent: the server fills in the rest from its own config.
+ * A cloud cluster that syncs packages gets the environment of a notebook's kernel
+ * (`software`), sent on Create.
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { bytes } from '../format';
 import { ApiError, requestAPI } from '../request';
-import { ICatalog, ICluster, IEstimate, IFieldDefault, IReach } from '../types';
+import { ICatalog, ICluster, IEstimate, IReach } from '../types';
 import { ClustersModel } from './clusters';
 import { SoftwareModel } from './software';
 
 export type FieldValue = string | string[] | boolean;
+export type Field = string;
 export type Sizing = 'types' | 'resources';
+/** What kind of input a field is (`FieldUI.widget` in coiled_lab/schema.py). */
+export type Widget = 'text' | 'choice' | 'integer' | 'size' | 'duration' | 'pairs' | 'types' | 'region' | 'zone' | 'check';
 
-export const FIELDS = [
-  'name',
-  'backend',
-  'region',
-  'zone',
-  'worker_vm_types',
-  'worker_cpu',
-  'worker_memory',
-  'worker_gpu',
-  'n_workers',
-  'spot_policy',
-  'allow_ingress_from',
-  'idle_timeout',
-  'tags',
-  'package_sync',
-  'software'
-] as const;
-export type Field = (typeof FIELDS)[number];
+/** One ClusterSpec property as the server serves it. */
+export interface IFieldSchema {
+  title: string;
+  description?: string;
+  default?: unknown;
+  enum?: string[];
+  minimum?: number;
+  maximum?: number;
+  /** The setting that sets a bound, e.g. coiled-lab.local.max-workers. */
+  'x-limit'?: string;
+  'x-ui'?: {
+    order: number;
+    group: 'basic' | 'advanced';
+    backends: string[];
+    widget: Widget;
+    placeholder: string;
+    sizing: Sizing | null;
+  };
+}
 
-/** Fields that mean nothing on the local backend. */
-const CLOUD_ONLY: ReadonlySet<Field> = new Set([
-  'region',
-  'zone',
-  'worker_vm_types',
-  'worker_gpu',
-  'spot_policy',
-  'allow_ingress_from'
-]);
-const BY_TYPE: ReadonlySet<Field> = new Set(['worker_vm_types']);
-const BY_RESOURCES: ReadonlySet<Field> = new Set(['worker_cpu', 'worker_memory', 'worker_gpu']);
-const INTEGERS: ReadonlySet<Field> = new Set(['n_workers', 'worker_cpu', 'worker_gpu']);
+/** The form's schema for one backend. */
+export interface IFormSchema {
+  properties: Record<string, IFieldSchema>;
+  'x-backend': string;
+  /** The fields this backend's form shows, in order. */
+  'x-form': string[];
+  /** This machine's vCPUs and memory (bytes), on the local backend. */
+  'x-machine'?: { cpu: number; memory: number };
+}
+
 const ALWAYS_SENT: ReadonlySet<Field> = new Set(['backend', 'n_workers']);
 const ESTIMATE_DELAY = 400;
 /** Where the form shows errors about the environment sent (the software line). */
 export const ENVIRONMENT = 'environment';
+const WHOLE = /^-?\d+$/;
+const UNITS: Record<string, number> = {
+  '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12,
+  ki: 2 ** 10, kib: 2 ** 10, mi: 2 ** 20, mib: 2 ** 20, gi: 2 ** 30, gib: 2 ** 30, ti: 2 ** 40, tib: 2 ** 40
+};
 
 /** A config or settings value as the form shows it. */
 function display(value: unknown): FieldValue {
@@ -71,12 +84,21 @@ function display(value: unknown): FieldValue {
   return String(value);
 }
 
-function parseTags(text: string): Record<string, string> {
+/** Bytes from "16 GiB", "8GB", "512 MiB" (dask's spelling); null when it is not a size
+ * (the server's error then says what is). Only for the local form's warning. */
+function parseBytes(text: string): number | null {
+  const match = /^([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)$/i.exec(text.trim());
+  const unit = match ? UNITS[match[2].toLowerCase()] : undefined;
+  return match && unit !== undefined ? Number(match[1]) * unit : null;
+}
+
+/** The forms' one-line spelling of tags: `team=geo, project=x` (as `--tag KEY=VALUE`). */
+export function parseTags(text: string, field: Field = 'tags'): Record<string, string> {
   const tags: Record<string, string> = {};
   for (const pair of text.split(',').map(p => p.trim()).filter(Boolean)) {
     const at = pair.indexOf('=');
     if (at < 1) {
-      throw new ApiError(0, `tags: '${pair}' is not allowed: expected KEY=VALUE pairs separated by commas`, 'tags');
+      throw new ApiError(0, `${field}: '${pair}' is not allowed: expected KEY=VALUE pairs separated by commas`, field);
     }
     tags[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
   }
@@ -102,14 +124,48 @@ export class FormModel {
     return this._sizing;
   }
 
-  get help(): ReadonlyMap<string, string> {
-    return this._help;
+  /** The schema of the backend chosen now (null until the server answered). */
+  get schema(): IFormSchema | null {
+    return this._schemas.get(String(this._values.backend)) ?? null;
+  }
+
+  /** The fields the chosen backend's form has, in order (shown or not by the way of sizing). */
+  get fields(): Field[] {
+    return this.schema?.['x-form'] ?? [];
+  }
+
+  /** One field's schema on the chosen backend. */
+  field(name: Field): IFieldSchema | undefined {
+    return this.schema?.properties[name];
   }
 
   /** Errors per field: Create's answer (until that field changes or Create succeeds) over
    * the last estimate's, so an estimate that passes does not hide a limit Create refused. */
   get errors(): ReadonlyMap<string, string> {
     return new Map([...this._estimateErrors, ...this._submitErrors]);
+  }
+
+  /** Warnings per field, which do not stop a request: on the local backend, a worker asking
+   * for more vCPUs or memory than this machine has. */
+  get warnings(): ReadonlyMap<string, string> {
+    const found = new Map<string, string>();
+    const here = this.schema?.['x-machine'];
+    if (!here) {
+      return found;
+    }
+    const cpu = String(this._values.worker_cpu ?? '').trim();
+    if (WHOLE.test(cpu) && Number(cpu) > here.cpu) {
+      found.set('worker_cpu', `this machine has ${here.cpu} vCPUs: workers asking for ${cpu} will share them`);
+    }
+    const memory = String(this._values.worker_memory ?? '').trim();
+    const asked = memory ? parseBytes(memory) : null;
+    if (asked !== null && asked > here.memory) {
+      found.set(
+        'worker_memory',
+        `this machine has ${bytes(here.memory)} of memory: workers given ${memory} each will swap or be killed`
+      );
+    }
+    return found;
   }
 
   /** An error that names no field shown in the form. */
@@ -145,7 +201,9 @@ export class FormModel {
 
   /** Whether Create sends an environment: a cloud backend syncing packages (no requirements file). */
   get syncsEnvironment(): boolean {
-    return !this.isLocal && this._values.package_sync === true && String(this._values.software).trim() === '';
+    return (
+      !this.isLocal && this._values.package_sync === true && String(this._values.software ?? '').trim() === ''
+    );
   }
 
   /** Take the packages from this notebook's kernel (its panel id), or SERVER_CHOICE. */
@@ -155,18 +213,17 @@ export class FormModel {
     this._changed.emit();
   }
 
-  /** Whether a field is shown for the chosen backend and way of sizing workers. */
+  /** Whether a field is shown: the chosen backend's form has it and, on a cloud, it belongs
+   * to the chosen way of sizing workers (instance types, or CPU / memory / GPU). */
   shown(field: Field): boolean {
-    if (this.isLocal && CLOUD_ONLY.has(field)) {
+    const ui = this.field(field)?.['x-ui'];
+    if (!ui || !this.fields.includes(field)) {
       return false;
     }
-    if (this.isLocal) {
-      return true;
-    }
-    return this._sizing === 'types' ? !BY_RESOURCES.has(field) : !BY_TYPE.has(field);
+    return this.isLocal || ui.sizing === null || ui.sizing === this._sizing;
   }
 
-  /** Read the server's defaults and the catalog, once (when the form first shows). */
+  /** Read the server's schema (defaults, limits, fields) and the catalog, once (when the form first shows). */
   load(): Promise<void> {
     if (!this._loaded) {
       this._loaded = this._load();
@@ -175,12 +232,14 @@ export class FormModel {
   }
 
   private async _load(): Promise<void> {
+    // The lab settings' backend when they name one, else the server's default backend.
+    const backend = this._touched.has('backend') ? String(this._values.backend) : null;
     try {
-      const { fields } = await requestAPI<{ fields: IFieldDefault[] }>('defaults');
-      for (const { name, default: value, help } of fields) {
-        this._help.set(name, help);
-        if ((FIELDS as readonly string[]).includes(name) && !this._touched.has(name as Field)) {
-          this._values[name as Field] = display(value);
+      const schema = await requestAPI<IFormSchema>('schema', { query: { backend } });
+      this._schemas.set(schema['x-backend'], schema);
+      for (const [name, prop] of Object.entries(schema.properties)) {
+        if (prop['x-ui'] && !this._touched.has(name)) {
+          this._values[name] = display(prop.default);
         }
       }
     } catch (error) {
@@ -190,19 +249,34 @@ export class FormModel {
     this._scheduleEstimate();
   }
 
+  /** The schema of a backend chosen after the first (its bounds and fields differ). */
+  private async _loadSchema(backend: string): Promise<void> {
+    if (this._schemas.has(backend)) {
+      return;
+    }
+    try {
+      this._schemas.set(backend, await requestAPI<IFormSchema>('schema', { query: { backend } }));
+    } catch (error) {
+      this._formError = (error as Error).message;
+    }
+  }
+
   /** Pre-fill from the lab settings; what the user typed in this form stays. */
   applySettings(labDefaults: Record<string, unknown>): void {
     for (const [name, value] of Object.entries(labDefaults)) {
-      if ((FIELDS as readonly string[]).includes(name) && !this._typed.has(name as Field)) {
-        this._values[name as Field] = display(value);
-        this._touched.add(name as Field);
+      if (!this._typed.has(name)) {
+        this._values[name] = display(value);
+        this._touched.add(name);
       }
     }
     if (Array.isArray(labDefaults.worker_vm_types) && labDefaults.worker_vm_types.length) {
       this._sizing = 'types';
     }
     if (this._loaded) {
-      this._scheduleEstimate();
+      void this._loadSchema(String(this._values.backend)).then(() => {
+        void this._loadCatalog();
+        this._scheduleEstimate();
+      });
     }
   }
 
@@ -222,7 +296,12 @@ export class FormModel {
       this._touched.delete(name);
       this._typed.delete(name);
     }
-    if (stale.length) {
+    if (field === 'backend') {
+      void this._loadSchema(String(value)).then(() => {
+        void this._loadCatalog();
+        this._scheduleEstimate();
+      });
+    } else if (stale.length) {
       void this._loadCatalog();
     }
     this._scheduleEstimate();
@@ -233,14 +312,15 @@ export class FormModel {
     this._scheduleEstimate();
   }
 
-  /** The request body: fields set here or in the lab settings, as ClusterSpec takes them. */
+  /** The request body: fields shown and set here or in the lab settings, as ClusterSpec takes them. */
   spec(): Record<string, unknown> {
     const body: Record<string, unknown> = {};
-    for (const field of FIELDS) {
+    for (const field of this.fields) {
       if (!this.shown(field) || !(this._touched.has(field) || ALWAYS_SENT.has(field))) {
         continue;
       }
-      const value = this._values[field];
+      const value = this._values[field] ?? '';
+      const widget = this.field(field)?.['x-ui']?.widget;
       if (typeof value === 'boolean') {
         body[field] = value;
       } else if (Array.isArray(value)) {
@@ -249,20 +329,49 @@ export class FormModel {
         }
       } else if (value.trim() !== '') {
         const text = value.trim();
-        if (field === 'tags') {
-          body.tags = parseTags(text);
+        if (widget === 'pairs') {
+          body[field] = parseTags(text, field);
         } else {
-          body[field] = INTEGERS.has(field) && /^-?\d+$/.test(text) ? Number(text) : text;
+          body[field] = widget === 'integer' && WHOLE.test(text) ? Number(text) : text;
         }
       }
     }
     return body;
   }
 
+  /** Errors this form can tell without asking: an integer field that is not a whole number,
+   * or out of the schema's bounds (ClusterSpec's, and the admin's limits, named). */
+  check(): Map<string, string> {
+    const found = new Map<string, string>();
+    for (const field of this.fields) {
+      const prop = this.field(field);
+      const text = String(this._values[field] ?? '').trim();
+      if (!prop || prop['x-ui']?.widget !== 'integer' || !this.shown(field) || text === '') {
+        continue;
+      }
+      const limit = prop['x-limit'] ? ` (${prop['x-limit']})` : '';
+      const n = Number(text);
+      if (!WHOLE.test(text)) {
+        found.set(field, `${field}: '${text}' is not allowed: expected a whole number`);
+      } else if (prop.minimum !== undefined && n < prop.minimum) {
+        found.set(field, `${field}: ${text} is not allowed: expected at least ${prop.minimum}`);
+      } else if (prop.maximum !== undefined && n > prop.maximum) {
+        found.set(field, `${field}: ${text} is not allowed: expected at most ${prop.maximum}${limit}`);
+      }
+    }
+    return found;
+  }
+
   /** Create the cluster; resolves to it, or to null with the errors shown at their fields.
    * A cloud cluster that syncs packages first has the chosen kernel send its environment
    * (`software.error` says why it could not: then nothing is created). */
   async submit(): Promise<ICluster | null> {
+    const problems = this.check();
+    if (problems.size) {
+      this._submitErrors = problems;
+      this._changed.emit();
+      return null;
+    }
     this._submitting = true;
     this._changed.emit();
     try {
@@ -312,7 +421,7 @@ export class FormModel {
   private async _loadCatalog(): Promise<void> {
     const backend = String(this._values.backend);
     void this._loadReach(backend);
-    const region = this.isLocal ? '' : String(this._values.region);
+    const region = this.isLocal ? '' : String(this._values.region ?? '');
     const call = ++this._catalogCall;
     try {
       const catalog = await requestAPI<ICatalog>('catalog', { query: { backend, region } });
@@ -341,6 +450,21 @@ export class FormModel {
 
   private async _refreshEstimate(): Promise<void> {
     const call = ++this._estimateCall;
+    if (!this.schema) {
+      this._estimating = false; // the chosen backend's schema, once read, schedules the estimate
+      this._changed.emit();
+      return;
+    }
+    const problems = this.check();
+    if (problems.size) {
+      // Told here, as the server would: no request for values it must refuse.
+      this._estimate = null;
+      this._estimateErrors = problems;
+      this._formError = null;
+      this._estimating = false;
+      this._changed.emit();
+      return;
+    }
     try {
       const estimate = await requestAPI<IEstimate>('estimate', { method: 'POST', body: this.spec() });
       if (call !== this._estimateCall) {
@@ -366,7 +490,7 @@ export class FormModel {
     const byField = error instanceof ApiError ? error.byField() : new Map<string, string>();
     let placed = false;
     for (const [field, message] of byField) {
-      if ((FIELDS as readonly string[]).includes(field) && this.shown(field as Field)) {
+      if (this.shown(field)) {
         errors.set(field, message);
         placed = true;
       } else if (field.split('.')[0] === ENVIRONMENT && this.syncsEnvironment && !errors.has(ENVIRONMENT)) {
@@ -377,30 +501,16 @@ export class FormModel {
     this._formError = placed ? null : error.message;
   }
 
-  private _values: Record<Field, FieldValue> = {
-    name: '',
-    backend: 'local',
-    region: '',
-    zone: '',
-    worker_vm_types: [],
-    worker_cpu: '',
-    worker_memory: '',
-    worker_gpu: '',
-    n_workers: '',
-    spot_policy: 'on-demand',
-    allow_ingress_from: '',
-    idle_timeout: '',
-    tags: '',
-    package_sync: true,
-    software: ''
-  };
+  /** Every field's value, from the schema's defaults once it is read. */
+  private _values: Record<Field, FieldValue> = {};
+  /** The schema of each backend chosen so far. */
+  private _schemas = new Map<string, IFormSchema>();
   private _sizing: Sizing = 'resources';
   private _loaded: Promise<void> | null = null;
   /** Fields sent with a request: set by the user or by the lab settings. */
   private _touched = new Set<Field>();
   /** Fields the user typed into; lab settings no longer overwrite them. */
   private _typed = new Set<Field>();
-  private _help = new Map<string, string>();
   private _estimateErrors = new Map<string, string>();
   private _submitErrors = new Map<string, string>();
   private _formError: string | null = null;

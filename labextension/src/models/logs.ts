@@ -49,11 +49,6 @@ export class LogsModel implements IDisposable {
     return this._changed;
   }
 
-  /** Lines appended by following, for views that scroll to the end. */
-  get appended(): ISignal<this, number> {
-    return this._appended;
-  }
-
   get records(): readonly ILogRecord[] {
     return this._records;
   }
@@ -167,7 +162,6 @@ export class LogsModel implements IDisposable {
         );
         this._records = [...this._records, ...fresh];
         this._changed.emit();
-        this._appended.emit(fresh.length);
       }
     }
     if (!this.isLive()) {
@@ -195,5 +189,4 @@ export class LogsModel implements IDisposable {
   private _error: string | null = null;
   private _call = 0;
   private _changed = new Signal<this, void>(this);
-  private _appended = new Signal<this, number>(this);
 }

@@ -1,7 +1,7 @@
 /**
  * Where a cloud cluster's packages come from: the kernel of a notebook (the active one, or
  * one the user picks), else the Jupyter server's own environment. The kernel takes its
- * environment itself (`coiled_lab.environment.send()`: it may build wheels, so only on
+ * environment itself (`coiled_lab.connect.send_environment()`: it may build wheels, so only on
  * Create or when asked) and keeps it on the server, which answers its summary; the create
  * request then names it by hash.
  */
@@ -16,7 +16,7 @@ import { IEnvironmentSummary } from '../types';
 export const SERVER_CHOICE = 'server';
 /** How long a kernel may take to answer (it may be busy with a cell, or build wheels). */
 export const SEND_TIMEOUT = 120_000;
-const SEND_CODE = 'import json; from coiled_lab.environment import send; print(json.dumps(send()))';
+const SEND_CODE = 'import json; from coiled_lab.connect import send_environment; print(json.dumps(send_environment()))';
 const HASH = /^[0-9a-f]{32}$/;
 /** Kernel states after which what was learnt of a kernel's packages may be stale. */
 const RESTARTS: ReadonlySet<Kernel.Status> = new Set(['restarting', 'autorestarting', 'dead']);

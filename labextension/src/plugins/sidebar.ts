@@ -7,6 +7,7 @@ import { FormModel } from '../models/form';
 import { SoftwareModel } from '../models/software';
 import { CommandIDs, ICoiledLab, PALETTE_CATEGORY } from '../tokens';
 import { ClustersSidebar } from '../views/sidebar';
+import { showNotices } from '../views/toasts';
 import { pickCluster } from './pick';
 
 const PLUGIN_ID = 'coiled-lab:sidebar';
@@ -40,10 +41,7 @@ export const sidebarPlugin: JupyterFrontEndPlugin<void> = {
     app.shell.add(sidebar, 'left', { rank: 250 });
     restorer?.add(sidebar, sidebar.id);
 
-    clusters.notified.connect((_, notice) => {
-      const sticky = notice.level !== 'info';
-      Notification.emit(`${notice.cluster}: ${notice.message}`, notice.level, { autoClose: sticky ? false : 8000 });
-    });
+    showNotices(clusters);
 
     void registry.load(PLUGIN_ID).then(settings => {
       const defaults = () => (settings.composite.defaults ?? {}) as Record<string, unknown>;

@@ -3,9 +3,10 @@ import React, { useEffect, useState } from 'react';
 
 import { costText, stopsIn, where } from '../format';
 import { ClustersModel } from '../models/clusters';
+import { stillHolds } from '../models/lifetime';
 import { NotificationsModel } from '../models/notifications';
 import { CommandIDs } from '../tokens';
-import { ICluster } from '../types';
+import { ICluster, INotification } from '../types';
 import { NotificationBadge, NotificationList } from './notifications';
 import { Stepper } from './stepper';
 import { UsagePlot } from './usage';
@@ -35,8 +36,10 @@ export function ClusterCard(props: ICardProps): JSX.Element {
   useEffect(() => setScaleTo(String(cluster.workers.target)), [cluster.workers.target]);
   const live = cluster.status !== 'error';
   const { ready, target } = cluster.workers;
-  const clocks = stopsIn(cluster, model.readAt(cluster.id), now);
+  const readAt = model.readAt(cluster.id);
+  const clocks = stopsIn(cluster, readAt, now);
   const id = cluster.id;
+  const holds = (n: INotification) => stillHolds(n, cluster, model.serverTime(readAt));
   return (
     <div
       className={`jp-CoiledLab-card jp-mod-${cluster.status}`}
@@ -53,16 +56,19 @@ export function ClusterCard(props: ICardProps): JSX.Element {
         >
           {open ? '▾' : '▸'}
         </button>
-        <span className="jp-CoiledLab-name">{cluster.name}</span>
+        <span className="jp-CoiledLab-name" title={cluster.name}>
+          {cluster.name}
+        </span>
         <span className={`jp-CoiledLab-badge jp-mod-${cluster.status}`}>{cluster.status}</span>
         <NotificationBadge
           model={notifications}
           clusterId={id}
+          holds={holds}
           open={noticesOpen}
           onToggle={() => setNoticesOpen(!noticesOpen)}
         />
       </div>
-      {noticesOpen && <NotificationList model={notifications} clusterId={id} />}
+      {noticesOpen && <NotificationList model={notifications} clusterId={id} holds={holds} />}
       <div className="jp-CoiledLab-meta">
         {cluster.backend} · {where(cluster)}
       </div>

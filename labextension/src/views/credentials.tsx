@@ -93,6 +93,11 @@ function Status(props: { status: ICredentialStatus | undefined }): JSX.Element {
   );
 }
 
+/** The id that ties a field's label to its input (one credentials panel per page). */
+function inputId(provider: Provider, field: string): string {
+  return `coiled-lab-credentials-${provider}-${field}`;
+}
+
 function SecretForm(props: { model: CredentialsModel; provider: Provider }): JSX.Element {
   const { model, provider } = props;
   const [values, setValues] = useState<Record<string, string>>({});
@@ -118,9 +123,12 @@ function SecretForm(props: { model: CredentialsModel; provider: Provider }): JSX
     >
       {FORMS[provider].map(f => (
         <div key={f.name} className="jp-CoiledLab-field" data-field={f.name}>
-          <span className="jp-CoiledLab-label">{f.label}</span>
+          <label className="jp-CoiledLab-label" htmlFor={inputId(provider, f.name)}>
+            {f.label}
+          </label>
           {f.multiline ? (
             <textarea
+              id={inputId(provider, f.name)}
               className="jp-mod-styled jp-CoiledLab-secret"
               rows={4}
               spellCheck={false}
@@ -129,6 +137,7 @@ function SecretForm(props: { model: CredentialsModel; provider: Provider }): JSX
             />
           ) : (
             <input
+              id={inputId(provider, f.name)}
               className="jp-mod-styled"
               type={f.secret ? 'password' : 'text'}
               autoComplete={f.secret ? 'new-password' : 'off'}

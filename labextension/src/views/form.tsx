@@ -9,9 +9,6 @@ import { CommandIDs } from '../tokens';
 import { ICredentialStatus, IInstanceType } from '../types';
 import { useSignal } from './hooks';
 
-const BACKENDS = ['local', 'aws', 'gcp'];
-const SPOT_POLICIES = ['on-demand', 'spot', 'spot_with_fallback'];
-
 export interface IFormProps {
   model: FormModel;
   credentials: CredentialsModel;
@@ -19,7 +16,9 @@ export interface IFormProps {
   onCreated: () => void;
 }
 
-/** The new-cluster form: every ClusterSpec field a user picks, the estimate, Create. */
+/** The new-cluster form, built from the server's schema (`models/form.ts`): each field the
+ * chosen backend shows, in the schema's order, basic ones first and the advanced ones folded;
+ * the estimate; Create. Every input has a real label. */
 export function ClusterForm(props: IFormProps): JSX.Element {
   const { model, credentials, commands, onCreated } = props;
   useSignal(model.changed);
@@ -28,12 +27,17 @@ export function ClusterForm(props: IFormProps): JSX.Element {
     void model.load();
     void credentials.refresh();
   }, [model, credentials]);
-  const v = model.values;
-  const text = (field: Field) => String(v[field]);
-  const set = (field: Field) => (value: FieldValue) => model.set(field, value);
-  const regions = model.catalog?.regions ?? [];
-  const zones = regions.find(r => r.name === v.region)?.zones ?? [];
-  const machine = model.isLocal ? model.catalog?.instance_types[0] : undefined;
+  const shown = model.fields.filter(f => model.shown(f));
+  const inGroup = (group: string) => shown.filter(f => model.field(f)?.['x-ui']?.group === group);
+  const firstSized = shown.find(f => model.field(f)?.['x-ui']?.sizing);
+  const render = (field: Field) => (
+    <React.Fragment key={field}>
+      {field === firstSized && !model.isLocal && <SizingChoice model={model} />}
+      <FieldInput model={model} field={field} />
+      {field === 'backend' && <Backend model={model} credentials={credentials} commands={commands} />}
+    </React.Fragment>
+  );
+  const advanced = inGroup('advanced');
   return (
     <form
       className="jp-CoiledLab-form"
@@ -43,152 +47,151 @@ export function ClusterForm(props: IFormProps): JSX.Element {
         void model.submit().then(cluster => cluster && onCreated());
       }}
     >
-      <Row model={model} field="name" label="Name">
-        <input className="jp-mod-styled" value={text('name')} placeholder="generated" onChange={e => set('name')(e.target.value)} />
-      </Row>
-      <Row model={model} field="backend" label="Backend">
-        <select className="jp-mod-styled" value={text('backend')} onChange={e => set('backend')(e.target.value)}>
-          {BACKENDS.map(b => (
-            <option key={b} value={b}>
-              {b === 'local' ? 'local (this machine)' : b.toUpperCase()}
-            </option>
-          ))}
-        </select>
-      </Row>
-      {model.isLocal ? (
-        machine && (
-          <div className="jp-CoiledLab-note">
-            This machine: {machine.vcpu} vCPU, {bytes(machine.memory)}. No credentials needed.
-          </div>
-        )
-      ) : (
-        <Credentials status={credentials.status?.[text('backend') as 'aws' | 'gcp']} commands={commands} />
+      {!model.schema && !model.formError && <div className="jp-CoiledLab-note">Reading the server's settings…</div>}
+      {inGroup('basic').map(render)}
+      {advanced.length > 0 && (
+        <details className="jp-CoiledLab-advanced">
+          <summary>Advanced</summary>
+          {advanced.map(render)}
+        </details>
       )}
-      {model.shown('region') && (
-        <div className="jp-CoiledLab-pair">
-          <Row model={model} field="region" label="Region">
-            <select className="jp-mod-styled" value={text('region')} onChange={e => set('region')(e.target.value)}>
-              <option value="">default</option>
-              {regions.map(r => (
-                <option key={r.name} value={r.name}>
-                  {r.name}
-                </option>
-              ))}
-            </select>
-          </Row>
-          <Row model={model} field="zone" label="Zone">
-            <select className="jp-mod-styled" value={text('zone')} onChange={e => set('zone')(e.target.value)}>
-              <option value="">any</option>
-              {zones.map(z => (
-                <option key={z} value={z}>
-                  {z}
-                </option>
-              ))}
-            </select>
-          </Row>
-        </div>
-      )}
-      {!model.isLocal && (
-        <div className="jp-CoiledLab-sizing" role="radiogroup" aria-label="size workers by">
-          <label>
-            <input type="radio" checked={model.sizing === 'types'} onChange={() => model.setSizing('types')} /> instance
-            types
-          </label>
-          <label>
-            <input type="radio" checked={model.sizing === 'resources'} onChange={() => model.setSizing('resources')} />{' '}
-            CPU / memory / GPU
-          </label>
-        </div>
-      )}
-      {model.shown('worker_vm_types') && (
-        <Row model={model} field="worker_vm_types" label="Worker instance types">
-          <TypePicker
-            types={model.catalog?.instance_types ?? []}
-            chosen={v.worker_vm_types as string[]}
-            onChange={set('worker_vm_types')}
-          />
-        </Row>
-      )}
-      <div className="jp-CoiledLab-pair">
-        {model.shown('worker_cpu') && (
-          <Row model={model} field="worker_cpu" label="vCPU per worker">
-            <input className="jp-mod-styled" value={text('worker_cpu')} placeholder="any" onChange={e => set('worker_cpu')(e.target.value)} />
-          </Row>
-        )}
-        {model.shown('worker_memory') && (
-          <Row model={model} field="worker_memory" label="Memory per worker">
-            <input
-              className="jp-mod-styled"
-              value={text('worker_memory')}
-              placeholder="any, e.g. 16 GiB"
-              onChange={e => set('worker_memory')(e.target.value)}
-            />
-          </Row>
-        )}
-      </div>
-      <div className="jp-CoiledLab-pair">
-        <Row model={model} field="n_workers" label="Workers">
-          <input className="jp-mod-styled" value={text('n_workers')} inputMode="numeric" onChange={e => set('n_workers')(e.target.value)} />
-        </Row>
-        {model.shown('worker_gpu') && (
-          <Row model={model} field="worker_gpu" label="GPUs per worker">
-            <input className="jp-mod-styled" value={text('worker_gpu')} placeholder="0" onChange={e => set('worker_gpu')(e.target.value)} />
-          </Row>
-        )}
-      </div>
-      {model.shown('spot_policy') && (
-        <Row model={model} field="spot_policy" label="Purchase option">
-          <select className="jp-mod-styled" value={text('spot_policy')} onChange={e => set('spot_policy')(e.target.value)}>
-            {SPOT_POLICIES.map(p => (
-              <option key={p} value={p}>
-                {p}
-              </option>
-            ))}
-          </select>
-        </Row>
-      )}
-      {model.shown('allow_ingress_from') && (
-        <Row model={model} field="allow_ingress_from" label="Open to">
-          <input
-            className="jp-mod-styled"
-            value={text('allow_ingress_from')}
-            placeholder="me, or a CIDR such as 203.0.113.0/24"
-            onChange={e => set('allow_ingress_from')(e.target.value)}
-          />
-          <Reach model={model} />
-        </Row>
-      )}
-      <Row model={model} field="idle_timeout" label="Idle timeout">
-        <input
-          className="jp-mod-styled"
-          value={text('idle_timeout')}
-          placeholder="e.g. 20m, 1h or off"
-          onChange={e => set('idle_timeout')(e.target.value)}
-        />
-      </Row>
-      <Row model={model} field="tags" label="Tags">
-        <input className="jp-mod-styled" value={text('tags')} placeholder="team=geo, project=x" onChange={e => set('tags')(e.target.value)} />
-      </Row>
-      <Row model={model} field="software" label="Software">
-        <input
-          className="jp-mod-styled"
-          value={text('software')}
-          placeholder="requirements file (.txt path on the server); empty: package sync"
-          onChange={e => set('software')(e.target.value)}
-        />
-      </Row>
-      <label className="jp-CoiledLab-check" data-field="package_sync">
-        <input type="checkbox" checked={v.package_sync === true} onChange={e => set('package_sync')(e.target.checked)} />{' '}
-        Replicate this environment's packages on the workers
-        <FieldError model={model} field="package_sync" />
-      </label>
       <Estimate model={model} />
       {model.syncsEnvironment && model.software && <Software model={model} software={model.software} />}
       {model.formError && <div className="jp-CoiledLab-error jp-CoiledLab-formError">{model.formError}</div>}
-      <button className="jp-mod-styled jp-mod-accept jp-CoiledLab-create" type="submit" disabled={model.submitting}>
+      <button
+        className="jp-mod-styled jp-mod-accept jp-CoiledLab-create"
+        type="submit"
+        disabled={model.submitting || !model.schema}
+      >
         {model.submitting ? (model.software?.sending ? 'Taking the kernel’s packages…' : 'Creating…') : 'Create cluster'}
       </button>
     </form>
+  );
+}
+
+/** Under the backend: this machine on local, the credentials' status on a cloud. */
+function Backend(props: { model: FormModel; credentials: CredentialsModel; commands: CommandRegistry }): JSX.Element | null {
+  const { model, credentials, commands } = props;
+  if (model.isLocal) {
+    const machine = model.schema?.['x-machine'];
+    return machine ? (
+      <div className="jp-CoiledLab-note">
+        This machine: {machine.cpu} vCPU, {bytes(machine.memory)}. No credentials needed.
+      </div>
+    ) : null;
+  }
+  return <Credentials status={credentials.status?.[String(model.values.backend) as 'aws' | 'gcp']} commands={commands} />;
+}
+
+/** On a cloud: size workers by instance types, or by the CPU / memory / GPU wanted. */
+function SizingChoice(props: { model: FormModel }): JSX.Element {
+  const { model } = props;
+  return (
+    <div className="jp-CoiledLab-sizing" role="radiogroup" aria-label="size workers by">
+      <label>
+        <input type="radio" checked={model.sizing === 'types'} onChange={() => model.setSizing('types')} /> instance types
+      </label>
+      <label>
+        <input type="radio" checked={model.sizing === 'resources'} onChange={() => model.setSizing('resources')} /> CPU /
+        memory / GPU
+      </label>
+    </div>
+  );
+}
+
+/** The id of a field's input, for its label. */
+function inputId(field: Field): string {
+  return `jp-CoiledLab-form-${field}`;
+}
+
+/** One field: its label, the input its kind asks for, its error and warning. */
+function FieldInput(props: { model: FormModel; field: Field }): JSX.Element | null {
+  const { model, field } = props;
+  const prop = model.field(field);
+  const ui = prop?.['x-ui'];
+  if (!prop || !ui) {
+    return null;
+  }
+  const value = model.values[field] ?? '';
+  const set = (v: FieldValue) => model.set(field, v);
+  const error = model.errors.get(field);
+  const warning = model.warnings.get(field);
+  const a11y = {
+    id: inputId(field),
+    'aria-invalid': error ? true : undefined,
+    'aria-describedby': [error && `${inputId(field)}-error`, warning && `${inputId(field)}-warning`].filter(Boolean).join(' ') || undefined
+  };
+  const notes = (
+    <>
+      <FieldError model={model} field={field} />
+      {warning && (
+        <span className="jp-CoiledLab-note jp-mod-warn jp-CoiledLab-fieldWarning" id={`${inputId(field)}-warning`} role="status">
+          {warning}
+        </span>
+      )}
+    </>
+  );
+  if (ui.widget === 'check') {
+    return (
+      <div className="jp-CoiledLab-check" data-field={field} title={prop.description}>
+        <label>
+          <input type="checkbox" {...a11y} checked={value === true} onChange={e => set(e.target.checked)} /> {prop.title}
+        </label>
+        {notes}
+      </div>
+    );
+  }
+  let input: JSX.Element;
+  if (ui.widget === 'choice') {
+    input = (
+      <select className="jp-mod-styled" {...a11y} value={String(value)} onChange={e => set(e.target.value)}>
+        {(prop.enum ?? []).map(choice => (
+          <option key={choice} value={choice}>
+            {field === 'backend' ? (choice === 'local' ? 'local (this machine)' : choice.toUpperCase()) : choice}
+          </option>
+        ))}
+      </select>
+    );
+  } else if (ui.widget === 'region' || ui.widget === 'zone') {
+    const regions = (model.catalog?.regions ?? []).filter(r => !prop.enum || ui.widget === 'zone' || prop.enum.includes(r.name));
+    const choices = ui.widget === 'region' ? regions.map(r => r.name) : (regions.find(r => r.name === model.values.region)?.zones ?? []);
+    input = (
+      <select className="jp-mod-styled" {...a11y} value={String(value)} onChange={e => set(e.target.value)}>
+        <option value="">{ui.placeholder}</option>
+        {choices.map(c => (
+          <option key={c} value={c}>
+            {c}
+          </option>
+        ))}
+      </select>
+    );
+  } else if (ui.widget === 'types') {
+    input = (
+      <TypePicker id={a11y.id} types={model.catalog?.instance_types ?? []} chosen={value as string[]} onChange={set} />
+    );
+  } else {
+    input = (
+      <input
+        className="jp-mod-styled"
+        {...a11y}
+        value={String(value)}
+        placeholder={ui.placeholder || undefined}
+        inputMode={ui.widget === 'integer' ? 'numeric' : undefined}
+        onChange={e => set(e.target.value)}
+      />
+    );
+  }
+  const bounds =
+    prop.minimum !== undefined && prop.maximum !== undefined ? ` (${prop.minimum} to ${prop.maximum})` : '';
+  return (
+    <div className={`jp-CoiledLab-field${error ? ' jp-mod-invalid' : ''}`} data-field={field} title={`${prop.description ?? ''}${bounds}`}>
+      <label className="jp-CoiledLab-label" htmlFor={inputId(field)}>
+        {prop.title}
+      </label>
+      {input}
+      {field === 'allow_ingress_from' && <Reach model={model} />}
+      {notes}
+    </div>
   );
 }
 
@@ -271,18 +274,6 @@ function Software(props: { model: FormModel; software: SoftwareModel }): JSX.Ele
   );
 }
 
-function Row(props: { model: FormModel; field: Field; label: string; children: React.ReactNode }): JSX.Element {
-  const { model, field, label } = props;
-  const error = model.errors.get(field);
-  return (
-    <div className={`jp-CoiledLab-field${error ? ' jp-mod-invalid' : ''}`} data-field={field} title={model.help.get(field)}>
-      <span className="jp-CoiledLab-label">{label}</span>
-      {props.children}
-      <FieldError model={model} field={field} />
-    </div>
-  );
-}
-
 /** What `me` stands for, under the field: the address the cloud will let in. */
 function Reach(props: { model: FormModel }): JSX.Element | null {
   const reach = props.model.reach;
@@ -311,7 +302,7 @@ function Reach(props: { model: FormModel }): JSX.Element | null {
 function FieldError(props: { model: FormModel; field: Field }): JSX.Element | null {
   const error = props.model.errors.get(props.field);
   return error ? (
-    <span className="jp-CoiledLab-fieldError" role="alert">
+    <span className="jp-CoiledLab-fieldError" id={`${inputId(props.field)}-error`} role="alert">
       {error}
     </span>
   ) : null;
@@ -358,14 +349,20 @@ function describeType(t: IInstanceType): string {
 }
 
 /** A searchable list of instance types; the order of choice is the order of preference. */
-function TypePicker(props: { types: IInstanceType[]; chosen: string[]; onChange: (v: string[]) => void }): JSX.Element {
-  const { types, chosen, onChange } = props;
+function TypePicker(props: {
+  id: string;
+  types: IInstanceType[];
+  chosen: string[];
+  onChange: (v: string[]) => void;
+}): JSX.Element {
+  const { id, types, chosen, onChange } = props;
   const [search, setSearch] = useState('');
   const query = search.trim().toLowerCase();
   const shown = types.filter(t => !query || t.name.includes(query) || describeType(t).toLowerCase().includes(query));
   return (
     <div className="jp-CoiledLab-types">
       <input
+        id={id}
         className="jp-mod-styled"
         type="search"
         placeholder={`search ${types.length} types`}

@@ -1,12 +1,14 @@
 import { Clipboard, ReactWidget } from '@jupyterlab/apputils';
-import React, { useEffect, useRef, useState } from 'react';
+import React, { useEffect, useLayoutEffect, useRef, useState } from 'react';
 
-import { clock, logLine, logSource } from '../format';
+import { clock, logLine, logSource, plural } from '../format';
 import { LogsModel } from '../models/logs';
 import { useSignal } from './hooks';
 
 const LEVELS = ['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'];
 const SEARCH_DELAY = 300;
+/** How close (px) to the end the view counts as showing the newest line. */
+const AT_END = 8;
 
 /** The main-area log viewer of one cluster. Closing it stops following. */
 export class LogViewer extends ReactWidget {
@@ -25,6 +27,16 @@ export class LogViewer extends ReactWidget {
   }
 }
 
+function atEnd(el: HTMLElement): boolean {
+  return el.scrollHeight - el.scrollTop - el.clientHeight <= AT_END;
+}
+
+/**
+ * The toolbar and the lines. The view opens at the newest line; while following it stays
+ * there after every render (scrolled in a layout effect, once React has drawn the new
+ * lines, never before). Scrolling up pauses following; "Jump to newest", or scrolling
+ * back down, resumes it.
+ */
 function Logs(props: { model: LogsModel }): JSX.Element {
   const { model } = props;
   useSignal(model.changed);
@@ -41,25 +53,60 @@ function Logs(props: { model: LogsModel }): JSX.Element {
     return () => window.clearTimeout(timer);
   }, [search, model]);
 
-  useEffect(() => {
-    const follow = () => {
-      const el = body.current;
-      if (el && model.follow) {
-        el.scrollTop = el.scrollHeight;
+  // Whether the view shows the newest line: it opens there, and following keeps it there.
+  const [pinned, setPinned] = useState(true);
+  // Whether scrolling up is what stopped following: scrolling back down resumes it.
+  const paused = useRef(false);
+  const records = model.records;
+  useLayoutEffect(() => {
+    const el = body.current;
+    if (el && pinned) {
+      el.scrollTop = el.scrollHeight;
+    }
+  }, [records, pinned]);
+
+  const onScroll = () => {
+    const el = body.current;
+    if (!el) {
+      return;
+    }
+    const end = atEnd(el);
+    if (!end && pinned) {
+      setPinned(false); // the user scrolled up: keep their place
+      if (model.follow) {
+        paused.current = true;
+        model.setFollow(false);
       }
-    };
-    model.appended.connect(follow);
-    return () => {
-      model.appended.disconnect(follow);
-    };
-  }, [model]);
+    } else if (end && !pinned) {
+      resume(paused.current);
+    }
+  };
+
+  const resume = (follow: boolean) => {
+    setPinned(true);
+    paused.current = false;
+    if (follow && !model.follow && model.isLive()) {
+      model.setFollow(true);
+    }
+  };
 
   const f = model.filters;
   return (
     <div className="jp-CoiledLab-logsPanel">
       <div className="jp-CoiledLab-logsToolbar">
         <label>
-          <input type="checkbox" checked={model.follow} onChange={e => model.setFollow(e.target.checked)} /> follow
+          <input
+            type="checkbox"
+            checked={model.follow}
+            onChange={e => {
+              paused.current = false;
+              model.setFollow(e.target.checked);
+              if (e.target.checked) {
+                setPinned(true);
+              }
+            }}
+          />{' '}
+          follow
         </label>
         <select
           className="jp-mod-styled"
@@ -110,24 +157,38 @@ function Logs(props: { model: LogsModel }): JSX.Element {
           {copied ? 'Copied' : 'Copy'}
         </button>
         <span className="jp-CoiledLab-logsCount">
-          {model.loading ? 'loading…' : `${model.records.length} lines`}
+          {model.loading ? 'loading…' : plural(records.length, 'line')}
         </span>
       </div>
       {model.error && <div className="jp-CoiledLab-error">{model.error}</div>}
-      <div className="jp-CoiledLab-logLines" ref={body}>
-        {model.hasOlder && (
-          <button className="jp-mod-styled jp-CoiledLab-older" onClick={() => void model.loadOlder()}>
-            Load older lines
+      <div className="jp-CoiledLab-logBody">
+        <div
+          className="jp-CoiledLab-logLines"
+          ref={body}
+          onScroll={onScroll}
+          role="log"
+          aria-label="log lines"
+          tabIndex={0}
+        >
+          {model.hasOlder && (
+            <button className="jp-mod-styled jp-CoiledLab-older" onClick={() => void model.loadOlder()}>
+              Load older lines
+            </button>
+          )}
+          {records.map((r, i) => (
+            <div key={i} className={`jp-CoiledLab-logLine jp-mod-${r.level.toLowerCase()}`} data-role={r.role}>
+              <span className="jp-CoiledLab-logTime">{clock(r.time)}</span>
+              <span className="jp-CoiledLab-logSource">{logSource(r)}</span>
+              <span className="jp-CoiledLab-logLevel">{r.level}</span>
+              <span className="jp-CoiledLab-logMessage">{r.message}</span>
+            </div>
+          ))}
+        </div>
+        {!pinned && (
+          <button className="jp-mod-styled jp-mod-accept jp-CoiledLab-jump" onClick={() => resume(true)}>
+            Jump to newest
           </button>
         )}
-        {model.records.map((r, i) => (
-          <div key={i} className={`jp-CoiledLab-logLine jp-mod-${r.level.toLowerCase()}`} data-role={r.role}>
-            <span className="jp-CoiledLab-logTime">{clock(r.time)}</span>
-            <span className="jp-CoiledLab-logSource">{logSource(r)}</span>
-            <span className="jp-CoiledLab-logLevel">{r.level}</span>
-            <span className="jp-CoiledLab-logMessage">{r.message}</span>
-          </div>
-        ))}
       </div>
     </div>
   );

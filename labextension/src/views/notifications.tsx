@@ -1,6 +1,7 @@
 import React, { useEffect } from 'react';
 
 import { NotificationsModel } from '../models/notifications';
+import { INotification } from '../types';
 import { useSignal } from './hooks';
 
 function clock(time: number): string {
@@ -16,15 +17,17 @@ function clock(time: number): string {
 export interface INotificationProps {
   model: NotificationsModel;
   clusterId: string;
+  /** Whether a notification still holds: a "stops in …" warning goes once its cause did. */
+  holds: (notification: INotification) => boolean;
 }
 
 /** The number of notifications about a cluster, coloured by the worst level; a toggle
  * for the list (the card renders the list under its header). */
 export function NotificationBadge(props: INotificationProps & { open: boolean; onToggle: () => void }): JSX.Element {
-  const { model, clusterId, open, onToggle } = props;
+  const { model, clusterId, holds, open, onToggle } = props;
   useSignal(model.changed);
   useEffect(() => model.watch(clusterId), [model, clusterId]);
-  const notifications = model.list(clusterId);
+  const notifications = model.list(clusterId).filter(holds);
   const levels = new Set(notifications.map(n => n.level));
   const worst = levels.has('error') ? 'error' : levels.has('warning') ? 'warning' : levels.size ? 'info' : 'none';
   const count = notifications.length;
@@ -43,9 +46,9 @@ export function NotificationBadge(props: INotificationProps & { open: boolean; o
 
 /** A cluster's notifications: time, level, message, oldest first. */
 export function NotificationList(props: INotificationProps): JSX.Element {
-  const { model, clusterId } = props;
+  const { model, clusterId, holds } = props;
   useSignal(model.changed);
-  const notifications = model.list(clusterId);
+  const notifications = model.list(clusterId).filter(holds);
   return (
     <ul className="jp-CoiledLab-notificationList" aria-label="notifications">
       {notifications.length === 0 && <li className="jp-CoiledLab-empty">Nothing to tell yet.</li>}

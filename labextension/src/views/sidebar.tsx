@@ -106,15 +106,18 @@ function Sidebar(props: ISidebarProps): JSX.Element {
   );
 }
 
+/** Stopped and failed clusters, with how long ago they ended (ticking, as time passes). */
 function History(props: { clusters: ICluster[]; commands: CommandRegistry }): JSX.Element {
-  const now = Date.now() / 1000;
+  const now = useNow(true) / 1000;
   return (
     <details className="jp-CoiledLab-history">
       <summary>Stopped and failed ({props.clusters.length})</summary>
       <ul>
         {props.clusters.map(c => (
           <li key={c.id} className="jp-CoiledLab-historyRow" data-cluster-id={c.id} title={c.message ?? ''}>
-            <span className="jp-CoiledLab-name">{c.name}</span>
+            <span className="jp-CoiledLab-name" title={c.name}>
+              {c.name}
+            </span>
             <span className={`jp-CoiledLab-badge jp-mod-${c.status}`}>{c.status}</span>
             <span className="jp-CoiledLab-historyCost">
               {c.cost ? costSoFar(c.cost) : ''}
@@ -122,6 +125,7 @@ function History(props: { clusters: ICluster[]; commands: CommandRegistry }): JS
             <span className="jp-CoiledLab-historyAge">{duration(now - (c.stopped_at ?? c.updated_at))} ago</span>
             <button
               className="jp-mod-styled jp-mod-minimal"
+              aria-label={`Logs of ${c.name}`}
               onClick={() => void props.commands.execute(CommandIDs.openLogs, { id: c.id })}
             >
               Logs

@@ -113,12 +113,14 @@ def test_cloud_cluster_from_the_form(page, console, lab, moto, artifacts, vm_net
     assert "spot saves" not in settled(page, "for 3 workers")
     page.screenshot(path=artifacts / "form-aws.png")
 
-    # The admin's limits: refused on Create, the message at the field it names, no instance made.
+    # The admin's limits: the form knows them from the served schema, so the field says so as
+    # it is typed (no estimate is asked for), and Create is refused the same way; no instance made.
     workers.fill(str(MAX_WORKERS + 1))
-    settled(page, f"for {MAX_WORKERS + 1} workers")
-    page.locator(".jp-CoiledLab-create").click()
     error = field(page, "n_workers").locator(".jp-CoiledLab-fieldError")
     expect(error).to_contain_text(f"at most {MAX_WORKERS}")
+    expect(error).to_contain_text("max-workers")
+    expect(page.locator(".jp-CoiledLab-estimate")).to_have_class(re.compile(r"jp-mod-empty"))
+    page.locator(".jp-CoiledLab-create").click()
     expect(error).to_contain_text("max-workers")
     workers.fill("2")
     error.wait_for(state="detached")
