@@ -163,23 +163,27 @@ class Answer:
     message: str
 
 
+# The table: each error class, its HTTP status, CLI exit code and REST ``code``; the first
+# class an exception is an instance of decides.
+_TABLE: tuple[tuple[type[BaseException], int, int, str], ...] = (
+    (LimitExceeded, 403, EXIT_LIMIT, "limit"),
+    (ClusterSpecError, 400, EXIT_USAGE, "bad_input"),
+    (TooLarge, 413, EXIT_USAGE, "too_large"),
+    (BadRequest, 400, EXIT_USAGE, "bad_input"),
+    (UsageError, 400, EXIT_USAGE, "bad_input"),
+    (NotFound, 404, EXIT_NOT_FOUND, "not_found"),
+    (Conflict, 409, EXIT_CONFLICT, "conflict"),
+    (CloudSetupError, 409, EXIT_CONFLICT, "cloud_setup"),
+    (ManagerBusy, 503, EXIT_CONFLICT, "busy"),
+    (SchedulerUnreachable, 504, EXIT_CONFLICT, "scheduler_unreachable"),
+    (Unavailable, 503, EXIT_CONFLICT, "unavailable"),
+    (ClusterError, 409, EXIT_FAILED, "cluster_failed"),
+)
+
+
 def answer(exc: BaseException) -> Optional[Answer]:
-    """The table: how ``exc`` is told at every front door; None for anything else (a bug)."""
-    table: tuple[tuple[type[BaseException], int, int, str], ...] = (
-        (LimitExceeded, 403, EXIT_LIMIT, "limit"),
-        (ClusterSpecError, 400, EXIT_USAGE, "bad_input"),
-        (TooLarge, 413, EXIT_USAGE, "too_large"),
-        (BadRequest, 400, EXIT_USAGE, "bad_input"),
-        (UsageError, 400, EXIT_USAGE, "bad_input"),
-        (NotFound, 404, EXIT_NOT_FOUND, "not_found"),
-        (Conflict, 409, EXIT_CONFLICT, "conflict"),
-        (CloudSetupError, 409, EXIT_CONFLICT, "cloud_setup"),
-        (ManagerBusy, 503, EXIT_CONFLICT, "busy"),
-        (SchedulerUnreachable, 504, EXIT_CONFLICT, "scheduler_unreachable"),
-        (Unavailable, 503, EXIT_CONFLICT, "unavailable"),
-        (ClusterError, 409, EXIT_FAILED, "cluster_failed"),
-    )
-    for kind, status, exit_code, code in table:
+    """How ``exc`` is told at every front door (:data:`_TABLE`); None for anything else (a bug)."""
+    for kind, status, exit_code, code in _TABLE:
         if isinstance(exc, kind):
             return Answer(status, exit_code, code, getattr(exc, "message", None) or str(exc))
     if isinstance(exc, CloudProblem):
