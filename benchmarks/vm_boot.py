@@ -6,8 +6,8 @@ EC2 emulator) and "GCE" (the fake + the GCE emulator), both booting bare Debian 
 Three runs: ``dask-only`` (package_sync off: the VMs install dask and distributed at this
 environment's versions); the first cluster of a data-science kernel's environment (a uv
 venv of :data:`DATA_SCIENCE`, ~140 distributions, as its kernel sends it: the scheduler
-installs it and uploads the archive to the bucket while its worker waits for it); and the
-same environment again, a cache hit (every VM unpacks the archive). For each it prints the boot lines of the
+installs it and uploads its image to the bucket while its worker waits for it); and the
+same environment again, a cache hit (every VM mounts the image). For each it prints the boot lines of the
 scheduler's and the first worker's console (uv, Python, packages or environment, dask),
 then one line::
 
@@ -48,7 +48,7 @@ def boot_once(control, network, consoles: Callable[[str], dict[str, str]], backe
               environment=None, built: Callable[[str], bool] = lambda env_hash: True) -> float:
     """One cluster (scheduler + 1 worker) from the create request to its first worker;
     ``consoles(cluster_id)``: each role's console text. A cluster that builds a new
-    environment is stopped only once ``built(hash)``: its scheduler uploads the archive
+    environment is stopped only once ``built(hash)``: its scheduler uploads the image
     while it runs. Returns the seconds to the first worker (nan if it did not start)."""
     from coiled_lab.spec import ClusterSpecError
 
@@ -132,6 +132,8 @@ def runs(env: str, control, built: Callable[[str], bool], backend: str, network,
 
 def on_aws(env: str) -> None:
     from emulated_aws import REGION, emulated_aws
+
+    from coiled_lab.backends.envstore import ARCHIVE
     from tests.aws.conftest import TEST_CONFIG, Moto
 
     # A first cluster of a big environment installs it on the scheduler and uploads it while
@@ -147,7 +149,7 @@ def on_aws(env: str) -> None:
         bucket = f"coiled-lab-envs-{moto.client('sts').get_caller_identity()['Account']}-{REGION}"
 
         def built(env_hash: str) -> bool:
-            return bool(s3.list_objects_v2(Bucket=bucket, Prefix=f"envs/{env_hash}.tar.gz").get("KeyCount"))
+            return bool(s3.list_objects_v2(Bucket=bucket, Prefix=ARCHIVE.format(hash=env_hash)).get("KeyCount"))
 
         runs(env, aws.control, built, "aws", aws.network, consoles)
 
@@ -157,13 +159,15 @@ def on_gcp(env: str) -> None:
     from tests.gcp.conftest import labelled
     from tests.gcp.fakegcp import PROJECT
 
+    from coiled_lab.backends.envstore import ARCHIVE
+
     with emulated_gcp("coiled-lab-vm-boot-", {"coiled-lab.gcp.start-timeout": 900}) as gcp:
         def consoles(cluster_id: str) -> dict[str, str]:
             return {role: gcp.emulator.console(labelled(gcp.fake, cluster_id, role)[0]["name"]) or ""
                     for role in ("scheduler", "worker")}
 
         def built(env_hash: str) -> bool:
-            return f"envs/{env_hash}.tar.gz" in gcp.fake.objects.get(f"coiled-lab-envs-{PROJECT}", {})
+            return ARCHIVE.format(hash=env_hash) in gcp.fake.objects.get(f"coiled-lab-envs-{PROJECT}", {})
 
         runs(env, gcp.control, built, "gcp", gcp.network, consoles)
 

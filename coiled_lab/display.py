@@ -131,7 +131,7 @@ def environment_text(env: dict[str, Any], built: Optional[bool], backend: str) -
                      f"{', '.join(env['conda_only'])}")
     if env["environ"]:
         lines.append(f"  environment variables: {', '.join(env['environ'])}")
-    state = {True: "built: clusters unpack it", False: "not built yet: the first cluster builds and uploads it",
+    state = {True: "built: clusters mount it", False: "not built yet: the first cluster builds and uploads it",
              None: "no environment bucket: every VM installs it" if backend != "local" else
              "the local backend runs the Jupyter server's own environment"}[built]
     lines.append(f"  environment {env['hash']} on {backend}: {state}")

@@ -3,7 +3,7 @@
 The server puts ``inputs/<hash>.tar`` there before the first VM of a cluster boots: what
 installing the environment needs besides the package index (``pins.txt``, the user's
 wheels, their code as ``files.tar.gz``). The first scheduler with a new hash installs it
-and uploads ``envs/<hash>.tar.gz``; every other VM unpacks that instead
+and uploads ``envs/<hash>.squashfs``; every other VM mounts that instead
 (:mod:`coiled_lab.bootstrap.envcache`). The VMs read and write with their own identity
 (instance role, service account), which ``setup`` lets read the inputs and archives and
 write archives (``envs/``) only; the bucket's lifecycle rule removes objects
@@ -26,7 +26,7 @@ from ..environment import Environment
 from ..spec import ClusterSpecError
 
 logger = logging.getLogger("coiled_lab.envstore")
-ARCHIVE = "envs/{hash}.tar.gz"
+ARCHIVE = "envs/{hash}.squashfs"  # a read-only filesystem image that VMs mount
 INPUTS = "inputs/{hash}.tar"
 # How long a worker of a cluster building a new environment waits for the archive before
 # installing it itself (the scheduler builds it while the workers boot).
@@ -101,8 +101,8 @@ async def boot_fields(env: Optional[Environment], store: Optional[EnvStore], rol
     await store.ensure(key, lambda: inputs(env))
     built = await store.exists(archive)
     if role == "scheduler":
-        notify("software", env.line(f"built: unpacked from {store.bucket}" if built else
-                                    "building it once: later clusters unpack it"), "info")
+        notify("software", env.line(f"built: mounted from {store.bucket}" if built else
+                                    "building it once: later clusters mount it"), "info")
     return {"packages": [], "packages_skipped": skipped, "env": {
         "hash": env.hash, "store": store.vm_store(), "inputs": key, "archive": archive, "built": built,
         "build": role == "scheduler", "wait": WAIT_SECONDS}}

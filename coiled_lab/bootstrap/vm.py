@@ -249,27 +249,27 @@ def _on_ec2(config: dict[str, Any]) -> tuple[Identity, LogShipper, Callable[[], 
 
 def prepare(config: dict[str, Any], workdir: Path, out: Output, report: BootReport,
             bucket: Optional[envcache.Bucket] = None) -> Optional[str]:
-    """The environment dask runs in, under ``workdir``: unpacked from the bucket when it is
-    built (a worker of a cluster building it waits for it), else uv, the virtual environment
+    """The environment dask runs in, under ``workdir``: mounted from the bucket's image when
+    it is built (a worker of a cluster building it waits for it), else uv, the virtual environment
     and the packages (:mod:`.packages`), each a timed phase. Returns the environment's
     python, or None when dask cannot start (said at ERROR, the last lines)."""
     env = config.get("env")
     if env and bucket is not None and (env["built"] or not env["build"]):
         started = time.monotonic()
         try:
-            got = envcache.unpack(bucket, env["archive"], workdir)
+            got = envcache.mount(bucket, env["archive"], workdir)
             if not got and not env["built"]:
                 out.say(f"waiting for environment {env['hash']}, which the scheduler installs and uploads")
                 got = envcache.wait_for(bucket, env["archive"], workdir, env["wait"], out.say)
             python = str(workdir / "venv" / "bin" / "python")
             if got and subprocess.run([python, "-c", "import dask, distributed"], capture_output=True).returncode == 0:
-                report.phase("environment", started, f" {env['hash']} unpacked")
+                report.phase("environment", started, f" {env['hash']} mounted")
                 config["env"]["built"] = True
                 return python
             if got:
-                out.say(f"environment archive {env['archive']} does not run dask; installing instead", "WARNING")
-        except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
-            out.say(f"environment archive {env['archive']} could not be used ({type(exc).__name__}: {exc}); "
+                out.say(f"environment image {env['archive']} does not run dask; installing instead", "WARNING")
+        except (OSError, ValueError, KeyError) as exc:
+            out.say(f"environment image {env['archive']} could not be used ({type(exc).__name__}: {exc}); "
                     "installing instead", "WARNING")
         envcache.discard(workdir)
         config["env"]["built"] = False
@@ -293,7 +293,7 @@ def prepare(config: dict[str, Any], workdir: Path, out: Output, report: BootRepo
         python, version, source = packages.make_venv(uv, wanted, workdir / "venv", uv_env, out)
         report.data.update(python=version, python_source=source)
         report.phase("python", started, f" {version} ({source}) ready")
-    except (packages.BootError, OSError) as exc:
+    except (packages.BootError, OSError, tarfile.TarError) as exc:
         out.say(f"cannot start dask: {exc}", "ERROR")
         return None
     started = time.monotonic()
@@ -314,11 +314,11 @@ def upload(bucket: envcache.Bucket, env: dict[str, Any], workdir: Path, say: Cal
     """The scheduler that installed a new environment packs and uploads it, while dask runs."""
     started = time.monotonic()
     try:
-        archive = envcache.pack(workdir, env["hash"])
-        size = archive.stat().st_size
-        bucket.put(env["archive"], archive)
-        archive.unlink()
-        say(f"environment {env['hash']} archived ({size / 2**20:.0f} MiB) and uploaded to {env['archive']} "
+        image = envcache.pack(workdir, env["hash"])
+        size = image.stat().st_size
+        bucket.put(env["archive"], image)
+        image.unlink()
+        say(f"environment {env['hash']} imaged ({size / 2**20:.0f} MiB) and uploaded to {env['archive']} "
             f"in {time.monotonic() - started:.1f} s")
     except Exception as exc:  # noqa: BLE001 - the next cluster builds it again
         say(f"environment {env['hash']} could not be uploaded: {type(exc).__name__}: {exc}", "WARNING")

@@ -1,6 +1,6 @@
 """Environment sync on bare VMs: a kernel's environment (not the server's) reaches the
-workers, local code included, and is built once into the bucket; later clusters unpack it
-without touching the package index, and a deleted archive is built again."""
+workers, local code included, and is built once into the bucket; later clusters mount it
+without touching the package index, and a damaged image is built again."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from distributed import Client
 
 from coiled_lab import Cluster
+from coiled_lab.backends.envstore import ARCHIVE
 
 from ..conftest import wait_for
 from ..envsync import Clusters, kernel_environment, probe_worker
@@ -27,7 +28,7 @@ def test_the_kernels_environment_is_synced_and_built_once(aws_control, emulator,
     first = clusters.start(kernel_environment(tmp_path))
     try:
         env_hash = clusters.environment_of(first)
-        archive = f"envs/{env_hash}.tar.gz"
+        archive = ARCHIVE.format(hash=env_hash)
         assert built(f"inputs/{env_hash}.tar")  # put by this server before the first VM booted
         line = clusters.software_line(first)
         assert line.startswith("software: synced from the kernel (") and "1 local" in line, line
@@ -44,7 +45,7 @@ def test_the_kernels_environment_is_synced_and_built_once(aws_control, emulator,
     vm_network.reset_counters()
     second = clusters.start(env_hash)  # the same environment, named by its hash
     try:
-        assert clusters.phases(second) == ["environment", "dask"]  # unpacked: no uv, no venv, no installs
+        assert clusters.phases(second) == ["environment", "dask"]  # mounted: no uv, no venv, no installs
         index = {h: n for h, n in {**vm_network.downloaded(), **vm_network.from_cache()}.items()
                  if not h.startswith("aws.emulator")}
         assert not index, f"a cluster of a built environment fetched from the package index: {index}"
@@ -53,10 +54,13 @@ def test_the_kernels_environment_is_synced_and_built_once(aws_control, emulator,
     finally:
         clusters.stop(second)
 
-    s3.delete_object(Bucket=bucket, Key=archive)  # gone (expired, deleted): built again, never fatal
+    # Damaged (a truncated upload, say): the scheduler cannot mount it, installs, and replaces
+    # it; never fatal. (The GCE test deletes it instead.)
+    s3.put_object(Bucket=bucket, Key=archive, Body=b"not a squashfs image")
     third = clusters.start(env_hash)
     try:
         assert "packages" in clusters.phases(third)
-        wait_for(lambda: built(archive), timeout=180, what="the archive built again")
+        wait_for(lambda: s3.head_object(Bucket=bucket, Key=archive)["ContentLength"] > 1000, timeout=180,
+                 what="the image built again")
     finally:
         clusters.stop(third)

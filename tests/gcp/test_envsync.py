@@ -1,6 +1,6 @@
 """Environment sync on bare GCE VMs (as tests/aws/test_envsync.py on EC2): a kernel's
 environment reaches the workers, local code included, through the project's bucket, read
-and written with the VMs' service account tokens; it is built once, later clusters unpack
+and written with the VMs' service account tokens; it is built once, later clusters mount
 it without touching the package index, and a deleted archive is built again."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import pytest
 from distributed import Client
 
 from coiled_lab import Cluster
+from coiled_lab.backends.envstore import ARCHIVE
 
 from ..conftest import wait_for
 from ..envsync import Clusters, kernel_environment, probe_worker
@@ -31,7 +32,7 @@ def test_the_kernels_environment_is_synced_and_built_once(gcp_control, emulator,
     first = clusters.start(kernel_environment(tmp_path))
     try:
         env_hash = clusters.environment_of(first)
-        archive = f"envs/{env_hash}.tar.gz"
+        archive = ARCHIVE.format(hash=env_hash)
         assert f"inputs/{env_hash}.tar" in objects  # put by this server before the first VM booted
         line = clusters.software_line(first)
         assert line.startswith("software: synced from the kernel (") and "1 local" in line, line
@@ -54,7 +55,7 @@ def test_the_kernels_environment_is_synced_and_built_once(gcp_control, emulator,
     vm_network.reset_counters()
     second = clusters.start(env_hash)  # the same environment, named by its hash
     try:
-        assert clusters.phases(second) == ["environment", "dask"]  # unpacked: no uv, no venv, no installs
+        assert clusters.phases(second) == ["environment", "dask"]  # mounted: no uv, no venv, no installs
         index = {h: n for h, n in {**vm_network.downloaded(), **vm_network.from_cache()}.items()
                  if not h.startswith("gcp.emulator")}
         assert not index, f"a cluster of a built environment fetched from the package index: {index}"
@@ -67,7 +68,7 @@ def test_the_kernels_environment_is_synced_and_built_once(gcp_control, emulator,
     third = clusters.start(env_hash)
     try:
         assert "packages" in clusters.phases(third)
-        wait_for(lambda: archive in objects, timeout=180, what="the archive built again")
+        wait_for(lambda: archive in objects, timeout=180, what="the image built again")
     finally:
         clusters.stop(third)
         objects.pop(archive, None)

@@ -81,6 +81,9 @@ mount -t tmpfs -o nosuid,noexec,mode=0755,size=4m tmpfs "$root/dev"
 cd "$root/dev"
 mknod -m 666 null c 1 3; mknod -m 666 zero c 1 5; mknod -m 666 full c 1 7
 mknod -m 666 random c 1 8; mknod -m 666 urandom c 1 9; mknod -m 666 tty c 5 0
+# A cloud VM's devtmpfs has the loop devices (environment images are mounted from them);
+# the kernel hands out the lowest free one, shared with the host and the other VMs.
+mknod -m 660 loop-control c 10 237; i=0; while [ $i -lt 64 ]; do mknod -m 660 loop$i b 7 $i; i=$((i+1)); done
 ln -s /proc/self/fd fd; ln -s /proc/self/fd/0 stdin; ln -s /proc/self/fd/1 stdout; ln -s /proc/self/fd/2 stderr
 mkdir -m 0755 pts; mkdir -m 1777 shm
 if mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts pts; then ln -s pts/ptmx ptmx; fi
