@@ -53,7 +53,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorizati
 CONNECT_TIMEOUT = 15.0  # to an upstream
 IO_TIMEOUT = 120.0  # silence on a connection before it is dropped
 MAX_UNSIZED_BODY = 64 * 1024 * 1024  # an upstream answer without Content-Length is read whole
-CHUNK = 64 * 1024
+CHUNK = 1024 * 1024  # per read and write: an environment image is hundreds of MB
 
 
 class EgressProxy:
