@@ -20,6 +20,8 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 # block: defaults registered inside one would be undone when it exits.
 import coiled_lab.config  # noqa: F401
 
+from .postgres import pg_url, postgres, store_at, store_on_postgres  # noqa: F401,E402  (tests/postgres.py)
+
 
 def cluster_processes(marker: str | os.PathLike) -> list[psutil.Process]:
     """Live (non-zombie) processes whose command line mentions ``marker`` (a state dir)."""
