@@ -53,8 +53,10 @@ class ClusterSpecError(ValueError):
 class LimitExceeded(ClusterSpecError):
     """A valid request beyond what the admin allows (``coiled-lab.limits``)."""
 
-    def __init__(self, field: Optional[str], limit: str, message: str):
-        super().__init__(f"{field or 'request'}: {message} (limit coiled-lab.limits.{limit})", field)
+    def __init__(self, field: Optional[str], limit: str, message: str, where: Optional[str] = None):
+        """``limit`` is the key (``max-clusters``); ``where`` the entry that set it when it is
+        a user's or a group's (``users.alice.max-clusters``), which the message names."""
+        super().__init__(f"{field or 'request'}: {message} (limit coiled-lab.limits.{where or limit})", field)
         self.limit = limit
 
     def to_json(self) -> dict[str, Any]:
@@ -67,6 +69,11 @@ class LimitExceeded(ClusterSpecError):
         ClusterSpecError.__init__(exc, body["error"], body.get("field"), body.get("errors"))
         exc.limit = body.get("limit") or ""
         return exc
+
+
+class Forbidden(PermissionError):
+    """A request this caller may not make at all, whatever it names: an admin's verb asked
+    by a user who is not one (HTTP 403)."""
 
 
 class UsageError(ValueError):
@@ -171,6 +178,7 @@ _TABLE: tuple[tuple[type[BaseException], int, int, str], ...] = (
     (TooLarge, 413, EXIT_USAGE, "too_large"),
     (BadRequest, 400, EXIT_USAGE, "bad_input"),
     (UsageError, 400, EXIT_USAGE, "bad_input"),
+    (Forbidden, 403, EXIT_LIMIT, "forbidden"),
     (NotFound, 404, EXIT_NOT_FOUND, "not_found"),
     (Conflict, 409, EXIT_CONFLICT, "conflict"),
     (CloudSetupError, 409, EXIT_CONFLICT, "cloud_setup"),
@@ -253,6 +261,8 @@ def from_answer(status: int, body: Any, subject: Optional[str]) -> BaseException
     message, code = body["error"], body.get("code")
     if code == "limit":
         return LimitExceeded.from_json(body)
+    if code == "forbidden":
+        return Forbidden(message)
     if code in ("bad_input", "too_large") or (code is None and status == 400):
         return ClusterSpecError(message, body.get("field"), body.get("errors"))
     if code == "not_found" or (code is None and status == 404 and subject is not None):

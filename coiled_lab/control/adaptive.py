@@ -4,10 +4,10 @@
 pass of a running cluster the manager calls :func:`step`: it asks the scheduler for its
 own adaptive target (distributed's ``Scheduler.adaptive_target``: enough workers for the
 queued work and the memory in use, fewer when workers sit idle), keeps it within the
-bounds, and scales through :meth:`ClusterManager.scale` like any user would, so admin limits
-and the estimate apply. Because the policy lives next to the reconcile loop, a cluster keeps
-adapting after the kernel that made it exits, and whether it was started from the CLI,
-the sidebar or ``Cluster(...)``.
+bounds, and scales through :meth:`ClusterManager.scale_adaptively` as the owner would, so
+the owner's limits and the estimate apply (and the audit log names the policy). Because
+the policy lives next to the reconcile loop, a cluster keeps adapting after the kernel
+that made it exits, and whether it was started from the CLI, the sidebar or ``Cluster(...)``.
 
 Going up is done at once; going down only after the scheduler has wanted fewer workers
 for ``coiled-lab.adaptive.wait-count`` readings in a row (as distributed's ``Adaptive``
@@ -82,7 +82,7 @@ async def step(manager: "ClusterManager", rec: ClusterRecord, address: Optional[
         logger.info("cluster %s: adaptive scaling from %d to %d workers (scheduler's target %d, bounds %s)",
                     rec.name, current, goal, target, bounds)
         try:
-            await manager.scale(rec.id, goal)
+            await manager.scale_adaptively(rec.id, goal)
         except ClusterSpecError as exc:  # an admin's limit: stay where we are, and say so once
             manager.notify(rec.id, Notice(f"adaptive-{goal}", "adaptive", "warning",
                                           f"adaptive scaling wanted {goal} workers: {exc.message}"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 PERSISTED = frozenset({"state", "progress", "notification"})
 
@@ -39,17 +39,19 @@ class Subscription:
     loses the oldest events rather than slowing down everyone else (it can re-read
     persisted ones from the store by sequence number)."""
 
-    def __init__(self, bus: "EventBus", cluster_id: Optional[str], kinds: Optional[set[str]], maxsize: int):
+    def __init__(self, bus: "EventBus", cluster_id: Optional[str], kinds: Optional[set[str]], maxsize: int,
+                 visible: Optional[Callable[[str], bool]] = None):
         self._bus = bus
         self.cluster_id = cluster_id
         self.kinds = kinds
+        self.visible = visible  # whether the subscriber may see a cluster's events (team mode); None: all
         self.queue: asyncio.Queue[Optional[Event]] = asyncio.Queue(maxsize)
         self.dropped = 0
 
     def wants(self, event: Event) -> bool:
         return (self.cluster_id is None or event.cluster_id == self.cluster_id) and (
             self.kinds is None or event.kind in self.kinds
-        )
+        ) and (self.visible is None or self.visible(event.cluster_id))
 
     def put(self, event: Optional[Event]) -> None:
         while True:
@@ -93,9 +95,12 @@ class EventBus:
                 sub.put(event)
 
     def subscribe(
-        self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None, maxsize: int = 1000
+        self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None, maxsize: int = 1000,
+        visible: Optional[Callable[[str], bool]] = None,
     ) -> Subscription:
-        sub = Subscription(self, cluster_id, kinds, maxsize)
+        """``visible(cluster_id)``: whether this subscriber may see that cluster's events,
+        asked before an event is queued (so other users' events never fill its queue)."""
+        sub = Subscription(self, cluster_id, kinds, maxsize, visible)
         self._subs.add(sub)
         return sub
 

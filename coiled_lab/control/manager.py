@@ -6,12 +6,17 @@ through the state machine. On start the manager takes the store (:mod:`.leadersh
 one manager per state dir, others follow read-only), reloads it and reconciles every live
 cluster, which adopts what still runs and cleans up what was half made. The scheduler
 calls live in :mod:`.schedulers`, the records' JSON in :mod:`.views`.
+
+Every verb acts for a :class:`~.callers.Caller` (this process's own user, an admin, unless
+told otherwise): a cluster belongs to whoever created it; a caller who is not an admin
+sees and changes only its own, and a cluster it may not see is answered exactly as one
+that does not exist. Each change (and each request the limits refuse) is written to the
+store's audit log with who asked, in the change's own transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
 import re
 import secrets
@@ -24,18 +29,19 @@ from dask.utils import parse_timedelta
 
 from .. import config
 from ..backends import Backend, ClusterContext, get_backend, ingress
-from ..errors import Conflict, ManagerBusy, NotFound, SchedulerUnreachable, quoted
+from ..errors import Conflict, Forbidden, LimitExceeded, ManagerBusy, NotFound, SchedulerUnreachable, quoted
 from ..logs import matches
 from ..pricing import PriceBook
 from ..spec import ClusterSpec, ClusterSpecError, check_place, cluster_python, parse_spec, revise, running_python
 from ..tls import TLSMaterial
 from . import leadership, limits, notifications, storefile
+from .callers import ADAPTIVE, LOCAL, Caller
 from .environments import SERVER, Environments
 from .events import Event, EventBus, Subscription
 from .reconciler import Reconciler
 from .schedulers import SchedulerLinks
 from .states import FINAL, State, Target
-from .store import ClusterRecord, NameInUse, Store
+from .store import ClusterRecord, NameInUse, open_store
 from .usage import FIRST_WAIT, UsageMirror
 from .views import ListCache, cluster_json
 
@@ -44,6 +50,7 @@ logger = logging.getLogger("coiled_lab.manager")
 
 TIMEOUT_FIELDS = ("idle_timeout", "no_client_timeout", "max_lifetime")
 LIVE_FIELDS = ("n_workers", "adaptive", *TIMEOUT_FIELDS)  # what PATCH may change on a live cluster
+OWNER_GROUPS = "owner_groups"  # the owner's groups when it created the cluster (its state): its limits then
 
 
 class ClusterManager(Reconciler):
@@ -53,16 +60,20 @@ class ClusterManager(Reconciler):
         backends: Optional[dict[str, Backend]] = None,
         check_interval: Optional[float] = None,
         sessions: Optional[Callable[[str], Any]] = None,
+        db: Optional[str] = None,
     ):
         """``sessions(backend_name)`` gives the credentials session a cloud backend is made
-        with (the Jupyter server's stored credentials); without it, the SDKs' chains."""
+        with (the Jupyter server's stored credentials); without it, the SDKs' chains.
+        ``db`` is the store (:func:`.store.open_store`: a ``postgresql://`` URL, or a SQLite
+        path); without it, ``store.db``, else ``coiled-lab.sqlite`` in the state dir."""
         self.state_dir = Path(state_dir) if state_dir else config.state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store = Store(self.state_dir / "coiled-lab.sqlite")
+        self.store = open_store(db or config.get("store.db") or self.state_dir / "coiled-lab.sqlite")
         self.environments = Environments(self.state_dir)
         self.prices = PriceBook(self.store)  # backends that have a price API give it their session
         self.bus = EventBus()
-        self.admission = limits.Admission(lambda: self.store.list_clusters(live_only=True))
+        self.admission = limits.Admission(lambda: self.store.list_clusters(live_only=True), self._spent)
+        self._owners: dict[str, str] = {}  # cluster id -> owner (never changes), for the events' filter
         self._backends: dict[str, Backend] = dict(backends or {})
         self._sessions = sessions
         self.check_interval = float(check_interval or config.get("manager.check-interval"))
@@ -82,7 +93,7 @@ class ClusterManager(Reconciler):
         self._watch_task: Optional[asyncio.Task] = None
         self._backup_task: Optional[asyncio.Task] = None
         self.backup_interval = float(parse_timedelta(config.get("store.backup-interval")))
-        self._lock = leadership.StoreLock(self.state_dir, self.store.path)
+        self._lock = leadership.lock_for(self.store, self.state_dir)
         self._busy: Optional[ManagerBusy] = None
         self.started = False
         self.owner = False  # holds the store's lock, so it may change and reconcile clusters
@@ -184,7 +195,7 @@ class ClusterManager(Reconciler):
         done, in one line."""
         if self.started:
             raise Conflict("this manager is running; restore its store from the command line instead")
-        storefile.require_damage(self.store.path)  # a whole store in use says so, not that it is in use
+        self.store.check_restorable()  # a whole store in use says so, not that it is in use
         self._lock.take()
         try:
             self.store.close()
@@ -209,27 +220,38 @@ class ClusterManager(Reconciler):
             setattr(self.prices, name, None)
 
     # == verbs ============================================================================
-    async def create(self, spec: ClusterSpec | dict[str, Any], environment: Any = None) -> dict[str, Any]:
-        """Record a new cluster and start provisioning it in the background; returns at once.
-        ``environment`` is what package sync installs: an environment as
+    async def create(self, spec: ClusterSpec | dict[str, Any], environment: Any = None, *,
+                     caller: Caller = LOCAL) -> dict[str, Any]:
+        """Record a new cluster of ``caller``'s and start provisioning it in the background;
+        returns at once. ``environment`` is what package sync installs: an environment as
         :func:`coiled_lab.environment.snapshot` takes it (``to_json()``), or the hash of one
-        sent before; None: this server's own, and a notification says so."""
+        sent before; None: this server's own, and a notification says so. An ``owner`` in
+        the request is refused: a cluster is always its creator's."""
+        if isinstance(spec, dict) and "owner" in spec:
+            raise ClusterSpecError(f"owner: is not allowed; a cluster belongs to whoever creates it "
+                                   f"({quoted(caller.name)})", "owner")
         if not isinstance(spec, ClusterSpec):
             spec = parse_spec(spec)
         self._check_owner()
         backend = self._checked_backend(spec)  # before the limits: an estimate they ask for may call the cloud
         env = await asyncio.to_thread(self.environments.resolve, spec, environment)
+        estimate, estimated = self._estimator()
         # The slot is held from the count to the record: creates running concurrently (each
         # awaits the cloud below) can never together go over max-clusters or the total $/hour.
-        with self.admission.hold() as weigh:
-            per_hour = await limits.check(spec, self._estimate)
-            weigh(per_hour)  # right after the estimate: no await in between
-            await backend.check_access(spec.region)
-            if spec.backend != "local":  # 'me' that cannot be learned: refused now, not after the launch
-                await asyncio.to_thread(ingress.precheck, spec.connect_via, spec.allow_ingress_from, spec.backend,
-                                        lambda message: ClusterSpecError(message, "allow_ingress_from"))
-            # No await from here to the insert: the record takes the slot's place in the count.
-            rec, data, seq = self._record(spec, env, per_hour)
+        try:
+            with self.admission.hold(caller=caller) as weigh:
+                per_hour = await limits.check(spec, estimate, caller, always_estimate=caller != LOCAL)
+                weigh(per_hour)  # right after the estimate: no await in between
+                await backend.check_access(spec.region)
+                if spec.backend != "local":  # 'me' that cannot be learned: refused now, not after the launch
+                    await asyncio.to_thread(ingress.precheck, spec.connect_via, spec.allow_ingress_from,
+                                            spec.backend,
+                                            lambda message: ClusterSpecError(message, "allow_ingress_from"))
+                # No await from here to the insert: the record takes the slot's place in the count.
+                rec, data, seq = self._record(spec, env, per_hour, caller)
+        except LimitExceeded as exc:
+            self._refused(caller.name, "create", None, spec.name, exc, estimated)
+            raise
         self._publish(Event(rec.id, "state", data, data["time"], seq))
         if env is not None:
             self._tell_software(rec.id, env)
@@ -237,11 +259,12 @@ class ClusterManager(Reconciler):
         self.request(rec.id)
         return cluster_json(rec)
 
-    def _record(self, spec: ClusterSpec, env: Any, per_hour: Optional[float]) -> tuple[ClusterRecord, dict, int]:
-        """Insert a new cluster's record (and its first event); synchronous, so that
-        :meth:`create` counts and records with no await in between."""
+    def _record(self, spec: ClusterSpec, env: Any, per_hour: Optional[float],
+                caller: Caller) -> tuple[ClusterRecord, dict, int]:
+        """Insert a new cluster's record (with its first event and its audit row);
+        synchronous, so that :meth:`create` counts and records with no await in between."""
         cluster_id = secrets.token_hex(6)
-        name = spec.name or _default_name(cluster_id)
+        name = spec.name or _default_name(caller.name, cluster_id)
         # The Python the cluster runs is fixed now (the asking environment's when left out),
         # so that every machine launched later for it, after a restart too, gets the same.
         # Local processes run this server's (a configured default for clouds does not apply).
@@ -254,15 +277,20 @@ class ClusterManager(Reconciler):
         state: dict[str, Any] = {"environment": env.hash} if env else {}
         if per_hour is not None:
             state[limits.ADMITTED_PER_HOUR] = per_hour
+        if caller.groups:
+            state[OWNER_GROUPS] = sorted(caller.groups)
         rec = ClusterRecord(
             id=cluster_id, name=name, backend=spec.backend, spec=spec.public(), status=State.pending,
-            target=Target.running, message=None, state=state, created_at=now, updated_at=now,
+            target=Target.running, message=None, state=state, created_at=now, updated_at=now, owner=caller.name,
         )
         data = {"status": str(State.pending), "message": None, "name": name, "time": now}
+        audit = (caller.name, "create", per_hour, {"backend": spec.backend, "n_workers": spec.n_workers,
+                                                   "adaptive": spec.adaptive, "region": spec.region})
         try:
-            seq = self.store.insert_cluster(rec, event=("state", data))
+            seq = self.store.insert_cluster(rec, event=("state", data), audit=audit)
         except NameInUse as exc:
             raise ClusterSpecError(f"name: {name!r} is not allowed: {exc}", "name") from None
+        self._owners[rec.id] = rec.owner
         return rec, data, seq
 
     def _tell_software(self, cluster_id: str, env: Any) -> None:
@@ -287,26 +315,46 @@ class ClusterManager(Reconciler):
         return {"hash": env_hash, "backend": backend, "built": await self.backend(backend).environment_built(
             env_hash, region)}
 
-    async def scale(self, name_or_id: str, n_workers: int) -> dict[str, Any]:
+    async def scale(self, name_or_id: str, n_workers: int, *, caller: Caller = LOCAL) -> dict[str, Any]:
         """Change the number of workers; the reconciler launches or retires the difference."""
-        return await self._resize(self._find(name_or_id), {"n_workers": n_workers})
+        return await self._resize(self._find(name_or_id, caller), {"n_workers": n_workers}, caller)
 
-    async def _resize(self, rec: ClusterRecord, changes: dict[str, Any]) -> dict[str, Any]:
+    async def scale_adaptively(self, cluster_id: str, n_workers: int) -> dict[str, Any]:
+        """:meth:`scale` as the server's adaptive policy does it, on the owner's behalf:
+        judged by the owner's limits, audited as :data:`ADAPTIVE`; a refusal is not audited
+        (the policy asks again every interval; the owner is notified once instead)."""
+        rec = self._find(cluster_id)
+        return await self._resize(rec, {"n_workers": n_workers}, self._owner_caller(rec), actor=ADAPTIVE)
+
+    async def _resize(self, rec: ClusterRecord, changes: dict[str, Any], caller: Caller,
+                      actor: Optional[str] = None) -> dict[str, Any]:
         """Write a new size (``n_workers``, and the adaptive bounds with it) once the backend's
-        rules and the admin's limits took it; the reconciler does the rest."""
+        rules and the admin's limits took it; the reconciler does the rest. The limits are
+        the owner's (an admin who scales another's cluster changes what that owner spends);
+        the audit log names ``actor`` (default: the caller)."""
+        actor = actor or caller.name
         rec = self._scalable(rec)
         spec = revise(rec.spec, changes)
         self._checked_backend(spec)  # the backend's rules on the new size (the local ceiling)
-        with self.admission.hold(replacing=rec) as weigh:
-            per_hour = await limits.check(spec, self._estimate)
-            rec = self._scalable(self.store.get_cluster(rec.id))  # as it is now, after the await
-            weigh(per_hour)
-            if spec.n_workers == rec.spec["n_workers"] and spec.adaptive == rec.spec.get("adaptive"):
-                return cluster_json(rec)
-            fields: dict[str, Any] = {"spec": spec.public()}
-            if per_hour is not None:
-                fields["state"] = {**rec.state, limits.ADMITTED_PER_HOUR: per_hour}
-            self._acknowledge(self._update(rec, **fields))
+        owner = self._owner_caller(rec, caller)
+        estimate, estimated = self._estimator()
+        try:
+            with self.admission.hold(replacing=rec, caller=owner) as weigh:
+                per_hour = await limits.check(spec, estimate, owner, always_estimate=caller != LOCAL)
+                rec = self._scalable(self.store.get_cluster(rec.id))  # as it is now, after the await
+                weigh(per_hour)
+                if spec.n_workers == rec.spec["n_workers"] and spec.adaptive == rec.spec.get("adaptive"):
+                    return cluster_json(rec)
+                fields: dict[str, Any] = {"spec": spec.public()}
+                if per_hour is not None:
+                    fields["state"] = {**rec.state, limits.ADMITTED_PER_HOUR: per_hour}
+                audit = (actor, "scale", _per_hour(rec) if per_hour is None else per_hour,
+                         {"from": rec.spec["n_workers"], "to": spec.n_workers, "adaptive": spec.adaptive})
+                self._acknowledge(self._update(rec, audit=audit, **fields))
+        except LimitExceeded as exc:
+            if actor != ADAPTIVE:
+                self._refused(actor, "scale", rec.id, rec.name, exc, estimated)
+            raise
         self.request(rec.id)
         return cluster_json(self.store.get_cluster(rec.id))
 
@@ -317,7 +365,7 @@ class ClusterManager(Reconciler):
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be scaled")
         return rec
 
-    async def update(self, name_or_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    async def update(self, name_or_id: str, changes: dict[str, Any], *, caller: Caller = LOCAL) -> dict[str, Any]:
         """PATCH: ``n_workers`` scales (``[min, max]`` sets adaptive bounds, as ``adaptive``
         does; None turns adapting off); the timeouts change on the running scheduler too."""
         if not isinstance(changes, dict) or not changes:
@@ -327,7 +375,7 @@ class ClusterManager(Reconciler):
             raise ClusterSpecError(
                 f"{unknown[0]}: cannot be changed on a live cluster; allowed: {', '.join(LIVE_FIELDS)}", unknown[0]
             )
-        rec = self._find(name_or_id)
+        rec = self._find(name_or_id, caller)
         self._check_owner()
         if not rec.live or rec.target == Target.stopped:
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; only a live cluster can be changed")
@@ -347,34 +395,40 @@ class ClusterManager(Reconciler):
                     raise SchedulerUnreachable(
                         f"the scheduler of {rec.name!r} did not answer ({exc or 'no answer'}); its timeouts are "
                         "unchanged: try again in a moment") from None
-            rec = self._update(self.store.get_cluster(rec.id) or rec, spec={**rec.spec, **timeouts})
+            changed = {k: v for k, v in timeouts.items() if v != rec.spec[k]}
+            rec = self._update(self.store.get_cluster(rec.id) or rec, spec={**rec.spec, **timeouts},
+                               audit=(caller.name, "update", _per_hour(rec), changed))
             self.request(rec.id)
         if "n_workers" in changes or "adaptive" in changes:
             return await self._resize(self.store.get_cluster(rec.id),
-                                      {"n_workers": spec.n_workers, "adaptive": spec.adaptive})
+                                      {"n_workers": spec.n_workers, "adaptive": spec.adaptive}, caller)
         return cluster_json(self.store.get_cluster(rec.id))
 
-    async def stop(self, name_or_id: str) -> dict[str, Any]:
+    async def stop(self, name_or_id: str, *, caller: Caller = LOCAL) -> dict[str, Any]:
         """Ask for the cluster to stop; returns at once (watch events or :meth:`wait`)."""
-        rec = self._find(name_or_id)
+        return await self._stop(self._find(name_or_id, caller), caller.name)
+
+    async def _stop(self, rec: ClusterRecord, actor: str) -> dict[str, Any]:
+        """Stop ``rec``, audited as ``actor``'s doing (a user, or the server's budget check)."""
         if rec.status == State.stopped:
             return cluster_json(rec)
         self._check_owner()
         if rec.target != Target.stopped:
-            self._acknowledge(self._update(rec, target=Target.stopped))
+            self._acknowledge(self._update(rec, target=Target.stopped, audit=(actor, "stop", _per_hour(rec), None)))
         self.request(rec.id)
         return cluster_json(self.store.get_cluster(rec.id))
 
-    async def get(self, name_or_id: str) -> dict[str, Any]:
-        return cluster_json(self._find(name_or_id))
+    async def get(self, name_or_id: str, *, caller: Caller = LOCAL) -> dict[str, Any]:
+        return cluster_json(self._find(name_or_id, caller))
 
-    async def list(self, live_only: bool = False) -> list[dict[str, Any]]:
-        return [cluster_json(r) for r in self.store.list_clusters(live_only=live_only)]
+    async def list(self, live_only: bool = False, *, caller: Caller = LOCAL) -> list[dict[str, Any]]:
+        """The clusters ``caller`` may see (an admin: everyone's), oldest first."""
+        return [cluster_json(r) for r in self.store.list_clusters(live_only=live_only, owner=_whose(caller))]
 
-    async def list_json(self, live_only: bool = False) -> str:
+    async def list_json(self, live_only: bool = False, *, caller: Caller = LOCAL) -> str:
         """:meth:`list` already encoded as a JSON array, for the REST API. A stopped
         cluster's JSON never changes, so it is encoded once and reused until its row does."""
-        return self._list_cache.encode(self.store.versions(live_only), self.store.get_clusters)
+        return self._list_cache.encode(self.store.versions(live_only, owner=_whose(caller)), self.store.get_clusters)
 
     async def logs(
         self,
@@ -384,16 +438,18 @@ class ClusterManager(Reconciler):
         q: Optional[str] = None,
         level: Optional[str] = None,
         limit: Optional[int] = 1000,
+        *,
+        caller: Caller = LOCAL,
     ) -> list[dict[str, Any]]:
         """The cluster's log records after ``since``, filtered; the newest ``limit`` (None: all)."""
-        rec = self._find(name_or_id)
+        rec = self._find(name_or_id, caller)
         records = await self.backend(rec.backend).logs(self._context(rec), since=since)
         records = [r for r in records if matches(r, instance, q, level)]
         return [r.to_json() for r in (records[-limit:] if limit else records)]
 
-    async def connection(self, name_or_id: str) -> dict[str, Any]:
+    async def connection(self, name_or_id: str, *, caller: Caller = LOCAL) -> dict[str, Any]:
         """What a client needs to connect: scheduler address and the cluster's TLS material."""
-        rec = self._find(name_or_id)
+        rec = self._find(name_or_id, caller)
         address = rec.state.get("address")
         if not rec.live or not address:
             raise Conflict(f"cluster {rec.name!r} is {rec.status}; it has no scheduler to connect to yet")
@@ -407,10 +463,11 @@ class ClusterManager(Reconciler):
         }
 
     async def wait(
-        self, name_or_id: str, states: tuple[str, ...] = ("running",), timeout: Optional[float] = None
+        self, name_or_id: str, states: tuple[str, ...] = ("running",), timeout: Optional[float] = None, *,
+        caller: Caller = LOCAL,
     ) -> dict[str, Any]:
         """Wait until the cluster reaches one of ``states`` (or a final state); return it."""
-        rec = self._find(name_or_id)
+        rec = self._find(name_or_id, caller)
         wanted = {State(s) for s in states} | FINAL
         sub = self.bus.subscribe(rec.id, kinds={"state"})
         try:
@@ -428,24 +485,38 @@ class ClusterManager(Reconciler):
         finally:
             sub.close()
 
-    async def notifications(self, name_or_id: str) -> list[dict[str, Any]]:
+    async def notifications(self, name_or_id: str, *, caller: Caller = LOCAL) -> list[dict[str, Any]]:
         """Everything the cluster's user was told, oldest first (kept after it stops)."""
-        rec = self._find(name_or_id)
+        rec = self._find(name_or_id, caller)
         return [{"time": e["time"], **e["data"]} for e in self.store.events(rec.id, limit=100_000)
                 if e["kind"] == "notification"]
 
     async def usage(self, name_or_id: str, since: Optional[float] = None,
-                    wait: Optional[float] = FIRST_WAIT) -> dict[str, Any]:
+                    wait: Optional[float] = FIRST_WAIT, *, caller: Caller = LOCAL) -> dict[str, Any]:
         """The watchdog's recent samples (workers, clients, tasks, CPU, memory, GPU), and
         when the scheduler was last read (``as_of``; None while its first read, waited for
         up to ``wait`` seconds, has not answered)."""
-        return await self._usage_of(self._find(name_or_id)).get(since, wait)
+        return await self._usage_of(self._find(name_or_id, caller)).get(since, wait)
 
-    def subscribe(self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None) -> Subscription:
-        return self.bus.subscribe(cluster_id, kinds)
+    def subscribe(self, cluster_id: Optional[str] = None, kinds: Optional[set[str]] = None, *,
+                  caller: Caller = LOCAL) -> Subscription:
+        """Events as they happen: of one cluster (look it up with ``caller`` first), or of
+        every cluster ``caller`` may see."""
+        return self.bus.subscribe(cluster_id, kinds, visible=None if caller.admin else self._visible(caller))
 
-    def events_since(self, after: int, cluster_id: Optional[str] = None) -> list[dict[str, Any]]:
-        return self.store.events(cluster_id, after=after)
+    def events_since(self, after: int, cluster_id: Optional[str] = None, *,
+                     caller: Caller = LOCAL) -> list[dict[str, Any]]:
+        """The stored events after ``after`` of the clusters ``caller`` may see (one page:
+        ask again after the last one's ``seq``; an empty page is the end)."""
+        if caller.admin:
+            return self.store.events(cluster_id, after=after)
+        sees = self._visible(caller)
+        while page := self.store.events(cluster_id, after=after):
+            mine = [e for e in page if sees(e["cluster_id"])]
+            if mine:
+                return mine
+            after = page[-1]["seq"]  # a page of other users' events only: read on
+        return []
 
     async def catalog(self, backend: Optional[str] = None, region: Optional[str] = None) -> dict[str, Any]:
         """Regions, zones and instance types a backend offers (for forms and validation)."""
@@ -466,16 +537,44 @@ class ClusterManager(Reconciler):
             raise ClusterSpecError(f"backend: {quoted(name)} is not allowed; allowed: 'aws', 'gcp'", "backend")
         return await asyncio.to_thread(ingress.describe_me, name)
 
-    async def estimate(self, spec: ClusterSpec | dict[str, Any]) -> dict[str, Any]:
-        """What a spec would cost per hour, before anything is launched."""
-        return await self._estimate(spec if isinstance(spec, ClusterSpec) else parse_spec(spec))
+    async def estimate(self, spec: ClusterSpec | dict[str, Any], *, caller: Caller = LOCAL) -> dict[str, Any]:
+        """What a spec would cost per hour, before anything is launched, and whether
+        ``caller``'s limits on one request would refuse it (``refused``: the refusal's JSON;
+        None). The limits on all live clusters together are judged at create."""
+        spec = spec if isinstance(spec, ClusterSpec) else parse_spec(spec)
+        answer = await self._estimate(spec)
 
-    async def cleanup(self, dry_run: bool = False) -> dict[str, Any]:
+        async def known(_: ClusterSpec) -> dict[str, Any]:
+            return answer
+
+        try:
+            await limits.check(spec, known, caller)
+            answer["refused"] = None
+        except LimitExceeded as exc:
+            answer["refused"] = exc.to_json()
+        return answer
+
+    async def audit(self, caller: Caller = LOCAL, after: int = 0, limit: int = 1000, user: Optional[str] = None,
+                    cluster: Optional[str] = None) -> list[dict[str, Any]]:
+        """The audit log, oldest first, after ``after`` (a row's ``seq``: page on with the
+        last one's): every create, scale, update and stop, who asked (``actor``), the
+        estimated $/hour then, and the requests the limits refused. ``user``: one actor's
+        rows; ``cluster``: one cluster's (name or id). Admins only (Forbidden)."""
+        if not caller.admin:
+            raise Forbidden(f"the audit log is for admins only, and {quoted(caller.name)} is not one")
+        cluster_id = self._find(cluster, caller).id if cluster else None
+        return self.store.audit(after=after, limit=limit, actor=user, cluster_id=cluster_id)
+
+    async def cleanup(self, dry_run: bool = False, *, caller: Caller = LOCAL) -> dict[str, Any]:
         """Find processes/resources of clusters the store does not consider live; remove them.
 
         One backend at a time, each on its own: a cloud that cannot be reached (or has no
         credentials) is reported in ``errors`` and the other backends are still cleaned.
-        Returns ``{"found": [{id, name, instances}], "errors": [{backend, error}]}``."""
+        Returns ``{"found": [{id, name, instances}], "errors": [{backend, error}]}``. It
+        looks at every user's clusters: admins only (Forbidden)."""
+        if not caller.admin:
+            raise Forbidden(f"cleanup looks at every user's clusters: it is for admins only, and "
+                            f"{quoted(caller.name)} is not one")
         if not dry_run:
             self._check_owner()
         stale: dict[str, list[ClusterRecord]] = {}
@@ -517,11 +616,64 @@ class ClusterManager(Reconciler):
         if not self.owner:
             raise RuntimeError("the manager is not started; use `async with ClusterManager() as m`")
 
-    def _find(self, name_or_id: str) -> ClusterRecord:
-        rec = self.store.find_cluster(str(name_or_id))
-        if rec is None:
+    def _find(self, name_or_id: str, caller: Caller = LOCAL) -> ClusterRecord:
+        """The cluster named so, or with that id, if ``caller`` may see it; else NotFound,
+        alike for a cluster that does not exist and one that is another user's."""
+        key = str(name_or_id)
+        rec = self.store.find_cluster(key)
+        if rec is not None and rec.id != key and rec.owner != caller.name:
+            # Names are unique per owner: the caller's own cluster of that name comes first (live,
+            # else the newest); another user's only for an admin who has none.
+            named = [r for r in self.store.list_clusters(owner=caller.name) if r.name == key]
+            own = max(named, key=lambda r: (r.live, r.created_at), default=None)
+            rec = own if own is not None or not caller.sees(rec.owner) else rec
+        if rec is None or not caller.sees(rec.owner):
             raise NotFound(name_or_id)
+        self._owners[rec.id] = rec.owner
         return rec
+
+    def _visible(self, caller: Caller) -> Callable[[str], bool]:
+        """Whether ``caller`` may see the cluster with an id: for the events' filter, asked
+        for every event published, so from memory once known (owners never change)."""
+        def sees(cluster_id: str) -> bool:
+            owner = self._owners.get(cluster_id)
+            if owner is None:
+                rec = self.store.get_cluster(cluster_id)
+                if rec is None:
+                    return False
+                owner = self._owners[cluster_id] = rec.owner
+            return caller.sees(owner)
+
+        return sees
+
+    def _owner_caller(self, rec: ClusterRecord, caller: Optional[Caller] = None) -> Caller:
+        """Whose limits judge a change of ``rec``: its owner's, with the groups it had when it
+        created the cluster (``caller`` itself when it is the owner: its groups now)."""
+        if caller is not None and caller.name == rec.owner:
+            return caller
+        return Caller(rec.owner, admin=False, groups=frozenset(rec.state.get(OWNER_GROUPS, ())))
+
+    def _spent(self, owner: str) -> float:
+        """What ``owner``'s clusters cost this calendar month so far (for monthly budgets)."""
+        return limits.spent_this_month(self.store.list_clusters(owner=owner))
+
+    def _estimator(self) -> tuple[Callable[[ClusterSpec], Any], list[float]]:
+        """The estimate the limits ask for, and the list it notes each $/hour in: a refused
+        request's audit row says what it would have cost."""
+        estimated: list[float] = []
+
+        async def estimate(spec: ClusterSpec) -> dict[str, Any]:
+            answer = await self._estimate(spec)
+            estimated.append(float(answer["per_hour"]))
+            return answer
+
+        return estimate, estimated
+
+    def _refused(self, actor: str, action: str, cluster_id: Optional[str], name: Optional[str],
+                 exc: LimitExceeded, estimated: list[float]) -> None:
+        """Write a request the limits refused to the audit log (admins see who hits which limit)."""
+        self.store.add_audit(actor, "refused", cluster_id, name, estimated[-1] if estimated else None,
+                             {"action": action, "limit": exc.limit, "field": exc.field, "error": exc.message})
 
     def cluster_dir(self, cluster_id: str) -> Path:
         path = self.state_dir / "clusters" / cluster_id
@@ -577,6 +729,19 @@ class ClusterManager(Reconciler):
         return await estimate(spec, None if spec.backend == "local" else backend, self.prices)
 
 
-def _default_name(cluster_id: str) -> str:
-    user = re.sub(r"[^a-z0-9-]+", "-", getpass.getuser().lower()).strip("-") or "user"
+def _default_name(user: str, cluster_id: str) -> str:
+    """``<user>-<id prefix>``, ``user`` the creator (the service's users in team mode)."""
+    user = re.sub(r"[^a-z0-9-]+", "-", user.lower()).strip("-") or "user"
     return f"{user[:40]}-{cluster_id[:6]}"
+
+
+def _whose(caller: Caller) -> Optional[str]:
+    """The owner whose clusters ``caller`` lists: its own, or everyone's (None) for an admin."""
+    return None if caller.admin else caller.name
+
+
+def _per_hour(rec: ClusterRecord) -> Optional[float]:
+    """A live cluster's $/hour now, for the audit log: what it was admitted with (its
+    estimate at create or last scale), else its cost's current rate; None: unknown."""
+    admitted = rec.state.get(limits.ADMITTED_PER_HOUR)
+    return admitted if admitted is not None else (rec.state.get("cost") or {}).get("per_hour")

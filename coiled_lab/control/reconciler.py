@@ -35,6 +35,7 @@ from ..errors import Conflict
 from ..logs import LogRecord
 from ..pricing import extrapolate
 from . import adaptive, notifications
+from .callers import BUDGET
 from .events import Event
 from .states import FINAL, State, Target, check_transition
 from .store import ClusterRecord
@@ -456,7 +457,7 @@ class Reconciler:
         for notice in notices:
             self.notify(rec.id, notice)
             if notice.kind == "budget" and notice.level == "error":
-                await self.stop(rec.id)
+                await self._stop(self.store.get_cluster(rec.id), BUDGET)
 
     def _bookkeeping_failed(self, rec: ClusterRecord, kind: str, what: str, exc: BaseException) -> None:
         """Tell (once per cluster and ``kind``) that some bookkeeping failed and why."""
