@@ -27,6 +27,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .options import HelpShown, build_parser
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:  # a long-running server with its own flags and logs (coiled_lab_server.serve)
+        return _serve(args[1:])
     # The manager logs retries with their tracebacks; a shell user reads the progress lines
     # and the one-line outcome instead (--debug: everything).
     logging.getLogger("coiled_lab").addHandler(logging.StreamHandler() if "--debug" in args else logging.NullHandler())
@@ -45,6 +47,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "--debug" in args:
             raise
         return _told(exc)
+
+
+def _serve(args: list[str]) -> int:
+    try:
+        from coiled_lab_server.serve import main as serve
+    except ImportError as exc:
+        print(f"error: coiled-lab serve needs JupyterHub ({exc}); pip install 'coiled-lab[serve]'", file=sys.stderr)
+        return EXIT_FAILED
+    return serve(args)
 
 
 def _told(exc: BaseException) -> int:

@@ -239,4 +239,7 @@ def build_parser(prog: str, cli: bool) -> argparse.ArgumentParser:
         gcp.add_argument("--subnet-cidr", help="address range of a subnetwork to create "
                                                "(default: coiled-lab.gcp.subnet-cidr)")
         gcp.add_argument("--dry-run", action="store_true", help="only show what would change")
+        # Listed for --help only: main() hands `serve` and its own flags to coiled_lab_server.serve.
+        sub.add_parser("serve", add_help=False, help="run the control plane as a shared JupyterHub service "
+                                                     "(team mode; `coiled-lab serve --help`)")
     return parser

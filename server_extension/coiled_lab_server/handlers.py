@@ -8,6 +8,10 @@ token for scripts) or by the kernel token that the extension hands to kernels
 (``Authorization: coiled-lab <token>``). The kernel token is not a Jupyter token: Jupyter's
 own routes (contents, kernels, terminals) refuse it, so a kernel reaches the control plane
 and nothing else.
+
+Each request acts for a :class:`~coiled_lab.control.callers.Caller` (``self.caller``,
+passed to every manager verb): the server's own user in single-user mode, the JupyterHub
+user in the team service (:mod:`.hub`), who sees and changes only their own clusters.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from coiled_lab import config
+from coiled_lab.control.callers import Caller
 from coiled_lab.control.manager import ClusterManager
 from coiled_lab.errors import Conflict, quoted
 from coiled_lab.logs import LEVELS, since_from
@@ -46,6 +51,7 @@ class CoiledLabMixin:
 
     service: Service
     manager: ClusterManager
+    caller: Caller
     body_limit = "api.max-body"  # the config key of the largest body this route reads
 
     def initialize(self, service: Service) -> None:
@@ -62,6 +68,7 @@ class CoiledLabMixin:
             if not self.check_host():
                 raise web.HTTPError(403)
             self.current_user = self._jupyter_current_user = user
+        self.caller = self.service.caller_of(self.current_user)
         self.manager = await self.service.manager()
 
     async def _authorize(self) -> None:
@@ -76,6 +83,14 @@ class CoiledLabMixin:
     def get_login_url(self) -> str:
         """APIs, sockets and the dashboard answer 403 without auth; they never redirect."""
         raise web.HTTPError(403)
+
+    def check_xsrf_cookie(self) -> None:
+        """Checked once the user is known (Jupyter's ``prepare`` asks again), never before:
+        tornado asks before ``prepare``, and JupyterHub's OAuth (the team service) replaces
+        Jupyter's check with one that would refuse a token-authenticated request then."""
+        if not hasattr(self, "_jupyter_current_user"):
+            return
+        super().check_xsrf_cookie()  # type: ignore[misc]
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -159,7 +174,7 @@ class ClustersHandler(CoiledLabHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        clusters = await self.manager.list_json(live_only=self.query_flag("live"))
+        clusters = await self.manager.list_json(live_only=self.query_flag("live"), caller=self.caller)
         self.set_header("Content-Type", "application/json")
         self.finish('{"clusters": ' + clusters + "}")
 
@@ -167,7 +182,7 @@ class ClustersHandler(CoiledLabHandler):
     async def post(self) -> None:
         body = self.json_body()
         environment = body.pop("environment", None)  # what package sync installs: not a spec field
-        self.write_json(await self.manager.create(body, environment), status=201)
+        self.write_json(await self.manager.create(body, environment, caller=self.caller), status=201)
 
 
 class EnvironmentsHandler(CoiledLabHandler):
@@ -192,16 +207,16 @@ class EnvironmentHandler(CoiledLabHandler):
 class ClusterHandler(CoiledLabHandler):
     @web.authenticated
     async def get(self, cluster: str) -> None:
-        self.write_json(await self.manager.get(cluster))
+        self.write_json(await self.manager.get(cluster, caller=self.caller))
 
     @web.authenticated
     async def patch(self, cluster: str) -> None:
-        self.write_json(await self.manager.update(cluster, self.json_body()))
+        self.write_json(await self.manager.update(cluster, self.json_body(), caller=self.caller))
 
     @web.authenticated
     async def delete(self, cluster: str) -> None:
         # Stopping happens in the background: 202, then watch the events.
-        self.write_json(await self.manager.stop(cluster), status=202)
+        self.write_json(await self.manager.stop(cluster, caller=self.caller), status=202)
 
 
 class LogsHandler(CoiledLabHandler):
@@ -218,6 +233,7 @@ class LogsHandler(CoiledLabHandler):
             q=self.query("q"),
             level=level,
             limit=self.query_int("limit", 1000, 0, _MAX_LOG_LIMIT) or None,
+            caller=self.caller,
         )
         self.write_json({"logs": records})
 
@@ -225,7 +241,7 @@ class LogsHandler(CoiledLabHandler):
 class ConnectionHandler(CoiledLabHandler):
     @web.authenticated
     async def get(self, cluster: str) -> None:
-        connection = await self.manager.connection(cluster)
+        connection = await self.manager.connection(cluster, caller=self.caller)
         self.set_header("Cache-Control", "no-store")  # it holds the cluster's TLS key
         self.write_json(connection)
 
@@ -233,14 +249,14 @@ class ConnectionHandler(CoiledLabHandler):
 class NotificationsHandler(CoiledLabHandler):
     @web.authenticated
     async def get(self, cluster: str) -> None:
-        self.write_json({"notifications": await self.manager.notifications(cluster)})
+        self.write_json({"notifications": await self.manager.notifications(cluster, caller=self.caller)})
 
 
 class UsageHandler(CoiledLabHandler):
     @web.authenticated
     async def get(self, cluster: str) -> None:
         since = self.query_since()
-        self.write_json(await self.manager.usage(cluster, since))
+        self.write_json(await self.manager.usage(cluster, since, caller=self.caller))
 
 
 class UsagePlotHandler(CoiledLabMixin, JupyterHandler):
@@ -253,9 +269,9 @@ class UsagePlotHandler(CoiledLabMixin, JupyterHandler):
     async def get(self, cluster: str) -> None:
         from coiled_lab.usage_plot import html_page
 
-        record = await self.manager.get(cluster)
+        record = await self.manager.get(cluster, caller=self.caller)
         try:
-            usage = await self.manager.usage(cluster, wait=None)
+            usage = await self.manager.usage(cluster, wait=None, caller=self.caller)
         except Conflict:  # not running (yet, or any more): the page says there is nothing to plot
             usage = {}
         # Building the page takes a few hundred ms of CPU: off the server's event loop.
@@ -274,7 +290,7 @@ class UsagePlotHandler(CoiledLabMixin, JupyterHandler):
 class EstimateHandler(CoiledLabHandler):
     @web.authenticated
     async def post(self) -> None:
-        self.write_json(await self.manager.estimate(self.json_body()))
+        self.write_json(await self.manager.estimate(self.json_body(), caller=self.caller))
 
 
 class CatalogHandler(CoiledLabHandler):
@@ -324,19 +340,45 @@ class CleanupHandler(CoiledLabHandler):
         if not isinstance(dry_run, bool):
             raise BadRequest("dry_run: expected true or false", "dry_run")
         # 200 even when a backend failed: its error is in "errors", the others were cleaned.
-        self.write_json(await self.manager.cleanup(dry_run=dry_run))
+        self.write_json(await self.manager.cleanup(dry_run=dry_run, caller=self.caller))
 
 
-class CredentialsHandler(CoiledLabHandler):
-    """Status out, secrets in. Reading profiles and key files is blocking: an executor does it."""
+class MeHandler(CoiledLabHandler):
+    """``/me``: whom this page acts for, so the lab shows admins their views (the activity
+    log, each cluster's owner). Telling it grants nothing: every route checks for itself."""
 
     @web.authenticated
     async def get(self) -> None:
+        self.write_json({"name": self.caller.name, "admin": self.caller.admin, "team": self.service.team})
+
+
+class AuditHandler(CoiledLabHandler):
+    """``/audit?after=&limit=&user=&cluster=``: who created, scaled and stopped what, when, at
+    what estimated $/hour, and what the limits refused (admins only: 403 otherwise)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        rows = await self.manager.audit(
+            self.caller, after=self.query_int("after", 0, 0, 2**63 - 1) or 0,
+            limit=self.query_int("limit", 1000, 1, _MAX_LOG_LIMIT) or 1000,
+            user=self.query("user") or None, cluster=self.query("cluster") or None,
+        )
+        self.write_json({"audit": rows})
+
+
+class CredentialsHandler(CoiledLabHandler):
+    """Status out, secrets in. Reading profiles and key files is blocking: an executor does it.
+    In the team service they are the service's own: admins only."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.service.require_admin(self.caller, "the service's cloud credentials")
         loop = asyncio.get_running_loop()
         self.write_json(await loop.run_in_executor(None, self.service.credentials.status))
 
     @web.authenticated
     async def put(self) -> None:
+        self.service.require_admin(self.caller, "the service's cloud credentials")
         body = self.json_body()
         loop = asyncio.get_running_loop()
         self.write_json(await loop.run_in_executor(None, self.service.put_credentials, body))
@@ -357,12 +399,12 @@ class EventsHandler(CoiledLabMixin, JupyterHandler, WebSocketHandler):
         # Parse before the upgrade, so bad input is an HTTP 4xx rather than a closed socket.
         cluster = self.query("cluster")
         self.after = self.query_int("after", None, 0, 2**63 - 1)
-        self.cluster_id = (await self.manager.get(cluster))["id"] if cluster else None
+        self.cluster_id = (await self.manager.get(cluster, caller=self.caller))["id"] if cluster else None
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         # Subscribe before anything else: whatever is published from here on is delivered.
-        self._subscription = self.manager.subscribe(self.cluster_id)
+        self._subscription = self.manager.subscribe(self.cluster_id, caller=self.caller)
         self.service.sockets.add(self)
         self._pump = asyncio.ensure_future(self._send())
 
@@ -370,7 +412,7 @@ class EventsHandler(CoiledLabMixin, JupyterHandler, WebSocketHandler):
         last = self.after
         try:
             if last is not None:
-                while page := self.manager.events_since(last, self.cluster_id):
+                while page := self.manager.events_since(last, self.cluster_id, caller=self.caller):
                     for event in page:
                         await self.write_message(json.dumps(event))
                         last = event["seq"]
@@ -400,7 +442,7 @@ class DashboardLinkHandler(CoiledLabHandler):
 
     @web.authenticated
     async def get(self, cluster: str, path: str) -> None:
-        record = await self.manager.get(cluster)
+        record = await self.manager.get(cluster, caller=self.caller)
         if not record.get("dashboard"):
             raise Conflict(f"cluster {record['name']!r} is {record['status']}; it has no dashboard")
         target = dashboard.keyed_path(self.base_url, self.settings["cookie_secret"], record["id"], path or "/")
@@ -437,7 +479,7 @@ class DashboardProxyHandler(CoiledLabMixin, ProxyHandler):
             raise web.HTTPError(403, "this dashboard link is not valid; open the dashboard again from JupyterLab")
         self.current_user = self._jupyter_current_user = dashboard.VIEWER
         self.manager = await self.service.manager()
-        record = await self.manager.get(cluster_id)
+        record = await self.manager.get(cluster_id)  # the key names the cluster: no caller to check
         link = record.get("dashboard")
         if not link:
             raise Conflict(f"cluster {record['name']!r} is {record['status']}; it has no dashboard")
@@ -519,6 +561,8 @@ def routes(service: Service) -> list[tuple[str, type, dict[str, Any]]]:
         (f"{API}/reach", ReachHandler, kwargs),
         (f"{API}/cleanup", CleanupHandler, kwargs),
         (f"{API}/credentials", CredentialsHandler, kwargs),
+        (f"{API}/me", MeHandler, kwargs),
+        (f"{API}/audit", AuditHandler, kwargs),
         (f"{API}/events", EventsHandler, kwargs),
         (f"/{dashboard.LINK_PREFIX}/([^/]+)/dashboard(/.*|)", DashboardLinkHandler, kwargs),
         (

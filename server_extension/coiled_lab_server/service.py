@@ -1,5 +1,11 @@
 """What every handler shares: one ClusterManager, the kernel token, credentials, sockets.
 
+In a user's own Jupyter server (single-user mode) every request acts for that user, who
+sees every cluster (:data:`~coiled_lab.control.callers.LOCAL`). In the team service
+(``coiled-lab serve``, ``team=True``) each request acts for the JupyterHub user the
+identity provider found (:mod:`.hub`), there is no kernel token, and a request without a
+hub user is refused.
+
 The manager runs in the Jupyter server's own event loop. It is started as soon as that
 loop runs. When another process (a second Jupyter server) already manages the state dir,
 this one is read-only: it lists, shows, tails logs and streams events, refuses changes
@@ -11,40 +17,39 @@ file). Closing it leaves every cluster running; each stops by its own timeouts.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
-import secrets
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from jupyter_server.auth.identity import User
-from jupyter_server.utils import url_path_join
+from tornado import web
 from tornado.httputil import HTTPServerRequest
 
-from coiled_lab.api import API_PATH, AUTH_SCHEME, ENV_TOKEN, ENV_URL, remove_runtime_file, write_runtime_file
+from coiled_lab.api import remove_runtime_file, write_runtime_file
+from coiled_lab.control.callers import LOCAL, Caller
 from coiled_lab.control.manager import ClusterManager
-from coiled_lab.errors import ManagerBusy, Unavailable
+from coiled_lab.errors import Forbidden, ManagerBusy, Unavailable, quoted
 
 from .credentials import Credentials
+from .kernels import KernelDoor
 
-_LOOPBACK_OR_ANY = ("", "localhost", "127.0.0.1", "0.0.0.0", "::", "*")
 
-
-class Service:
-    def __init__(self, state_dir: Path, log: logging.Logger, cloud_secrets: dict[str, str]):
+class Service(KernelDoor):
+    def __init__(self, state_dir: Path, log: logging.Logger, cloud_secrets: dict[str, str],
+                 team: bool = False, db: Optional[str] = None):
         """``cloud_secrets``: what the server's environment held (:mod:`.secret_env`), for
-        its own cloud calls only."""
+        its own cloud calls only. ``team``: the JupyterHub service (see the module's
+        docstring). ``db``: the store's URL (a PostgreSQL one); None: SQLite in the state dir."""
+        super().__init__()
         self.state_dir = Path(state_dir)
         self.log = log
-        self.token = secrets.token_urlsafe(32)
+        self.team = team
         self.credentials = Credentials(self.state_dir, cloud_secrets)
-        self.api_url: Optional[str] = None
         self.sockets: set[Any] = set()  # open event sockets, closed when the server stops
         self.encoded_catalogs: dict[tuple, tuple[Any, str]] = {}  # (backend, region) -> (catalog, its JSON)
-        self.kernel_identity = User(username="coiled-lab-kernel", name="coiled-lab kernel token")
-        self._manager = ClusterManager(self.state_dir, sessions=self._session)
+        store = {"db": db} if db else {}
+        self._manager = ClusterManager(self.state_dir, sessions=self._session, **store)
         self._manager.on_owner = self._managing
         self._start_lock: Optional[asyncio.Lock] = None
         self._closed = False
@@ -63,25 +68,29 @@ class Service:
         self._manager.credentials_changed(body["provider"])  # put() accepted it: 'aws' or 'gcp'
         return status
 
-    # -- kernels ---------------------------------------------------------------------------
+    # -- who asks ----------------------------------------------------------------------------
     def publish(self, serverapp: Any) -> None:
-        """Put the API URL and token into the environment that kernels started from now on
-        inherit. Called once the HTTP server is bound, when the real port is known."""
-        if serverapp.sock:
-            self.log.warning("coiled-lab: the server listens on a Unix socket; kernels cannot reach its API")
-            return
-        self.api_url = api_url(serverapp)
-        os.environ[ENV_URL] = self.api_url
-        os.environ[ENV_TOKEN] = self.token
+        if not self.team:  # the service's own kernels, if it had any, get nothing
+            super().publish(serverapp)
 
     def kernel_user(self, request: HTTPServerRequest) -> Optional[User]:
-        """The identity of a request carrying ``Authorization: coiled-lab <token>``, else None."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != AUTH_SCHEME or not token:
-            return None
-        if hmac.compare_digest(token.strip().encode(), self.token.encode()):
-            return self.kernel_identity
-        return None
+        return None if self.team else super().kernel_user(request)
+
+    def caller_of(self, user: Any) -> Caller:
+        """Whom a request of ``user`` acts for: the server's own user in single-user mode,
+        the hub user in the team service (403 for anyone else: fail closed)."""
+        if not self.team:
+            return LOCAL
+        caller = getattr(user, "caller", None)
+        if not isinstance(caller, Caller):
+            raise web.HTTPError(403, "coiled-lab serve answers JupyterHub users only")
+        return caller
+
+    def require_admin(self, caller: Caller, what: str) -> None:
+        """The service's credentials and its clean-up of every cluster are for admins only."""
+        if self.team and not caller.admin:
+            raise Forbidden(f"{what} is for coiled-lab admins (JupyterHub admins or the group named by "
+                            f"coiled-lab.admin-group), and {quoted(caller.name)} is not one")
 
     # -- the manager -------------------------------------------------------------------------
     async def manager(self) -> ClusterManager:
@@ -105,6 +114,12 @@ class Service:
                                       f"fix that in {self.state_dir} and it starts with the next request") from exc
                 if not self._manager.owner:
                     self.log.warning("coiled-lab: read-only until it is gone: %s", self._manager.busy)
+        return self._manager
+
+    @property
+    def manager_as_is(self) -> ClusterManager:
+        """The manager, started or not: for the health check and metrics, which read the
+        store and never start anything."""
         return self._manager
 
     def _managing(self) -> None:
@@ -144,15 +159,4 @@ class Service:
         else:
             self._manager.store.close()
         remove_runtime_file(self.state_dir, self.token)
-        for key, value in ((ENV_URL, self.api_url), (ENV_TOKEN, self.token)):
-            if value is not None and os.environ.get(key) == value:
-                del os.environ[key]
-
-
-def api_url(serverapp: Any) -> str:
-    """The API's URL as seen from this machine (kernels run beside the server)."""
-    scheme = "https" if serverapp.certfile else "http"
-    host = "127.0.0.1" if serverapp.ip in _LOOPBACK_OR_ANY else serverapp.ip
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{serverapp.port}{url_path_join(serverapp.base_url, API_PATH)}"
+        self.withdraw()

@@ -36,6 +36,8 @@ ROUTES = [
     ("POST", ("coiled-lab/api/cleanup",), {"dry_run": True}),
     ("GET", ("coiled-lab/api/credentials",), None),
     ("PUT", ("coiled-lab/api/credentials",), {"provider": "aws", "clear": True}),
+    ("GET", ("coiled-lab/api/me",), None),
+    ("GET", ("coiled-lab/api/audit",), None),
     ("GET", ("coiled-lab/api/events",), None),
     ("GET", ("coiled-lab/clusters", "x", "dashboard", "status"), None),
     ("GET", ("coiled-lab/dashboards", "x", "not-its-key", "status"), None),
