@@ -2,6 +2,7 @@
  * coiled-lab's JupyterLab extension: one plugin per feature, all speaking only to the
  * server extension's REST and WebSocket API.
  */
+import { activityPlugin } from './plugins/activity';
 import { corePlugin } from './plugins/core';
 import { credentialsPlugin } from './plugins/credentials';
 import { dashboardPlugin } from './plugins/dashboard';
@@ -12,4 +13,13 @@ import { sidebarPlugin } from './plugins/sidebar';
 
 export { ICoiledLab } from './tokens';
 
-export default [corePlugin, sidebarPlugin, logsPlugin, dashboardPlugin, credentialsPlugin, notebookPlugin, partnerPlugin];
+export default [
+  corePlugin,
+  sidebarPlugin,
+  logsPlugin,
+  dashboardPlugin,
+  credentialsPlugin,
+  activityPlugin,
+  notebookPlugin,
+  partnerPlugin
+];

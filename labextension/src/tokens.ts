@@ -3,6 +3,7 @@
  */
 import { Token } from '@lumino/coreutils';
 
+import { ActivityModel } from './models/activity';
 import { ClustersModel } from './models/clusters';
 import { CredentialsModel } from './models/credentials';
 import { NotificationsModel } from './models/notifications';
@@ -14,6 +15,8 @@ export interface ICoiledLab {
   readonly credentials: CredentialsModel;
   /** What the server told about each cluster. */
   readonly notifications: NotificationsModel;
+  /** Who this page acts for, and (admins) the activity log. */
+  readonly activity: ActivityModel;
 }
 
 export const ICoiledLab = new Token<ICoiledLab>(
@@ -32,6 +35,7 @@ export namespace CommandIDs {
   export const insertClient = 'coiled-lab:insert-client';
   export const copyClient = 'coiled-lab:copy-client';
   export const credentials = 'coiled-lab:credentials';
+  export const activity = 'coiled-lab:activity';
 }
 
 export const PALETTE_CATEGORY = 'Dask clusters in your cloud';

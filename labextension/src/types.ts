@@ -33,6 +33,8 @@ export interface ITimeLeft {
 export interface ICluster {
   id: string;
   name: string;
+  /** Who created it (a JupyterHub user in team mode; this server's user otherwise). */
+  owner?: string;
   backend: string;
   spec: { [field: string]: unknown } & {
     n_workers: number;
@@ -159,4 +161,24 @@ export interface IEnvironmentSummary {
   skipped: { item: string; reason: string }[];
   conda_only: string[];
   environ: string[];
+}
+
+/** Who this page acts for (`GET /me`): `team` when a shared coiled-lab service runs the
+ * clusters (JupyterHub), where `admin` sees and may change everyone's. */
+export interface IMe {
+  name: string;
+  admin: boolean;
+  team: boolean;
+}
+
+/** One row of the activity log (`GET /audit`, admins only). */
+export interface IAuditEntry {
+  seq: number;
+  time: number;
+  actor: string;
+  action: string;
+  cluster_id: string | null;
+  cluster_name: string | null;
+  per_hour: number | null;
+  detail: { [key: string]: unknown } | null;
 }

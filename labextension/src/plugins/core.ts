@@ -1,5 +1,6 @@
 import { JupyterFrontEndPlugin } from '@jupyterlab/application';
 
+import { ActivityModel } from '../models/activity';
 import { ClustersModel } from '../models/clusters';
 import { CredentialsModel } from '../models/credentials';
 import { EventStream } from '../models/events';
@@ -16,6 +17,8 @@ export const corePlugin: JupyterFrontEndPlugin<ICoiledLab> = {
     const events = new EventStream();
     const clusters = new ClustersModel(events);
     void clusters.refresh();
-    return { clusters, credentials: new CredentialsModel(), notifications: new NotificationsModel(events) };
+    const activity = new ActivityModel(events);
+    void activity.loadMe();
+    return { clusters, credentials: new CredentialsModel(), notifications: new NotificationsModel(events), activity };
   }
 };

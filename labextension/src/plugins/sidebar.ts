@@ -36,6 +36,7 @@ export const sidebarPlugin: JupyterFrontEndPlugin<void> = {
       form,
       credentials: lab.credentials,
       notifications: lab.notifications,
+      activity: lab.activity,
       commands: app.commands
     });
     app.shell.add(sidebar, 'left', { rank: 250 });

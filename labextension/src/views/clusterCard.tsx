@@ -6,7 +6,7 @@ import { ClustersModel } from '../models/clusters';
 import { stillHolds } from '../models/lifetime';
 import { NotificationsModel } from '../models/notifications';
 import { CommandIDs } from '../tokens';
-import { ICluster, INotification } from '../types';
+import { ICluster, IMe, INotification } from '../types';
 import { NotificationBadge, NotificationList } from './notifications';
 import { Stepper } from './stepper';
 import { UsagePlot } from './usage';
@@ -15,6 +15,8 @@ export interface ICardProps {
   model: ClustersModel;
   notifications: NotificationsModel;
   cluster: ICluster;
+  /** Who this page acts for: in team mode an admin's list shows each cluster's owner. */
+  me?: IMe | null;
   commands: CommandRegistry;
   now: number;
   /** Takes a failed cluster off the list. */
@@ -27,7 +29,7 @@ function run(commands: CommandRegistry, id: string, args: Record<string, string 
 
 /** One live (or just failed) cluster: where, state, workers, cost, clocks and actions. */
 export function ClusterCard(props: ICardProps): JSX.Element {
-  const { model, notifications, cluster, commands, now, onDismiss } = props;
+  const { model, notifications, cluster, me, commands, now, onDismiss } = props;
   const starting = cluster.status === 'pending' || cluster.status === 'provisioning';
   const [open, setOpen] = useState(starting || cluster.status === 'error');
   const [usageOpen, setUsageOpen] = useState(false);
@@ -71,6 +73,9 @@ export function ClusterCard(props: ICardProps): JSX.Element {
       {noticesOpen && <NotificationList model={notifications} clusterId={id} holds={holds} />}
       <div className="jp-CoiledLab-meta">
         {cluster.backend} · {where(cluster)}
+        {me?.team && cluster.owner && cluster.owner !== me.name && (
+          <span className="jp-CoiledLab-owner"> · {cluster.owner}'s</span>
+        )}
       </div>
       <div className="jp-CoiledLab-stats">
         <span className="jp-CoiledLab-workers" title="workers ready / wanted">

@@ -4,6 +4,7 @@ import React, { useState } from 'react';
 
 import { costSoFar, duration } from '../format';
 import { clustersIcon } from '../icons';
+import { ActivityModel } from '../models/activity';
 import { ClustersModel } from '../models/clusters';
 import { CredentialsModel } from '../models/credentials';
 import { FormModel } from '../models/form';
@@ -19,6 +20,7 @@ export interface ISidebarOptions {
   form: FormModel;
   credentials: CredentialsModel;
   notifications: NotificationsModel;
+  activity: ActivityModel;
   commands: CommandRegistry;
 }
 
@@ -51,8 +53,10 @@ interface ISidebarProps extends ISidebarOptions {
 }
 
 function Sidebar(props: ISidebarProps): JSX.Element {
-  const { model, form, credentials, notifications, commands, formOpen, setFormOpen } = props;
+  const { model, form, credentials, notifications, activity, commands, formOpen, setFormOpen } = props;
   useSignal(model.changed);
+  useSignal(activity.changed);
+  const me = activity.me;
   const [dismissed, setDismissed] = useState<ReadonlySet<string>>(new Set());
   const live = model.live;
   const failedHere = model.clusters.filter(
@@ -78,6 +82,15 @@ function Sidebar(props: ISidebarProps): JSX.Element {
           >
             {model.connected ? '● live' : '○ reconnecting…'}
           </span>
+          {me?.admin && (
+            <button
+              className="jp-mod-styled jp-mod-minimal jp-CoiledLab-activityButton"
+              title="Who created, scaled and stopped which cluster (admins)"
+              onClick={() => void commands.execute(CommandIDs.activity)}
+            >
+              Activity
+            </button>
+          )}
         </div>
       </header>
       {formOpen && (
@@ -93,6 +106,7 @@ function Sidebar(props: ISidebarProps): JSX.Element {
           <ClusterCard
             key={c.id}
             model={model}
+            me={me}
             notifications={notifications}
             cluster={c}
             commands={commands}
