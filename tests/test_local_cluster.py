@@ -86,6 +86,33 @@ def test_cluster_lifecycle_over_tls(control, state_dir):
     assert not (state_dir / "clusters" / cluster_id / "tls-key.pem").exists()
 
 
+def test_a_resize_during_a_pass_is_judged_by_the_next_one(control, state_dir, monkeypatch):
+    """A pass works toward the size it read when it began. A scale that lands while it runs
+    (here: to 1, once the 3 workers it waits for are ready) must not let it declare the
+    cluster running at the old size: the cluster goes straight on to the new one."""
+    manager = control.manager
+    made = control.run(manager.create({"backend": "local", "n_workers": 2}))
+    control.run(manager.wait(made["id"], ("running",), 60))
+    original = manager._retire_extras
+    resized = []
+
+    async def retire_and_resize(rec, ctx, workers, connected):
+        if ctx.spec.n_workers == 3 and len(connected) == 3 and not resized:
+            resized.append(await manager.scale(made["id"], 1))
+        return await original(rec, ctx, workers, connected)
+
+    monkeypatch.setattr(manager, "_retire_extras", retire_and_resize)
+    control.run(manager.scale(made["id"], 3))
+    wait_for(lambda: resized, timeout=60, what="the resize during a pass")
+    wait_for(lambda: roles(state_dir).count("worker") == 1, timeout=60, what="1 worker process")
+    assert control.run(manager.wait(made["id"], ("running",), 30))["workers"]["ready"] == 1
+    control.run(manager.stop(made["id"]))
+    control.run(manager.wait(made["id"], ("stopped",), 30))
+    assert states(control, made["id"]) == [
+        "pending", "provisioning", "running", "scaling", "running", "stopping", "stopped",
+    ]
+
+
 def test_attach_by_name_and_progress_events(control, state_dir):
     first = Cluster(name="shared", n_workers=1, idle_timeout="7m", control=control)
     with dask.config.set({"coiled-lab.cluster.n-workers": 3, "coiled-lab.cluster.idle-timeout": "1h"}):

@@ -166,6 +166,8 @@ class Reconciler:
             await self._check_notifications(rec)
         if ready >= ctx.spec.n_workers and len(workers) == ctx.spec.n_workers:
             if rec.status in (State.provisioning, State.scaling):
+                if self.store.get_cluster(rec.id).spec["n_workers"] != ctx.spec.n_workers:
+                    return self._not_yet(rec, ctx, "workers")  # resized during this pass: the next one judges it
                 rec = self._update(rec, state={**rec.state, "failed_workers": 0})
                 self._transition(rec, State.running, None)
             return
