@@ -15,7 +15,7 @@ import copy
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from . import config
 from .spec import BACKENDS, MAX_WORKERS, ClusterSpec, ClusterSpecError, describe_fields
@@ -125,18 +125,30 @@ def _hoist(prop: dict[str, Any]) -> dict[str, Any]:
     return prop
 
 
-def _worker_ceiling(backend: str) -> tuple[int, Optional[str]]:
+# A limit's value for whoever the form is for, and the config key that sets it ("limits.<key>"
+# here; the control plane's per-user and per-group entries in the server's forms).
+LimitOf = Callable[[str], tuple[Any, str]]
+
+
+def global_limit(key: str) -> tuple[Any, str]:
+    return config.get(f"limits.{key}"), f"coiled-lab.limits.{key}"
+
+
+def _worker_ceiling(backend: str, limit_of: LimitOf) -> tuple[int, Optional[str]]:
     """The most workers a request on ``backend`` may ask for, and the config key that says so."""
     ceilings = [(MAX_WORKERS, None)]
-    if config.get("limits.max-workers") is not None:
-        ceilings.append((int(config.get("limits.max-workers")), "coiled-lab.limits.max-workers"))
+    most, where = limit_of("max-workers")
+    if most is not None:
+        ceilings.append((int(most), where))
     if backend == "local":
         ceilings.append((int(config.get("local.max-workers")), "coiled-lab.local.max-workers"))
     return min(ceilings, key=lambda c: c[0])
 
 
-def form_schema(backend: Optional[str] = None) -> dict[str, Any]:
-    """ClusterSpec's JSON schema for a form on ``backend`` (default: the server's).
+def form_schema(backend: Optional[str] = None, limit_of: LimitOf = global_limit) -> dict[str, Any]:
+    """ClusterSpec's JSON schema for a form on ``backend`` (default: the server's), within
+    the limits ``limit_of`` gives (default: the global ones; the server passes the asking
+    user's, :func:`coiled_lab.control.limits.for_forms`).
 
     Each property carries ``default`` (the server's dask config, as written there: a
     form shows ``20 minutes``, not 1200.0) and, for fields in a form, ``title`` (the label)
@@ -158,13 +170,13 @@ def form_schema(backend: Optional[str] = None) -> dict[str, Any]:
             prop["title"] = ui.label
             prop["x-ui"] = ui.public(list(FORM).index(name))
     workers = schema["properties"]["n_workers"]
-    workers["maximum"], limit = _worker_ceiling(backend)
+    workers["maximum"], limit = _worker_ceiling(backend, limit_of)
     if limit:
         workers["x-limit"] = limit
-    regions = config.get("limits.allowed-regions")
+    regions, where = limit_of("allowed-regions")
     if regions and backend != "local":
         schema["properties"]["region"]["enum"] = list(regions)
-        schema["properties"]["region"]["x-limit"] = "coiled-lab.limits.allowed-regions"
+        schema["properties"]["region"]["x-limit"] = where
     schema["x-backend"] = backend
     schema["x-form"] = [name for name, ui in FORM.items() if backend in ui.backends and name in schema["properties"]]
     schema["x-not-in-forms"] = dict(NOT_IN_THE_FORMS)

@@ -309,3 +309,19 @@ def test_a_stop_at_the_clusters_budget_is_audited_and_its_cost_counts_this_month
         with pytest.raises(LimitExceeded, match="monthly-budget"):
             call(control, manager.create(SMALL, caller=ALICE))
         call(control, manager.create(SMALL, caller=BOB))
+
+
+def test_the_forms_show_the_asking_users_limits():
+    """The new-cluster form (GET /schema) bounds each user by their own limits, naming the
+    entry that sets them, as a refusal would."""
+    from coiled_lab.control.limits import for_forms
+    from coiled_lab.schema import form_schema
+
+    students = Caller("carol", groups=frozenset({"students"}))
+    with limits(max_workers=20, users__alice__max_workers=50, groups__students__max_workers=4,
+                groups__students__allowed_regions=["eu-west-1"]):
+        mine, bobs, carols = (form_schema("aws", for_forms(c))["properties"] for c in (ALICE, BOB, students))
+    assert (mine["n_workers"]["maximum"], mine["n_workers"]["x-limit"]) == (50, "coiled-lab.limits.users.alice.max-workers")
+    assert (bobs["n_workers"]["maximum"], bobs["n_workers"]["x-limit"]) == (20, "coiled-lab.limits.max-workers")
+    assert carols["n_workers"]["maximum"] == 4 and carols["region"]["enum"] == ["eu-west-1"]
+    assert "x-limit" not in bobs["region"]  # no region limit for bob: any region the cloud has

@@ -101,8 +101,10 @@ class InProcessControl:
 
     async def schema(self, backend: Optional[str] = None) -> dict[str, Any]:
         from ..schema import form_schema
+        from .callers import LOCAL
+        from .limits import for_forms
 
-        return form_schema(backend)
+        return form_schema(backend, for_forms(LOCAL))
 
     async def notifications(self, name_or_id: str) -> list[dict[str, Any]]:
         return await self.thread.call(self.manager.notifications(name_or_id))

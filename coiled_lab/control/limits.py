@@ -74,6 +74,15 @@ def limit(key: str, caller: Caller = LOCAL, own_only: bool = False) -> Limit:
     return Limit(None) if own_only else everybody(key)
 
 
+def for_forms(caller: Caller) -> Callable[[str], tuple[Any, str]]:
+    """What :func:`coiled_lab.schema.form_schema` asks: ``caller``'s value of a limit, and the
+    config key that sets it (their own or their group's entry, else the global key)."""
+    def limit_of(key: str) -> tuple[Any, str]:
+        found = limit(key, caller)
+        return found.value, f"coiled-lab.limits.{found.where or key}"
+    return limit_of
+
+
 def everybody(key: str) -> Limit:
     """The global ``key``: everybody's default, and for a counted key the deployment's ceiling."""
     # Through config.get: dask stores a key set by environment variable

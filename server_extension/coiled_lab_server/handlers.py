@@ -30,6 +30,7 @@ from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from coiled_lab import config
+from coiled_lab.control import limits
 from coiled_lab.control.callers import Caller
 from coiled_lab.control.manager import ClusterManager
 from coiled_lab.errors import Conflict, quoted
@@ -330,7 +331,7 @@ class SchemaHandler(CoiledLabHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        self.write_json(form_schema(self.query("backend") or None))
+        self.write_json(form_schema(self.query("backend") or None, limits.for_forms(self.caller)))
 
 
 class CleanupHandler(CoiledLabHandler):
@@ -353,15 +354,16 @@ class MeHandler(CoiledLabHandler):
 
 
 class AuditHandler(CoiledLabHandler):
-    """``/audit?after=&limit=&user=&cluster=``: who created, scaled and stopped what, when, at
-    what estimated $/hour, and what the limits refused (admins only: 403 otherwise)."""
+    """``/audit?after=&limit=&user=&cluster=&newest=``: who created, scaled and stopped what,
+    when, at what estimated $/hour, and what the limits refused (admins only: 403
+    otherwise); oldest first, the first ``limit`` rows after ``after`` or the latest ones."""
 
     @web.authenticated
     async def get(self) -> None:
         rows = await self.manager.audit(
             self.caller, after=self.query_int("after", 0, 0, 2**63 - 1) or 0,
             limit=self.query_int("limit", 1000, 1, _MAX_LOG_LIMIT) or 1000,
-            user=self.query("user") or None, cluster=self.query("cluster") or None,
+            user=self.query("user") or None, cluster=self.query("cluster") or None, newest=self.query_flag("newest"),
         )
         self.write_json({"audit": rows})
 
