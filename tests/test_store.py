@@ -154,6 +154,9 @@ def test_audit_log(store_at):
     assert set(rows[0]) == {"seq", "time", "actor", "action", "cluster_id", "cluster_name", "per_hour", "detail"}
     assert [r["action"] for r in store.audit(actor="ann")] == ["create", "scale"]
     assert [r["action"] for r in store.audit(after=rows[0]["seq"], limit=1)] == ["scale"]
+    # An admin opening the log wants the latest rows, still oldest first.
+    assert [r["action"] for r in store.audit(limit=2, newest=True)] == ["scale", "stop"]
+    assert [r["action"] for r in store.audit(actor="ann", limit=1, newest=True)] == ["scale"]
     assert store.audit(cluster_id="c2") == [] and store.audit(since=time.time() + 60) == []
     assert len(store.audit(cluster_id="c1", since=before)) == 3
 

@@ -555,15 +555,16 @@ class ClusterManager(Reconciler):
         return answer
 
     async def audit(self, caller: Caller = LOCAL, after: int = 0, limit: int = 1000, user: Optional[str] = None,
-                    cluster: Optional[str] = None) -> list[dict[str, Any]]:
+                    cluster: Optional[str] = None, newest: bool = False) -> list[dict[str, Any]]:
         """The audit log, oldest first, after ``after`` (a row's ``seq``: page on with the
-        last one's): every create, scale, update and stop, who asked (``actor``), the
-        estimated $/hour then, and the requests the limits refused. ``user``: one actor's
-        rows; ``cluster``: one cluster's (name or id). Admins only (Forbidden)."""
+        last one's; ``newest``: the latest ``limit`` rows instead of the first): every create,
+        scale, update and stop, who asked (``actor``), the estimated $/hour then, and the
+        requests the limits refused. ``user``: one actor's rows; ``cluster``: one cluster's
+        (name or id). Admins only (Forbidden)."""
         if not caller.admin:
             raise Forbidden(f"the audit log is for admins only, and {quoted(caller.name)} is not one")
         cluster_id = self._find(cluster, caller).id if cluster else None
-        return self.store.audit(after=after, limit=limit, actor=user, cluster_id=cluster_id)
+        return self.store.audit(after=after, limit=limit, actor=user, cluster_id=cluster_id, newest=newest)
 
     async def cleanup(self, dry_run: bool = False, *, caller: Caller = LOCAL) -> dict[str, Any]:
         """Find processes/resources of clusters the store does not consider live; remove them.

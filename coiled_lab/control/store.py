@@ -382,10 +382,11 @@ class SQLStore:
 
     def audit(
         self, after: int = 0, limit: int = 1000, actor: Optional[str] = None, cluster_id: Optional[str] = None,
-        since: Optional[float] = None,
+        since: Optional[float] = None, newest: bool = False,
     ) -> list[dict[str, Any]]:
         """Audit rows after sequence number ``after`` (at ``since`` or later, by ``actor``, about
-        ``cluster_id``), oldest first, at most ``limit``: page on with the last one's seq."""
+        ``cluster_id``), oldest first, at most ``limit``: the first ones (page on with the last
+        one's seq) or, with ``newest``, the latest ones (what an admin opening the log wants)."""
         query = "SELECT * FROM audit WHERE seq > ?"
         args: list[Any] = [after]
         for column, value in (("actor", actor), ("cluster_id", cluster_id)):
@@ -396,14 +397,15 @@ class SQLStore:
             query += " AND time >= ?"
             args.append(since)
         with self._use() as db:
-            rows = db.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+            order = "DESC" if newest else "ASC"
+            rows = db.execute(f"{query} ORDER BY seq {order} LIMIT ?", (*args, limit)).fetchall()
         return [
             {
                 "seq": r["seq"], "time": r["time"], "actor": r["actor"], "action": r["action"],
                 "cluster_id": r["cluster_id"], "cluster_name": r["cluster_name"], "per_hour": r["per_hour"],
                 "detail": json.loads(r["detail"]),
             }
-            for r in rows
+            for r in (reversed(rows) if newest else rows)
         ]
 
 

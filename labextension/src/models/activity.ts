@@ -65,7 +65,8 @@ export class ActivityModel {
   async refresh(filter: IActivityFilter = this._filter): Promise<void> {
     this._filter = filter;
     try {
-      const { audit } = await requestAPI<{ audit: IAuditEntry[] }>('audit', { query: { ...filter, limit: PAGE } });
+      const query = { ...filter, limit: PAGE, newest: true };
+      const { audit } = await requestAPI<{ audit: IAuditEntry[] }>('audit', { query });
       this._entries = [...audit].reverse();
       this._error = null;
     } catch (error) {
