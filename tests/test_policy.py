@@ -33,7 +33,13 @@ def manager(control):
         return {"per_hour": 0.5 * (spec.n_workers + 1)}
 
     control.manager._estimate = estimate
-    return control.manager
+    yield control.manager
+    # Closing a manager leaves clusters running (each stops by its own timeouts): stop them.
+    live = [c["id"] for c in call(control, control.manager.list(live_only=True))]
+    for cluster_id in live:
+        call(control, control.manager.stop(cluster_id))
+    for cluster_id in live:
+        call(control, control.manager.wait(cluster_id, ("stopped", "error"), 30))
 
 
 def call(control, coro):
